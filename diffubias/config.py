@@ -1,0 +1,103 @@
+"""The run configuration: every knob of a DiffuBias run in one frozen dataclass.
+
+It is written to `config.json` in the run folder, so single-stage commands re-read exactly what
+the run used. It knows nothing of how stages use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Where built-in datasets and extracted uploads are cached ($DIFFUBIAS_CACHE to change)."""
+    return Path(os.environ.get("DIFFUBIAS_CACHE", Path.home() / ".cache" / "diffubias"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str = "builtin:colored-digits"
+    conflict_ratio: float = 0.01  # built-in datasets only: share of bias-conflicting train samples
+    seed: int = 0
+    cache_dir: str = ""  # empty: default_cache_dir()
+    device: str = "auto"  # auto: cuda when available, else cpu
+    # classifier
+    image_size: int = 0  # 0: the dataset's own size (capped at 224)
+    arch: str = "auto"  # small CNN up to 64 px, ResNet-18 above
+    width: int = 32
+    init_weights: str = ""  # optional local ResNet-18 weights file
+    batch_size: int = 128
+    lr: float = 1e-3
+    # stage 2: biased model
+    biased_epochs: int = 3
+    gce_q: float = 0.7
+    # stage 3: candidates; a number >= 1 is a count per class, in (0, 1) a fraction of the class
+    top_k: float = 0.02
+    # stages 4-5: captions and text filter
+    captioner: str = "metadata"
+    captions_per_image: int = 3
+    top_f: int = 0  # 0: 2 x number of classes, as in the paper
+    extra_stop_words: tuple[str, ...] = ()
+    # stage 6: generation
+    generator: str = "demo"
+    images_per_prompt: int = 2
+    max_images: int = 0  # 0: no cap
+    # stage 7: debiased and vanilla models
+    debias_epochs: int = 8
+    # stage 9: Grad-CAM
+    cam_method: str = "gradcam"
+    cam_samples: int = 200  # test samples whose CAM mass is measured
+    cam_sheet_rows: int = 12
+
+    def __post_init__(self) -> None:
+        if not 0 < self.conflict_ratio < 1:
+            raise ValueError(f"conflict_ratio must be in (0, 1), got {self.conflict_ratio}")
+        for name in ("biased_epochs", "debias_epochs", "batch_size", "captions_per_image",
+                     "images_per_prompt", "cam_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("image_size", "top_f", "max_images", "cam_sheet_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.top_k > 0:
+            raise ValueError(f"top_k must be positive, got {self.top_k}")
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["extra_stop_words"] = list(self.extra_stop_words)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        d = dict(d)
+        if "extra_stop_words" in d:
+            d["extra_stop_words"] = tuple(d["extra_stop_words"])
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def with_overrides(self, **changes) -> RunConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

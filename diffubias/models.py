@@ -1,0 +1,142 @@
+"""Classifiers: a small CNN for images up to 64 px, torchvision ResNet-18 above.
+
+Every classifier takes float images (B, 3, H, W) in [0, 1], normalises them itself and returns
+logits (B, C). It exposes `cam_layer`, the module Grad-CAM hooks. This module knows nothing of
+datasets or training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("auto", "small-cnn", "resnet18")
+SMALL_CNN_MAX_SIZE = 64  # above this a 3-stage CNN sees too little context; ResNet-18 takes over
+
+# ImageNet statistics: harmless for scratch training and required by pretrained ResNet weights.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `build_classifier` needs; stored next to the weights so a model can be rebuilt."""
+
+    arch: str
+    num_classes: int
+    image_size: int
+    width: int = 32
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "num_classes": self.num_classes,
+                "image_size": self.image_size, "width": self.width}
+
+
+class Classifier(nn.Module):
+    """Normalisation + backbone; `cam_layer` names the backbone's last spatial block."""
+
+    def __init__(self, backbone: nn.Module, cam_layer: nn.Module, spec: ModelSpec):
+        super().__init__()
+        self.backbone = backbone
+        self.cam_layer = cam_layer
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone((images - self.mean) / self.std)
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def _small_cnn(num_classes: int, width: int) -> tuple[nn.Module, nn.Module]:
+    # Three conv stages, two poolings: 28 px -> 7x7 and 64 px -> 16x16 CAM maps, fine enough
+    # to tell object from background.
+    last = _conv_block(2 * width, 4 * width)
+    body = nn.Sequential(
+        _conv_block(3, width), nn.MaxPool2d(2),
+        _conv_block(width, 2 * width), nn.MaxPool2d(2),
+        last,
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
+    )
+    return body, last
+
+
+def _resnet18(num_classes: int, weights_path: Path | None) -> tuple[nn.Module, nn.Module]:
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)
+    if weights_path is not None:
+        net.load_state_dict(load_state_dict(weights_path), strict=False)
+    net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net, net.layer4[-1]
+
+
+def resolve_arch(arch: str, image_size: int) -> str:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if arch == "auto":
+        return "small-cnn" if image_size <= SMALL_CNN_MAX_SIZE else "resnet18"
+    return arch
+
+
+def build_classifier(*, num_classes: int, image_size: int, arch: str = "auto", width: int = 32,
+                     seed: int = 0, init_weights: Path | None = None) -> Classifier:
+    """A freshly initialised classifier; the same seed gives the same initial weights.
+
+    `init_weights` (ResNet-18 only) is a local safetensors or PyTorch state dict, e.g. ImageNet
+    weights the user downloaded; the final layer is always re-initialised for `num_classes`.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    spec = ModelSpec(resolve_arch(arch, image_size), num_classes, image_size, width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if spec.arch == "small-cnn":
+            backbone, cam_layer = _small_cnn(num_classes, width)
+        else:
+            backbone, cam_layer = _resnet18(num_classes, init_weights)
+    return Classifier(backbone, cam_layer, spec)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads safetensors, or a PyTorch file with `weights_only=True` (never unpickles code)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_classifier(model: Classifier, path: Path) -> None:
+    """Weights as safetensors with the spec in the header metadata; written atomically."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"spec": json.dumps(model.spec.to_dict())})
+    os.replace(tmp, path)
+
+
+def load_classifier(path: Path) -> Classifier:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        spec = ModelSpec(**json.loads(f.metadata()["spec"]))
+    model = build_classifier(num_classes=spec.num_classes, image_size=spec.image_size,
+                             arch=spec.arch, width=spec.width)
+    model.load_state_dict(load_state_dict(path))
+    return model.eval()

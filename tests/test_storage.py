@@ -1,0 +1,510 @@
+"""Tests for `storage`: schema and migrations, SQLite settings, repository round trips, workspace.
+
+Each test gets a fresh SQLite file under tmp_path; nothing here needs torch or a GPU.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import subprocess
+import sys
+import threading
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import event, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage import Store, Workspace, atomic_write_bytes, open_store
+from storage import repository as repo
+from storage.db import create_engine_for, mark_interrupted_jobs, upgrade_database
+from storage.models import Base, GeneratedImage, Job, Project, Sample, Score
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TABLES = {
+    "projects",
+    "samples",
+    "jobs",
+    "scores",
+    "captions",
+    "prompts",
+    "generated_images",
+    "models",
+    "alembic_version",
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = open_store(tmp_path / "workspace")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def session(store: Store) -> Session:
+    """One transaction per test, rolled back at the end (the repository never commits)."""
+    with store.sessions() as session, session.begin():
+        yield session
+        session.rollback()
+
+
+def make_project(session: Session, n_samples: int = 20, n_classes: int = 2) -> Project:
+    project = repo.create_project(
+        session,
+        name="waterbirds",
+        source="/data/waterbirds",
+        class_names=[f"class{i}" for i in range(n_classes)],
+        bias_names=["land", "water"],
+        image_size=64,
+    )
+    rows = (
+        {
+            "position": i,
+            "path": f"images/{i:06d}.png",
+            "split": "train" if i % 5 else "valid",
+            "label": i % n_classes,
+            "bias": (i // n_classes) % 2,
+        }
+        for i in range(n_samples)
+    )
+    repo.add_samples(session, project.id, rows)
+    return project
+
+
+def add_planted_scores(
+    session: Session, project: Project, seed: int = 0, candidates_per_class: int = 3
+) -> tuple[Job, dict[int, float]]:
+    """Random losses; the highest `candidates_per_class` per class are marked candidates."""
+    rng = random.Random(seed)
+    job = repo.create_job(session, project.id, "score", {"loss": "gce"})
+    ids = repo.sample_ids_by_position(session, project.id)
+    labels = dict(session.execute(select(Sample.id, Sample.label)).all())
+    losses = {sample_id: rng.uniform(0.0, 4.0) for sample_id in ids.values()}
+    ranks: dict[int, int] = {}
+    for label in set(labels.values()):
+        in_class = sorted((i for i in losses if labels[i] == label), key=lambda i: -losses[i])
+        top = in_class[:candidates_per_class]
+        ranks.update({sample_id: rank for rank, sample_id in enumerate(top)})
+    rows = (
+        {"sample_id": i, "loss": loss, "is_candidate": i in ranks, "rank_in_class": ranks.get(i)}
+        for i, loss in losses.items()
+    )
+    repo.add_scores(session, job.id, rows)
+    return job, losses
+
+
+# --- schema, migrations, SQLite settings ---------------------------------------------------
+
+
+def test_open_store_creates_every_table_on_a_fresh_file(tmp_path: Path):
+    store = open_store(tmp_path / "fresh")
+    assert store.workspace.database_path == tmp_path / "fresh" / "diffubias.sqlite"
+    assert store.workspace.database_path.is_file()
+    assert set(inspect(store.engine).get_table_names()) == TABLES
+    with store.engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0001"
+    store.close()
+
+
+def test_migrated_schema_matches_the_models(store: Store):
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_upgrade_on_an_existing_database_is_a_no_op_that_keeps_rows(store: Store):
+    with store.sessions.begin() as session:
+        make_project(session, n_samples=7)
+    upgrade_database(store.engine)
+    upgrade_database(create_engine_for(store.workspace.database_path))
+    with store.sessions() as session:
+        assert repo.get_project_by_name(session, "waterbirds") is not None
+        assert repo.count_samples(session, 1) == 7
+
+
+def test_restart_finds_everything_as_it_was(tmp_path: Path):
+    store = open_store(tmp_path / "ws")
+    with store.sessions.begin() as session:
+        project = make_project(session)
+        job, losses = add_planted_scores(session, project)
+        repo.finish_job(session, job.id, "done", result={"k": 3})
+    store.close()
+
+    reopened = open_store(tmp_path / "ws")
+    with reopened.sessions() as session:
+        project = repo.get_project_by_name(session, "waterbirds")
+        assert project is not None and project.class_names == ["class0", "class1"]
+        assert project.created_at.tzinfo == UTC
+        assert repo.latest_job(session, project.id, "score").result == {"k": 3}
+        assert len(repo.list_scores(session, job.id)) == len(losses)
+    reopened.close()
+
+
+def test_connections_use_wal_busy_timeout_and_foreign_keys(store: Store):
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_a_second_engine_reads_and_waits_to_write_while_the_first_writes(store: Store):
+    with store.sessions.begin() as session:
+        make_project(session)
+    other = create_engine_for(store.workspace.database_path)
+    writer = store.sessions()
+    writer.begin()
+    repo.create_job(writer, 1, "caption")  # holds the write lock until commit
+
+    with Session(other) as reader:  # WAL: readers see the last commit, never wait
+        assert reader.scalar(select(func.count()).select_from(Job)) == 0
+
+    release = threading.Timer(0.3, writer.commit)
+    release.start()
+    with Session(other) as second_writer, second_writer.begin():  # busy timeout: waits, no error
+        repo.create_job(second_writer, 1, "generate")
+    release.join()
+    writer.close()
+    with Session(other) as reader:
+        assert reader.scalars(select(Job.kind).order_by(Job.id)).all() == ["caption", "generate"]
+    other.dispose()
+
+
+# --- repository ----------------------------------------------------------------------------
+
+
+def test_repository_functions_never_commit(store: Store):
+    with store.sessions() as session:
+        session.begin()
+        project = make_project(session)
+        job, _ = add_planted_scores(session, project)
+        repo.add_captions(session, job.id, [{"sample_id": 1, "text": "a bird", "source": "blip"}])
+        prompt_rows = [{"label": 0, "text_original": "a"}]
+        [prompt] = repo.save_prompts(session, project.id, job.id, prompt_rows)
+        repo.add_generated_image(
+            session, job_id=job.id, prompt_id=prompt.id, path="generated/1.png", seed=1, model="sd"
+        )
+        repo.add_model(session, project.id, role="biased", weights_path="weights/b", arch="r18")
+        repo.finish_job(session, job.id, "done")
+        session.rollback()
+    with store.engine.connect() as connection:
+        for table in TABLES - {"alembic_version"}:
+            assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+
+
+def test_project_round_trip(session: Session):
+    project = make_project(session)
+    repo.update_project_settings(session, project.id, {"k": 10})
+    assert repo.get_project(session, project.id).settings == {"k": 10}
+    assert repo.get_project_by_name(session, "waterbirds").id == project.id
+    assert [p.name for p in repo.list_projects(session)] == ["waterbirds"]
+    assert repo.get_project(session, 999) is None
+    with pytest.raises(ValueError, match="empty"):
+        repo.create_project(session, name=" ", source="x", class_names=["a"], image_size=8)
+    with pytest.raises(IntegrityError):
+        repo.create_project(session, name="waterbirds", source="x", class_names=["a"], image_size=8)
+
+
+def test_samples_round_trip(session: Session):
+    project = make_project(session, n_samples=10)
+    samples = repo.list_samples(session, project.id)
+    assert [s.position for s in samples] == list(range(10))
+    assert samples[3].path == "images/000003.png" and samples[3].mask_path is None
+    valid = repo.list_samples(session, project.id, split="valid")
+    assert [s.position for s in valid] == [0, 5]
+    assert repo.count_samples(session, project.id, split="train") == 8
+    columns = repo.sample_columns(session, project.id)
+    assert columns.positions == list(range(10)) and columns.labels == [i % 2 for i in range(10)]
+    assert columns.ids == [s.id for s in samples]
+    assert repo.sample_columns(session, 999).ids == []
+    assert repo.sample_ids_by_position(session, project.id)[4] == samples[4].id
+    with pytest.raises(IntegrityError):  # (project_id, position) is unique
+        duplicate = {"position": 0, "path": "x", "split": "train", "label": 0}
+        repo.add_samples(session, project.id, [duplicate])
+
+
+def test_job_lifecycle(session: Session):
+    project = make_project(session)
+    older = repo.create_job(session, project.id, "biased_train", {"epochs": 2})
+    job = repo.create_job(session, project.id, "biased_train", {"epochs": 3})
+    assert (job.status, job.progress, job.params) == ("queued", 0.0, {"epochs": 3})
+    repo.start_job(session, job.id)
+    assert repo.update_job_progress(session, job.id, 0.5, "epoch 2/3") == "running"
+    assert (job.status, job.progress, job.message) == ("running", 0.5, "epoch 2/3")
+    assert job.started_at.tzinfo == UTC
+    repo.finish_job(session, job.id, "done", result={"acc": 0.9}, timings={"train": 1.5})
+    session.refresh(job)
+    assert (job.status, job.progress) == ("done", 1.0)
+    assert (job.result, job.timings) == ({"acc": 0.9}, {"train": 1.5})
+    repo.finish_job(session, older.id, "failed", error="CUDA out of memory")
+    assert repo.latest_job(session, project.id, "biased_train").id == job.id
+    assert repo.latest_job(session, project.id, "biased_train", status="failed").id == older.id
+    assert repo.latest_job(session, project.id, "score") is None
+    assert [j.id for j in repo.list_jobs(session, project.id)] == [job.id, older.id]
+
+    with pytest.raises(ValueError, match="biased_train"):
+        repo.create_job(session, project.id, "trian")
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        repo.update_job_progress(session, job.id, 1.5)
+    with pytest.raises(ValueError, match="does not end a job"):
+        repo.finish_job(session, job.id, "running")
+    with pytest.raises(ValueError, match="no jobs row with id 999"):
+        repo.update_job_progress(session, 999, 0.1)
+
+
+def test_mark_interrupted_jobs_marks_only_unfinished_ones(session: Session):
+    project = make_project(session)
+    queued, running, done = (repo.create_job(session, project.id, "generate") for _ in range(3))
+    repo.start_job(session, running.id)
+    repo.finish_job(session, done.id, "done")
+    assert mark_interrupted_jobs(session) == 2
+    assert [queued.status, running.status, done.status] == ["interrupted", "interrupted", "done"]
+    assert running.finished_at is not None
+    assert mark_interrupted_jobs(session) == 0
+
+
+def test_loss_histogram_matches_a_python_recount(session: Session):
+    project = make_project(session, n_samples=3000, n_classes=3)
+    job, losses = add_planted_scores(session, project)
+    labels = dict(session.execute(select(Sample.id, Sample.label)).all())
+    for label in (None, 0, 2):
+        values = [loss for i, loss in losses.items() if label is None or labels[i] == label]
+        histogram = repo.loss_histogram(session, job.id, bins=17, label=label)
+        expected = [0] * 17
+        for value in values:
+            expected[min(bisect.bisect_right(histogram.edges, value) - 1, 16)] += 1
+        assert histogram.counts == expected
+        assert sum(histogram.counts) == len(values)
+        assert histogram.edges[0] == min(values) and histogram.edges[-1] == max(values)
+
+
+def test_loss_histogram_of_no_or_equal_losses(session: Session):
+    project = make_project(session, n_samples=4)
+    job = repo.create_job(session, project.id, "score")
+    assert repo.loss_histogram(session, job.id, bins=3).counts == [0, 0, 0]
+    repo.add_scores(session, job.id, [{"sample_id": i, "loss": 0.7} for i in (1, 2, 3)])
+    assert repo.loss_histogram(session, job.id, bins=3).counts == [3, 0, 0]
+    with pytest.raises(ValueError, match="bins=0"):
+        repo.loss_histogram(session, job.id, bins=0)
+
+
+def test_top_candidates_pages_by_loss_descending_per_label(session: Session):
+    project = make_project(session, n_samples=200, n_classes=2)
+    job, losses = add_planted_scores(session, project, candidates_per_class=25)
+    labels = dict(session.execute(select(Sample.id, Sample.label)).all())
+    for label in (0, 1):
+        expected = sorted((i for i in losses if labels[i] == label), key=lambda i: -losses[i])[:25]
+        pages = [
+            repo.top_candidates(session, job.id, label=label, offset=offset, limit=10)
+            for offset in (0, 10, 20)
+        ]
+        assert [len(page) for page in pages] == [10, 10, 5]
+        ranked = [row for page in pages for row in page]
+        assert [row.sample_id for row in ranked] == expected
+        assert [row.rank_in_class for row in ranked] == list(range(25))
+        assert all(row.label == label and row.is_candidate for row in ranked)
+        assert ranked[0].loss == losses[expected[0]] and ranked[0].path.startswith("images/")
+        assert repo.count_candidates(session, job.id, label=label) == 25
+    everything = repo.top_candidates(session, job.id, limit=None, candidates_only=False)
+    assert [row.loss for row in everything] == sorted(losses.values(), reverse=True)
+    assert repo.count_candidates(session, job.id, candidates_only=False) == 200
+
+
+def test_excluding_and_including_a_candidate(session: Session):
+    project = make_project(session, n_samples=40)
+    job, _ = add_planted_scores(session, project, candidates_per_class=3)
+    first = repo.top_candidates(session, job.id, label=0, limit=1)[0]
+    repo.set_candidate_excluded(session, job.id, first.sample_id, True)
+    kept = repo.top_candidates(session, job.id, limit=None, include_excluded=False)
+    assert first.sample_id not in {row.sample_id for row in kept} and len(kept) == 5
+    assert repo.top_candidates(session, job.id, label=0, limit=1)[0].excluded
+    repo.set_candidate_excluded(session, job.id, first.sample_id, False)
+    assert repo.count_candidates(session, job.id, include_excluded=False) == 6
+    with pytest.raises(ValueError, match="no score"):
+        repo.set_candidate_excluded(session, job.id, 999, True)
+
+
+def test_add_scores_rejects_foreign_samples_and_non_finite_losses(session: Session):
+    project = make_project(session, n_samples=3)
+    job = repo.create_job(session, project.id, "score")
+    with pytest.raises(ValueError, match="not in the project"):
+        repo.add_scores(session, job.id, [{"sample_id": 999, "loss": 1.0}])
+    with pytest.raises(ValueError, match="not finite"):
+        repo.add_scores(session, job.id, [{"sample_id": 1, "loss": float("nan")}])
+
+
+def test_candidate_queries_over_200k_scores_are_correct_and_indexed(session: Session):
+    project = make_project(session, n_samples=200_000, n_classes=10)
+    job, losses = add_planted_scores(session, project, candidates_per_class=100)
+    statements: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        statements.append((statement, parameters))
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        page = repo.top_candidates(session, job.id, label=7, offset=50, limit=25)
+        all_scored = repo.top_candidates(session, job.id, label=7, limit=5, candidates_only=False)
+        histogram = repo.loss_histogram(session, job.id, bins=40, label=7)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    labels = dict(session.execute(select(Sample.id, Sample.label)).all())
+    in_class = sorted((i for i in losses if labels[i] == 7), key=lambda i: -losses[i])
+    assert [row.sample_id for row in page] == in_class[50:75]
+    assert [row.sample_id for row in all_scored] == in_class[:5]
+    assert sum(histogram.counts) == 20_000
+    connection = session.connection()
+    for statement, parameters in statements:
+        explained = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        plan = " | ".join(row[-1] for row in explained)
+        assert "INDEX" in plan and "SCAN" not in plan, plan
+
+
+def test_captions_and_prompts_round_trip(session: Session):
+    project = make_project(session)
+    job = repo.create_job(session, project.id, "caption", {"model": "blip"})
+    rows = [{"sample_id": 1, "text": "a bird on land", "source": "blip", "params": {"beams": 3}}]
+    assert repo.add_captions(session, job.id, rows) == 1
+    [caption] = repo.list_captions(session, job.id)
+    assert (caption.text, caption.params) == ("a bird on land", {"beams": 3})
+
+    prompts = repo.save_prompts(
+        session,
+        project.id,
+        job.id,
+        [
+            {
+                "sample_id": 1,
+                "label": 0,
+                "text_original": "a bird on land",
+                "matched_words": ["land"],
+            },
+            {"label": 1, "text_original": "a bird on water", "keep": False},
+        ],
+    )
+    first, second = prompts
+    assert first.id < second.id and first.text == "a bird on land" and first.keep
+    repo.update_prompt(session, first.id, text="a waterbird on land")
+    assert (first.text_original, first.text_edited, first.text) == (
+        "a bird on land",
+        "a waterbird on land",
+        "a waterbird on land",
+    )
+    repo.update_prompt(session, first.id, text="a bird on land")  # editing back clears the edit
+    assert first.text_edited is None
+    repo.update_prompt(session, second.id, keep=True)
+    kept = repo.list_prompts(session, project.id, kept_only=True)
+    assert [p.id for p in kept] == [first.id, second.id]
+    assert [p.id for p in repo.list_prompts(session, project.id, label=1)] == [second.id]
+    assert repo.list_prompts(session, project.id, job_id=job.id)[0].matched_words == ["land"]
+    with pytest.raises(ValueError, match="no prompts row with id 999"):
+        repo.update_prompt(session, 999, keep=False)
+
+
+def test_add_generated_image_is_idempotent_on_prompt_and_seed(session: Session):
+    project = make_project(session)
+    job = repo.create_job(session, project.id, "generate")
+    [prompt] = repo.save_prompts(session, project.id, None, [{"label": 0, "text_original": "a"}])
+    first = repo.add_generated_image(
+        session, job_id=job.id, prompt_id=prompt.id, path="generated/a.png", seed=7, model="sd15"
+    )
+    again = repo.add_generated_image(
+        session, job_id=job.id, prompt_id=prompt.id, path="generated/b.png", seed=7, model="sd15"
+    )
+    other_seed = repo.add_generated_image(
+        session, job_id=job.id, prompt_id=prompt.id, path="generated/c.png", seed=8, model="sd15"
+    )
+    assert again.id == first.id and again.path == "generated/a.png" and first.accepted is None
+    assert session.scalar(select(func.count()).select_from(GeneratedImage)) == 2
+    repo.set_image_accepted(session, other_seed.id, True)
+    of_job = repo.list_generated_images(session, job_id=job.id)
+    assert [i.id for i in of_job] == [first.id, other_seed.id]
+    accepted = repo.list_generated_images(session, project_id=project.id, accepted_only=True)
+    assert [i.id for i in accepted] == [other_seed.id]
+    with pytest.raises(ValueError, match="job_id or project_id"):
+        repo.list_generated_images(session)
+
+
+def test_models_latest_by_role(session: Session):
+    project = make_project(session)
+    job = repo.create_job(session, project.id, "biased_train")
+    first = repo.add_model(session, project.id, role="biased", weights_path="w/1", arch="r18")
+    second = repo.add_model(
+        session,
+        project.id,
+        role="biased",
+        weights_path="weights/2.safetensors",
+        arch="r18",
+        job_id=job.id,
+        metrics={"acc": 0.8},
+    )
+    assert repo.latest_model(session, project.id, "biased").id == second.id
+    assert repo.latest_model(session, project.id, "debiased") is None
+    assert [m.id for m in repo.list_models(session, project.id)] == [second.id, first.id]
+    with pytest.raises(ValueError, match="debiased"):
+        repo.add_model(session, project.id, role="baised", weights_path="w", arch="r18")
+
+
+def test_deleting_a_project_deletes_what_it_owns(session: Session):
+    project = make_project(session)
+    add_planted_scores(session, project)
+    repo.delete_project(session, project.id)
+    session.flush()
+    for table in (Project, Sample, Job, Score):
+        assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+# --- workspace -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["../x", "images/../../x", "/etc/passwd", "", ".", "images/.."])
+def test_workspace_resolve_refuses_paths_outside_the_root(tmp_path: Path, bad: str):
+    with pytest.raises(ValueError):
+        Workspace(tmp_path).resolve(bad)
+
+
+def test_workspace_paths_round_trip(tmp_path: Path):
+    workspace = Workspace(tmp_path)
+    path = workspace.path_for("generated", 12, "0001.png")
+    assert path == tmp_path / "generated" / "12" / "0001.png"
+    assert workspace.relative(path) == "generated/12/0001.png"
+    assert workspace.resolve("generated/12/0001.png") == path
+    assert workspace.resolve("images/./a/../b.png") == tmp_path / "images" / "b.png"
+    with pytest.raises(ValueError, match="unknown workspace kind"):
+        workspace.path_for("tmp", "x")
+    with pytest.raises(ValueError, match="not inside"):
+        workspace.relative(tmp_path.parent / "elsewhere.png")
+
+
+def test_atomic_write_bytes_replaces_the_file_and_leaves_no_temp_file(tmp_path: Path):
+    target = tmp_path / "weights" / "model.safetensors"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in target.parent.iterdir()] == ["model.safetensors"]
+
+
+# --- layering ------------------------------------------------------------------------------
+
+
+def test_importing_storage_loads_no_torch_gradio_or_numpy():
+    heavy = ("torch", "gradio", "numpy", "diffusers", "transformers")
+    code = (
+        "import storage, sys; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert output.stdout.strip() == "[]"
