@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -42,7 +42,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 
 _CAPTION_COLUMN = re.compile(r"caption(_\d+)?")
 _DRIVE = re.compile(r"[A-Za-z]:")
-# Verification is file I/O plus CRC checks, which release the GIL: threads beyond the core count help.
+# Verifying is file I/O and CRC checks, which release the GIL: threads beyond the core count help.
 _VERIFY_THREADS = min(32, 4 * (os.cpu_count() or 1))
 
 
@@ -64,7 +64,9 @@ class ImageDataset:
     split: np.ndarray  # object (N,), each one of SPLITS
     labels: np.ndarray  # int64 (N,), index into class_names
     class_names: tuple[str, ...]  # sorted unique label names
-    bias: np.ndarray | None  # int64 (N,), index into bias_names, -1 for an empty cell; None: no column
+    bias: (
+        np.ndarray | None
+    )  # int64 (N,), index into bias_names, -1 for an empty cell; None: no column
     bias_names: tuple[str, ...]  # sorted unique bias names; () when there is no bias column
     captions: tuple[tuple[str, ...], ...]  # per sample, the non-empty captions in column order
     mask_paths: tuple[str | None, ...] | None  # per sample, relative to root; None: no mask column
@@ -72,14 +74,20 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         n = len(self.paths)
-        lengths = {"split": len(self.split), "labels": len(self.labels), "captions": len(self.captions)}
+        lengths = {
+            "split": len(self.split),
+            "labels": len(self.labels),
+            "captions": len(self.captions),
+        }
         if self.bias is not None:
             lengths["bias"] = len(self.bias)
         if self.mask_paths is not None:
             lengths["mask_paths"] = len(self.mask_paths)
         wrong = {field: length for field, length in lengths.items() if length != n}
         if wrong:
-            raise ValueError(f"ImageDataset fields must have one entry per path ({n}); got lengths {wrong}")
+            raise ValueError(
+                f"ImageDataset fields must have one entry per path ({n}); got lengths {wrong}"
+            )
 
     def indices(self, split: str) -> np.ndarray:
         """int64 positions of the samples in `split` (one of train, valid, test)."""
@@ -120,7 +128,9 @@ def load_dataset(
         root = _find_data_root(extract_zip(path, cache_dir=cache_dir))
         return _load_root(root, name=path.stem, seed=seed, valid_fraction=valid_fraction)
     builtins = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_NAMES)
-    raise ValueError(f"dataset source {str(source)!r} is not a folder, a .zip file, or one of {builtins}")
+    raise ValueError(
+        f"dataset source {str(source)!r} is not a folder, a .zip file, or one of {builtins}"
+    )
 
 
 def extract_zip(zip_path: Path, *, cache_dir: Path) -> Path:
@@ -146,6 +156,14 @@ def extract_zip(zip_path: Path, *, cache_dir: Path) -> Path:
         if target.is_dir():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
+        needed, free = (
+            sum(info.file_size for info in archive.infolist()),
+            shutil.disk_usage(target.parent).free,
+        )
+        if needed > free:
+            raise ValueError(
+                f"{zip_path.name} unpacks to {needed:,} bytes but {target.parent} has {free:,} free"
+            )
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             archive.extractall(tmp)
@@ -157,7 +175,9 @@ def extract_zip(zip_path: Path, *, cache_dir: Path) -> Path:
     return target
 
 
-def read_images(ds: ImageDataset, positions: Sequence[int], *, size: int, num_workers: int = 0) -> torch.Tensor:
+def read_images(
+    ds: ImageDataset, positions: Sequence[int], *, size: int, num_workers: int = 0
+) -> torch.Tensor:
     """Decode the images at `positions` to uint8 (N, 3, size, size).
 
     Every mode becomes RGB (palette, grayscale, 16-bit, CMYK; alpha is composited onto black),
@@ -181,13 +201,18 @@ def read_masks(ds: ImageDataset, positions: Sequence[int], *, size: int) -> np.n
     """Object masks at `positions` as bool (N, size, size); any non-zero mask pixel is object."""
     _check_size(size)
     if ds.mask_paths is None:
-        raise ValueError(f"dataset {ds.name!r} has no mask column; expected a 'mask' column in {METADATA_FILE}")
+        raise ValueError(
+            f"dataset {ds.name!r} has no mask column; expected a 'mask' column in {METADATA_FILE}"
+        )
     positions = as_positions(positions, len(ds.paths))
     out = np.empty((len(positions), size, size), dtype=bool)
     for i, p in enumerate(positions):
         mask_path = ds.mask_paths[p]
         if mask_path is None:
-            raise ValueError(f"sample {ds.paths[p]!r} (position {p}) has an empty mask cell; expected a mask path")
+            raise ValueError(
+                f"sample {ds.paths[p]!r} (position {p}) has an empty mask cell; "
+                "expected a mask path"
+            )
         out[i] = _decode_mask(ds.root / mask_path, size)
     return out
 
@@ -202,24 +227,6 @@ def infer_image_size(ds: ImageDataset, *, max_size: int = 224) -> int:
         return min(max(image.size), max_size)
 
 
-def aligned_bias_per_class(ds: ImageDataset) -> np.ndarray:
-    """int64 (num_classes,): for each class, the bias most common among its train samples.
-
-    A sample is bias-aligned when its bias equals its class's entry here; label and bias indices
-    index different name lists, so equal indices mean nothing by themselves.
-    """
-    if ds.bias is None:
-        raise ValueError(f"dataset {ds.name!r} has no bias column; aligned bias needs bias labels")
-    train = ds.indices("train")
-    known = train[ds.bias[train] >= 0]
-    counts = np.zeros((ds.num_classes, len(ds.bias_names)), dtype=np.int64)
-    np.add.at(counts, (ds.labels[known], ds.bias[known]), 1)
-    empty = [ds.class_names[c] for c in np.flatnonzero(counts.sum(axis=1) == 0)]
-    if empty:
-        raise ValueError(f"classes {empty} have no train samples with a bias label")
-    return counts.argmax(axis=1).astype(np.int64)
-
-
 def as_positions(positions: Sequence[int] | np.ndarray | torch.Tensor, length: int) -> np.ndarray:
     """`positions` as an int64 array, each checked to lie in [0, length)."""
     if isinstance(positions, torch.Tensor):
@@ -228,7 +235,10 @@ def as_positions(positions: Sequence[int] | np.ndarray | torch.Tensor, length: i
     if array.size == 0:
         return np.zeros(0, dtype=np.int64)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"positions must be a 1-D sequence of integers; got shape {array.shape}, dtype {array.dtype}")
+        raise ValueError(
+            "positions must be a 1-D sequence of integers; "
+            f"got shape {array.shape}, dtype {array.dtype}"
+        )
     if array.min() < 0 or array.max() >= length:
         bad = array[(array < 0) | (array >= length)][0]
         raise ValueError(f"position {int(bad)} is out of range; expected 0 <= position < {length}")
@@ -249,13 +259,20 @@ def _load_csv(root: Path, *, name: str, verify: bool) -> ImageDataset:
     table = _read_metadata(root / METADATA_FILE)
     lines = np.arange(len(table)) + 2  # the header is line 1
     split = _check_splits(table["split"].str.lower().to_numpy(dtype=object), lines)
-    paths = [_checked_path(raw, line, "path") for raw, line in zip(table["path"], lines)]
+    paths = [
+        _checked_path(raw, line, "path") for raw, line in zip(table["path"], lines, strict=True)
+    ]
     empty_label = np.flatnonzero(table["label"].to_numpy(dtype=object) == "")
     if len(empty_label):
-        raise ValueError(f"{METADATA_FILE} line {lines[empty_label[0]]}: empty label; every row needs a label")
+        raise ValueError(
+            f"{METADATA_FILE} line {lines[empty_label[0]]}: empty label; every row needs a label"
+        )
     masks: list[str | None] | None = None
     if "mask" in table.columns:
-        masks = [_checked_path(raw, line, "mask") if raw else None for raw, line in zip(table["mask"], lines)]
+        masks = [
+            _checked_path(raw, line, "mask") if raw else None
+            for raw, line in zip(table["mask"], lines, strict=True)
+        ]
 
     keep, skipped = _drop_duplicates_and_missing(root, paths, masks, lines)
     if verify:
@@ -266,7 +283,9 @@ def _load_csv(root: Path, *, name: str, verify: bool) -> ImageDataset:
 
     kept = table.iloc[keep]
     caption_columns = [c for c in table.columns if _CAPTION_COLUMN.fullmatch(c)]
-    captions = tuple(tuple(c for c in row if c) for row in kept[caption_columns].itertuples(index=False))
+    captions = tuple(
+        tuple(c for c in row if c) for row in kept[caption_columns].itertuples(index=False)
+    )
     labels, class_names = _check_labels(kept["label"].to_numpy(dtype=object), split[keep], skipped)
     bias, bias_names = None, ()
     if "bias" in table.columns:
@@ -288,7 +307,7 @@ def _load_csv(root: Path, *, name: str, verify: bool) -> ImageDataset:
 
 def _read_metadata(csv_path: Path) -> pd.DataFrame:
     try:
-        # utf-8-sig: spreadsheets often write a byte-order mark; keep_default_na: "" stays "", not NaN
+        # utf-8-sig: spreadsheets often write a byte-order mark; keep_default_na: "" stays "".
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{csv_path} is not a readable CSV file: {exc}") from exc
@@ -316,7 +335,10 @@ def _check_splits(split: np.ndarray, lines: np.ndarray) -> np.ndarray:
 
 def _checked_path(raw: str, line: int, column: str) -> str:
     if not raw:
-        raise ValueError(f"{METADATA_FILE} line {line}: empty {column}; expected a path relative to the dataset folder")
+        raise ValueError(
+            f"{METADATA_FILE} line {line}: empty {column}; "
+            "expected a path relative to the dataset folder"
+        )
     path = _safe_relative_path(raw)
     if path is None:
         raise ValueError(
@@ -345,7 +367,11 @@ def _drop_duplicates_and_missing(
     first_line: dict[str, int] = {}
     for i, path in enumerate(paths):
         if path in first_line:
-            skipped.append(SkippedFile(path, f"duplicate row (line {lines[i]} repeats line {first_line[path]})"))
+            skipped.append(
+                SkippedFile(
+                    path, f"duplicate row (line {lines[i]} repeats line {first_line[path]})"
+                )
+            )
             continue
         first_line[path] = int(lines[i])
         if not (root / path).is_file():
@@ -372,13 +398,18 @@ def _drop_unreadable(
         if reason is not None:
             return f"unreadable mask {masks[i]}: {reason}"
         if mask_size != image_size:
-            return f"mask {masks[i]} is {mask_size[0]}x{mask_size[1]}, image is {image_size[0]}x{image_size[1]}"
+            (mw, mh), (iw, ih) = mask_size, image_size
+            return f"mask {masks[i]} is {mw}x{mh}, image is {iw}x{ih}"
         return None
 
     with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
         problems = list(pool.map(problem, range(len(paths))))
-    keep = [row for row, reason in zip(rows, problems) if reason is None]
-    skipped = [SkippedFile(path, reason) for path, reason in zip(paths, problems) if reason is not None]
+    keep = [row for row, reason in zip(rows, problems, strict=True) if reason is None]
+    skipped = [
+        SkippedFile(path, reason)
+        for path, reason in zip(paths, problems, strict=True)
+        if reason is not None
+    ]
     return keep, skipped
 
 
@@ -407,16 +438,20 @@ def _check_labels(
     after_skips = f" (after skipping {len(skipped)} file(s))" if skipped else ""
     train_names = set(label_names[split == "train"])
     if not train_names:
-        raise ValueError(f"no train rows{after_skips}; expected split 'train' on at least some rows")
+        raise ValueError(
+            f"no train rows{after_skips}; expected split 'train' on at least some rows"
+        )
     unseen = sorted(set(label_names) - train_names)
     if unseen:
         raise ValueError(
-            f"label(s) {', '.join(map(repr, unseen))} appear only in valid/test, never in train{after_skips}; "
+            f"label(s) {', '.join(map(repr, unseen))} appear only in valid/test, "
+            f"never in train{after_skips}; "
             "every label needs train images"
         )
     if len(train_names) < 2:
         raise ValueError(
-            f"train has only one class ({next(iter(train_names))!r}){after_skips}; expected at least 2 classes"
+            f"train has only one class ({next(iter(train_names))!r}){after_skips}; "
+            "expected at least 2 classes"
         )
     labels, names = _index_names(label_names)
     return labels, names
@@ -430,7 +465,9 @@ def _index_names(values: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
 
 
 def _load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float) -> ImageDataset:
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name) and d.name != "__MACOSX")
+    class_dirs = sorted(
+        d for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name) and d.name != "__MACOSX"
+    )
     if not class_dirs:
         raise ValueError(
             f"{root} has no {METADATA_FILE} and no class sub-folders; expected {METADATA_FILE} "
@@ -441,13 +478,21 @@ def _load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: floa
     skipped: list[SkippedFile] = []
     for file in sorted(root.rglob("*")):
         relative = file.relative_to(root)
-        if not file.is_file() or any(_is_hidden(part) for part in relative.parts) or relative.parts[0] == "__MACOSX":
+        if (
+            not file.is_file()
+            or any(_is_hidden(part) for part in relative.parts)
+            or relative.parts[0] == "__MACOSX"
+        ):
             continue
         if len(relative.parts) == 1:
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 skipped.append(SkippedFile(relative.as_posix(), "image outside any class folder"))
         elif file.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(SkippedFile(relative.as_posix(), f"not an image file ({file.suffix or 'no extension'})"))
+            skipped.append(
+                SkippedFile(
+                    relative.as_posix(), f"not an image file ({file.suffix or 'no extension'})"
+                )
+            )
         else:
             paths.append(relative.as_posix())
             label_names.append(relative.parts[0])
@@ -476,18 +521,23 @@ def _stratified_split(
     labels: np.ndarray, class_names: tuple[str, ...], *, seed: int, valid_fraction: float
 ) -> np.ndarray:
     if len(class_names) < 2:
-        raise ValueError(f"only one class folder with images ({class_names[0]!r}); expected at least 2 classes")
+        raise ValueError(
+            f"only one class folder with images ({class_names[0]!r}); expected at least 2 classes"
+        )
     counts = np.bincount(labels, minlength=len(class_names))
     too_small = [f"{class_names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
     if too_small:
-        raise ValueError(f"class folder(s) {', '.join(too_small)} need at least 2 images to split train/valid")
+        raise ValueError(
+            f"class folder(s) {', '.join(too_small)} need at least 2 images to split train/valid"
+        )
     try:
         _, valid = train_test_split(
             np.arange(len(labels)), test_size=valid_fraction, stratify=labels, random_state=seed
         )
     except ValueError as exc:
         raise ValueError(
-            f"cannot split {len(labels)} images over {len(class_names)} classes with valid_fraction "
+            f"cannot split {len(labels)} images over {len(class_names)} classes with "
+            f"valid_fraction "
             f"{valid_fraction:g}: {exc}"
         ) from exc
     split = np.full(len(labels), "train", dtype=object)
@@ -540,7 +590,7 @@ def _check_size(size: int) -> None:
         raise ValueError(f"size must be a positive integer; got {size!r}")
 
 
-def _run(fill, count: int, num_workers: int) -> None:
+def _run(fill: Callable[[int], None], count: int, num_workers: int) -> None:
     if num_workers > 0 and count > 1:
         with ThreadPoolExecutor(num_workers) as pool:
             for _ in pool.map(fill, range(count)):  # iterate to re-raise the first worker error
@@ -553,8 +603,8 @@ def _run(fill, count: int, num_workers: int) -> None:
 def _decode_rgb(path: Path, size: int) -> np.ndarray:
     """uint8 (size, size, 3)."""
     with Image.open(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", (size, size))  # DCT-domain downscale: decodes large JPEGs much faster
+        if image.format == "JPEG":  # DCT-domain downscale: decodes large JPEGs much faster
+            image.draft("RGB", (size, size))
         image = _upright(image)
         image = _to_rgb(image)
         if image.size != (size, size):
@@ -578,7 +628,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         else:
             scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0  # float images: 0..1 or 0..255
         gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -594,6 +644,8 @@ def _decode_mask(path: Path, size: int) -> np.ndarray:
         image = _upright(image)
         binary = np.asarray(image.convert("L")) > 0
     if binary.shape != (size, size):
-        scaled = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
+        scaled = Image.fromarray(binary.astype(np.uint8) * 255).resize(
+            (size, size), Image.Resampling.BILINEAR
+        )
         binary = np.asarray(scaled) >= 128
     return binary

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffubias.dataset import ImageDataset, as_positions, read_images
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images uint8 (B,3,H,W), labels int64 (B,), positions int64 (B,)
+# images uint8 (B, 3, H, W), labels int64 (B,), positions int64 (B,) into the source
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class ImageSource(Protocol):
@@ -49,11 +50,13 @@ class InMemoryImages:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise ValueError(
-                f"images must be uint8 (N, 3, H, W); got {self.images.dtype} {tuple(self.images.shape)}"
+                "images must be uint8 (N, 3, H, W); "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
             raise ValueError(
-                f"labels must be int64 ({len(self.images)},); got {self.labels.dtype} {tuple(self.labels.shape)}"
+                f"labels must be int64 ({len(self.images)},); "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
             )
 
     def __len__(self) -> int:
@@ -87,7 +90,9 @@ class StreamingImages:
             raise ValueError(f"num_workers must be >= 0; got {self.num_workers}")
         positions = as_positions(self.positions, len(self.ds.paths))
         object.__setattr__(self, "positions", positions)
-        object.__setattr__(self, "labels", torch.from_numpy(self.ds.labels[positions].astype(np.int64)))
+        object.__setattr__(
+            self, "labels", torch.from_numpy(self.ds.labels[positions].astype(np.int64))
+        )
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -101,7 +106,9 @@ class StreamingImages:
         return images, self.labels[local]
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[Batch]:
-        yield from _stream(self, _batch_order(len(self), batch_size, shuffle, seed), self.num_workers)
+        yield from _stream(
+            self, _batch_order(len(self), batch_size, shuffle, seed), self.num_workers
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,14 +133,18 @@ class ConcatImages:
 
     def take(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.empty((len(local), *self.image_shape), dtype=torch.uint8)
-        part_of = torch.searchsorted(self.offsets, local, right=True) - 1  # (B,) part index per position
+        part_of = (
+            torch.searchsorted(self.offsets, local, right=True) - 1
+        )  # (B,) part index per position
         for k in part_of.unique().tolist():
             chosen = part_of == k
             images[chosen] = self.parts[k].take(local[chosen] - self.offsets[k])[0]
         return images, self.labels[local]
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[Batch]:
-        workers = max((p.num_workers for p in self.parts if isinstance(p, StreamingImages)), default=0)
+        workers = max(
+            (p.num_workers for p in self.parts if isinstance(p, StreamingImages)), default=0
+        )
         yield from _stream(self, _batch_order(len(self), batch_size, shuffle, seed), workers)
 
 
@@ -167,18 +178,23 @@ def concat_sources(*sources: ImageSource) -> InMemoryImages | StreamingImages | 
             parts.append(source)
         else:
             raise ValueError(
-                f"cannot concatenate a {type(source).__name__}; expected InMemoryImages, StreamingImages "
+                f"cannot concatenate a {type(source).__name__}; "
+                "expected InMemoryImages, StreamingImages "
                 "or ConcatImages"
             )
     if not parts:
         raise ValueError("concat_sources needs at least one source")
     shapes = {part.image_shape for part in parts}
     if len(shapes) > 1:
-        raise ValueError(f"sources have different image shapes {sorted(shapes)}; expected one shape")
+        raise ValueError(
+            f"sources have different image shapes {sorted(shapes)}; expected one shape"
+        )
     if len(parts) == 1:
         return parts[0]
     if all(isinstance(part, InMemoryImages) for part in parts):
-        return InMemoryImages(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+        return InMemoryImages(
+            torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])
+        )
     return ConcatImages(tuple(parts))
 
 
@@ -206,7 +222,11 @@ class _TakeBatches(Dataset):
         return images, labels, local
 
 
-def _stream(source: StreamingImages | ConcatImages, order: list[torch.Tensor], num_workers: int) -> Iterator[Batch]:
+def _stream(
+    source: StreamingImages | ConcatImages, order: list[torch.Tensor], num_workers: int
+) -> Iterator[Batch]:
     # batch_size=None with a sampler of index tensors: each worker decodes one whole batch.
-    loader = DataLoader(_TakeBatches(source), batch_size=None, sampler=order, num_workers=num_workers)
+    loader = DataLoader(
+        _TakeBatches(source), batch_size=None, sampler=order, num_workers=num_workers
+    )
     yield from loader

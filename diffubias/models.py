@@ -28,7 +28,7 @@ class ModelSpec:
     arch: str
     num_classes: int
     image_size: int
-    width: int = 32
+    width: int = 16
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "num_classes": self.num_classes,
@@ -38,13 +38,17 @@ class ModelSpec:
 class Classifier(nn.Module):
     """Normalisation + backbone; `cam_layer` names the backbone's last spatial block."""
 
-    def __init__(self, backbone: nn.Module, cam_layer: nn.Module, spec: ModelSpec):
+    def __init__(self, backbone: nn.Module, cam_layer: str, spec: ModelSpec):
         super().__init__()
         self.backbone = backbone
-        self.cam_layer = cam_layer
+        self.cam_layer_name = cam_layer  # a name, not a second registration of the same weights
         self.spec = spec
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.backbone.get_submodule(self.cam_layer_name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std)
@@ -55,27 +59,32 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-def _small_cnn(num_classes: int, width: int) -> tuple[nn.Module, nn.Module]:
-    # Three conv stages, two poolings: 28 px -> 7x7 and 64 px -> 16x16 CAM maps, fine enough
-    # to tell object from background.
-    last = _conv_block(2 * width, 4 * width)
-    body = nn.Sequential(
-        _conv_block(3, width), nn.MaxPool2d(2),
-        _conv_block(width, 2 * width), nn.MaxPool2d(2),
-        last,
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
-    )
-    return body, last
+def _small_cnn(num_classes: int, width: int, image_size: int) -> tuple[nn.Module, str]:
+    # Conv stages separated by 2x2 pooling until the map is 7-8 px (28 px: 3 stages, 64 px: 4),
+    # so the last stage sees whole objects and its CAM still locates them.
+    stages = 3 if image_size <= 32 else 4
+    layers: list[nn.Module] = []
+    cin = 3
+    for i in range(stages):
+        cout = width * 2 ** i
+        layers.append(_conv_block(cin, cout))
+        if i < stages - 1:
+            layers.append(nn.MaxPool2d(2))
+        cin = cout
+    cam_layer = str(len(layers) - 1)
+    body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(cin, num_classes))
+    return body, cam_layer
 
 
-def _resnet18(num_classes: int, weights_path: Path | None) -> tuple[nn.Module, nn.Module]:
+def _resnet18(num_classes: int, weights_path: Path | None) -> tuple[nn.Module, str]:
     from torchvision.models import resnet18
 
     net = resnet18(weights=None)
     if weights_path is not None:
         net.load_state_dict(load_state_dict(weights_path), strict=False)
     net.fc = nn.Linear(net.fc.in_features, num_classes)
-    return net, net.layer4[-1]
+    return net, "layer4.1"
 
 
 def resolve_arch(arch: str, image_size: int) -> str:
@@ -86,7 +95,7 @@ def resolve_arch(arch: str, image_size: int) -> str:
     return arch
 
 
-def build_classifier(*, num_classes: int, image_size: int, arch: str = "auto", width: int = 32,
+def build_classifier(*, num_classes: int, image_size: int, arch: str = "auto", width: int = 16,
                      seed: int = 0, init_weights: Path | None = None) -> Classifier:
     """A freshly initialised classifier; the same seed gives the same initial weights.
 
@@ -99,7 +108,7 @@ def build_classifier(*, num_classes: int, image_size: int, arch: str = "auto", w
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.arch == "small-cnn":
-            backbone, cam_layer = _small_cnn(num_classes, width)
+            backbone, cam_layer = _small_cnn(num_classes, width, image_size)
         else:
             backbone, cam_layer = _resnet18(num_classes, init_weights)
     return Classifier(backbone, cam_layer, spec)

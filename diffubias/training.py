@@ -75,8 +75,8 @@ class TrainResult:
 def gce_loss(logits: torch.Tensor, targets: torch.Tensor, q: float) -> torch.Tensor:
     """Per-sample Generalized Cross Entropy in LfF's form: CE * q * p_y^q (p_y detached).
 
-    Its gradient equals that of (1 - p_y^q) / q, which favours samples the model already finds
-    easy, so the model latches onto the shortcut.
+    Its gradient is q times that of GCE's (1 - p_y^q) / q, i.e. CE's gradient scaled by
+    q * p_y^q: samples the model already finds easy dominate, so it latches onto the shortcut.
     """
     p_y = F.softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1).detach()  # (B,)
     return F.cross_entropy(logits, targets, reduction="none") * q * p_y.pow(q)

@@ -8,13 +8,13 @@ from diffubias.training import TrainConfig, gce_loss, train_classifier
 
 
 def test_gce_gradient_matches_its_closed_form():
-    """LfF's weighting CE * q * p_y^q has the gradient of (1 - p_y^q) / q."""
+    """LfF's weighting CE * q * p_y^q has q times the gradient of GCE, (1 - p_y^q) / q."""
     logits = torch.randn(5, 4, requires_grad=True)
     targets = torch.tensor([0, 1, 2, 3, 0])
     q = 0.7
     (g1,) = torch.autograd.grad(gce_loss(logits, targets, q).sum(), logits)
     p_y = logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
-    (g2,) = torch.autograd.grad(((1 - p_y.pow(q)) / q).sum(), logits)
+    (g2,) = torch.autograd.grad((1 - p_y.pow(q)).sum(), logits)
     assert torch.allclose(g1, g2, atol=1e-6)
 
 

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -44,20 +45,22 @@ def ensure_builtin(name: str, *, cache_dir: Path, conflict_ratio: float, seed: i
     """The folder holding built-in `name` for (conflict_ratio, seed), generating it if absent."""
     generate = _generator(name)
     ratio = _check_conflict_ratio(conflict_ratio)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    folder = Path(cache_dir) / "builtin" / f"{name}-rho{ratio:g}-seed{seed}"
+    folder = Path(cache_dir) / "builtin" / f"{name}-rho{ratio:g}-seed{int(seed)}"
     if (folder / "metadata.csv").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        generate(tmp, conflict_ratio=ratio, seed=seed)
+        generate(tmp, conflict_ratio=ratio, seed=int(seed))
         tmp.chmod(0o755)
         os.rename(tmp, folder)  # atomic: the folder exists only once complete
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / "metadata.csv").is_file():  # not a concurrent generation that won the rename
+        if not (
+            folder / "metadata.csv"
+        ).is_file():  # not a concurrent generation that won the rename
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -90,7 +93,9 @@ def _generator(name: str) -> Callable[..., None]:
 
 def _check_name(name: str) -> None:
     if name not in BUILTIN_NAMES:
-        raise ValueError(f"unknown built-in dataset {name!r}; expected one of {', '.join(BUILTIN_NAMES)}")
+        raise ValueError(
+            f"unknown built-in dataset {name!r}; expected one of {', '.join(BUILTIN_NAMES)}"
+        )
 
 
 def _check_conflict_ratio(conflict_ratio: float) -> float:
@@ -107,7 +112,9 @@ def _check_conflict_ratio(conflict_ratio: float) -> float:
 # Shared by the generators: the LfF bias protocol and the metadata file.
 
 
-def biased_attributes(label: int, count: int, *, num_attributes: int, conflict_ratio: float) -> np.ndarray:
+def biased_attributes(
+    label: int, count: int, *, num_attributes: int, conflict_ratio: float
+) -> np.ndarray:
     """int64 (count,) attributes for the train samples of class `label` (LfF protocol).
 
     A fraction 1 - rho is aligned (attribute == label); the round(count * rho) conflicts go
@@ -142,13 +149,24 @@ def prompt_words(prompt: str) -> list[str]:
     return re.findall(r"[a-z]+|\d+", prompt.lower())
 
 
-def find_named(words: Sequence[str], vocabulary: dict[str, int], *, preferred: int | None = None) -> int | None:
+def find_named(
+    words: Sequence[str], vocabulary: dict[str, int], *, preferred: int | None = None
+) -> int | None:
     """The index of the first vocabulary word in `words`; `preferred` wins if it is among them
     (a prompt naming two classes most likely describes the label it was written for)."""
     found = [vocabulary[word] for word in words if word in vocabulary]
     if preferred is not None and preferred in found:
         return preferred
     return found[0] if found else None
+
+
+def metadata_row(
+    path: str, split: str, label: str, bias: str, captions: Sequence[str], **extra: str
+) -> dict[str, str]:
+    """One metadata.csv row in the column order every built-in shares."""
+    row = {"path": path, "split": split, "label": label, "bias": bias, "caption": captions[0]}
+    row |= {f"caption_{i}": caption for i, caption in enumerate(captions[1:], start=2)}
+    return row | extra
 
 
 def write_metadata(folder: Path, rows: Sequence[dict[str, str]]) -> None:
@@ -159,6 +177,35 @@ def write_metadata(folder: Path, rows: Sequence[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", compress_level=1)  # speed over size; output is still deterministic
+class PngWriter:
+    """Writes uint8 arrays as PNG files under `folder` on a few threads: PNG encoding and file
+    creation release the GIL, and creating thousands of small files is most of a generator's time.
+    Use as a context manager; leaving it waits for every file and re-raises the first error."""
+
+    def __init__(self, folder: Path, *, threads: int = 2) -> None:
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(threads)
+        self._pending: list[Future[None]] = []
+        self._made: set[Path] = set()
+
+    def __enter__(self) -> PngWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+        if exc_type is None:  # otherwise the body's own error is the one to report
+            for future in self._pending:
+                future.result()
+
+    def write(self, pixels: np.ndarray, relative_path: str) -> None:
+        path = self.folder / relative_path
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
+        self._pending.append(self._pool.submit(_save_png, pixels, path))
+
+
+def _save_png(pixels: np.ndarray, path: Path) -> None:
+    Image.fromarray(pixels).save(
+        path, format="PNG", compress_level=1
+    )  # speed over size; still deterministic

@@ -19,17 +19,29 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from diffubias.builtin import (
+    PngWriter,
     balanced_attributes,
     biased_attributes,
     find_named,
+    metadata_row,
     pick_captions,
     prompt_words,
-    save_png,
     write_metadata,
 )
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-COLOR_NAMES = ("orange", "yellow", "mauve", "khaki", "cyan", "green", "blue", "purple", "olive", "red")
+COLOR_NAMES = (
+    "orange",
+    "yellow",
+    "mauve",
+    "khaki",
+    "cyan",
+    "green",
+    "blue",
+    "purple",
+    "olive",
+    "red",
+)
 # LfF's mean colours, RGB in [0, 1]; colour i is aligned with digit i.
 MEAN_COLORS = np.array(
     [
@@ -81,33 +93,38 @@ def source_pools() -> dict[str, np.ndarray]:
     """Disjoint source-digit ids per split (about 60/20/20, stratified by class)."""
     _, classes = source_digits()
     ids = np.arange(len(classes))
-    train, rest = train_test_split(ids, test_size=0.4, stratify=classes, random_state=SOURCE_SPLIT_SEED)
-    valid, test = train_test_split(rest, test_size=0.5, stratify=classes[rest], random_state=SOURCE_SPLIT_SEED)
+    train, rest = train_test_split(
+        ids, test_size=0.4, stratify=classes, random_state=SOURCE_SPLIT_SEED
+    )
+    valid, test = train_test_split(
+        rest, test_size=0.5, stratify=classes[rest], random_state=SOURCE_SPLIT_SEED
+    )
     return {"train": np.sort(train), "valid": np.sort(valid), "test": np.sort(test)}
 
 
 def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
     """Write images and metadata.csv for one variant into the existing `folder`."""
     rng = np.random.default_rng(seed)
-    images, classes = source_digits()
+    images, _ = source_digits()
     rows: list[dict[str, str]] = []
-    for split, samples in _plan(conflict_ratio, rng).items():
-        for index, (label, color, source_id) in enumerate(samples):
-            path = f"{split}/{index:05d}.png"
-            save_png(Image.fromarray(_render(images[source_id], color, rng)), folder / path)
-            captions = pick_captions(CAPTION_TEMPLATES, rng, digit=CLASS_NAMES[label], color=COLOR_NAMES[color])
-            rows.append(
-                {
-                    "path": path,
-                    "split": split,
-                    "label": CLASS_NAMES[label],
-                    "bias": COLOR_NAMES[color],
-                    "caption": captions[0],
-                    "caption_2": captions[1],
-                    "caption_3": captions[2],
-                    "source_id": str(source_id),
-                }
-            )
+    with PngWriter(folder) as writer:
+        for split, samples in _plan(conflict_ratio, rng).items():
+            for index, (label, color, source_id) in enumerate(samples):
+                path = f"{split}/{index:05d}.png"
+                writer.write(_render(images[source_id], color, rng), path)
+                captions = pick_captions(
+                    CAPTION_TEMPLATES, rng, digit=CLASS_NAMES[label], color=COLOR_NAMES[color]
+                )
+                rows.append(
+                    metadata_row(
+                        path,
+                        split,
+                        CLASS_NAMES[label],
+                        COLOR_NAMES[color],
+                        captions,
+                        source_id=str(source_id),
+                    )
+                )
     write_metadata(folder, rows)
 
 
@@ -159,7 +176,11 @@ def _plan(conflict_ratio: float, rng: np.random.Generator) -> dict[str, list[tup
             pool = pools[split][classes[pools[split]] == label]
             # every source digit used equally often (+-1), paired with colours at random
             sources = np.resize(rng.permutation(pool), len(colors))
-            samples += zip([label] * len(colors), rng.permutation(colors).tolist(), sources.tolist())
+            colors = rng.permutation(colors).tolist()
+            samples += [
+                (label, color, source)
+                for color, source in zip(colors, sources.tolist(), strict=True)
+            ]
         plan[split] = [samples[i] for i in rng.permutation(len(samples))]
     return plan
 
@@ -177,16 +198,23 @@ def _render(digit: np.ndarray, color: int, rng: np.random.Generator) -> np.ndarr
     scale = rng.uniform(0.85, 1.1)
     shift_x, shift_y = rng.uniform(-2.0, 2.0, size=2)
     warped = canvas.transform(
-        canvas.size, Image.Transform.AFFINE, _inverse_affine(angle, scale, shift_x, shift_y), Image.Resampling.BILINEAR
+        canvas.size,
+        Image.Transform.AFFINE,
+        _inverse_affine(angle, scale, shift_x, shift_y),
+        Image.Resampling.BILINEAR,
     )
     # 3. LfF colouring: one noisy colour per image, times the stroke intensity
     rgb = np.clip(MEAN_COLORS[color] + rng.normal(size=3) * COLOR_SIGMA, 0.0, 1.0)
     intensity = np.asarray(warped, dtype=np.float64)  # (28, 28) in 0..255
-    return np.rint(intensity[:, :, None] * rgb).astype(np.uint8)  # (28, 28, 1) * (3,) -> (28, 28, 3)
+    return np.rint(intensity[:, :, None] * rgb).astype(
+        np.uint8
+    )  # (28, 28, 1) * (3,) -> (28, 28, 3)
 
 
-def _inverse_affine(angle: float, scale: float, shift_x: float, shift_y: float) -> tuple[float, ...]:
-    """PIL AFFINE coefficients mapping output pixels back to input for rotate+scale+shift about the centre."""
+def _inverse_affine(
+    angle: float, scale: float, shift_x: float, shift_y: float
+) -> tuple[float, ...]:
+    """PIL AFFINE coefficients (output -> input pixel) of rotate, scale, shift about the centre."""
     centre = IMAGE_SIZE / 2
     cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
     x0, y0 = centre + shift_x, centre + shift_y

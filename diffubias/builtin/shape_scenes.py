@@ -17,12 +17,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from diffubias.builtin import (
+    PngWriter,
     balanced_attributes,
     biased_attributes,
     find_named,
+    metadata_row,
     pick_captions,
     prompt_words,
-    save_png,
     write_metadata,
 )
 
@@ -34,7 +35,9 @@ IMAGE_SIZE = 64
 RADIUS_RANGE = (13.0, 21.0)  # object's outer radius in px: 40-65 % of the image side
 MARGIN = 3  # px between the object and the image border
 TRAIN_PER_CLASS = 500
-VALID_PER_CELL = 17  # per class x scene: 6 x 6 x 17 = 612 valid images (600 is not a multiple of 36)
+VALID_PER_CELL = (
+    17  # per class x scene: 6 x 6 x 17 = 612 valid images (600 is not a multiple of 36)
+)
 TEST_PER_CELL = 34  # 1,224 test images
 
 CAPTION_TEMPLATES = (
@@ -71,38 +74,39 @@ def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     color_names = tuple(OBJECT_COLORS)
     rows: list[dict[str, str]] = []
-    for split, samples in _plan(conflict_ratio, rng).items():
-        for index, (label, scene) in enumerate(samples):
-            color = int(rng.integers(len(color_names)))
-            image, mask = draw_scene(label, scene, color, rng)
-            path, mask_path = f"{split}/{index:05d}.png", f"masks/{split}/{index:05d}.png"
-            save_png(Image.fromarray(image), folder / path)
-            save_png(Image.fromarray(mask.astype(np.uint8) * 255), folder / mask_path)
-            captions = pick_captions(
-                CAPTION_TEMPLATES,
-                rng,
-                shape=CLASS_NAMES[label],
-                color=color_names[color],
-                where=SCENE_PHRASES[scene],
-            )
-            rows.append(
-                {
-                    "path": path,
-                    "split": split,
-                    "label": CLASS_NAMES[label],
-                    "bias": SCENE_NAMES[scene],
-                    "caption": captions[0],
-                    "caption_2": captions[1],
-                    "caption_3": captions[2],
-                    "mask": mask_path,
-                    "object_color": color_names[color],
-                }
-            )
+    with PngWriter(folder) as writer:
+        for split, samples in _plan(conflict_ratio, rng).items():
+            for index, (label, scene) in enumerate(samples):
+                color = int(rng.integers(len(color_names)))
+                image, mask = draw_scene(label, scene, color, rng)
+                path, mask_path = f"{split}/{index:05d}.png", f"masks/{split}/{index:05d}.png"
+                writer.write(image, path)
+                writer.write(mask.astype(np.uint8) * 255, mask_path)
+                captions = pick_captions(
+                    CAPTION_TEMPLATES,
+                    rng,
+                    shape=CLASS_NAMES[label],
+                    color=color_names[color],
+                    where=SCENE_PHRASES[scene],
+                )
+                rows.append(
+                    metadata_row(
+                        path,
+                        split,
+                        CLASS_NAMES[label],
+                        SCENE_NAMES[scene],
+                        captions,
+                        mask=mask_path,
+                        object_color=color_names[color],
+                    )
+                )
     write_metadata(folder, rows)
 
 
-def draw_scene(shape: int, scene: int, color: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (64, 64, 3) image of `shape` in palette colour `color` on `scene`, and its bool (64, 64) mask."""
+def draw_scene(
+    shape: int, scene: int, color: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (64, 64, 3): `shape` in palette colour `color` on `scene`; its bool (64, 64) mask."""
     background = _SCENE_TEXTURES[scene](rng)  # float (64, 64, 3) in [0, 1]
     image = np.rint(np.clip(background, 0.0, 1.0) * 255).astype(np.uint8)
     mask = _shape_mask(shape, rng)
@@ -166,7 +170,9 @@ def _outline(shape: int) -> np.ndarray:
     if name == "triangle":
         return _on_circle(np.ones(3), 3)
     if name == "star":
-        return _on_circle(np.tile([1.0, 0.42], 5), 10)  # deep inner radius keeps points distinct at 13 px
+        return _on_circle(
+            np.tile([1.0, 0.42], 5), 10
+        )  # deep inner radius keeps points distinct at 13 px
     if name == "cross":
         arm, half_width = 1.0, 0.3
         quarter = [(arm, half_width), (half_width, half_width), (half_width, arm)]
@@ -176,7 +182,13 @@ def _outline(shape: int) -> np.ndarray:
             points += [(c * x - s * y, s * x + c * y) for x, y in quarter]
         return np.array(points) / np.hypot(arm, half_width)
     t = np.linspace(0.0, 2 * np.pi, 64, endpoint=False)  # heart: the classic parametric curve
-    points = np.stack([16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))], 1)
+    points = np.stack(
+        [
+            16 * np.sin(t) ** 3,
+            -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)),
+        ],
+        1,
+    )
     points -= (points.max(axis=0) + points.min(axis=0)) / 2
     return points / np.linalg.norm(points, axis=1).max()
 
@@ -187,7 +199,7 @@ def _on_circle(radii: np.ndarray, count: int) -> np.ndarray:
 
 
 def _shape_mask(shape: int, rng: np.random.Generator) -> np.ndarray:
-    """bool (64, 64): the shape at a random radius, rotation and position, fully inside the image."""
+    """bool (64, 64): the shape at a random radius, rotation and position, inside the image."""
     radius = rng.uniform(*RADIUS_RANGE)
     angle = rng.uniform(0.0, 2 * np.pi)
     centre = rng.uniform(radius + MARGIN, IMAGE_SIZE - radius - MARGIN, size=2)
@@ -206,20 +218,28 @@ _Y, _X = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64)
 
 def _smooth_noise(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     """float (64, 64) noise with rows x cols features, roughly in [0, 1]."""
-    cells = Image.fromarray(rng.random((rows, cols)).astype(np.float32), mode="F")
-    return np.asarray(cells.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC), dtype=np.float64)
+    cells = Image.fromarray(rng.random((rows, cols)).astype(np.float32))
+    return np.asarray(
+        cells.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC), dtype=np.float64
+    )
 
 
 def _grass(rng: np.random.Generator) -> np.ndarray:
     blades = _smooth_noise(rng, 6, 64)  # few rows, many columns: thin vertical streaks
     patches = _smooth_noise(rng, 3, 3)
     shade = 0.55 + 0.5 * blades + 0.2 * (patches - 0.5)
-    return np.array([0.28, 0.60, 0.14]) * shade[:, :, None] + 0.08 * (patches[:, :, None] - 0.5) * [1.0, 0.6, 0.0]
+    return np.array([0.28, 0.60, 0.14]) * shade[:, :, None] + 0.08 * (patches[:, :, None] - 0.5) * [
+        1.0,
+        0.6,
+        0.0,
+    ]
 
 
 def _water(rng: np.random.Generator) -> np.ndarray:
     wobble = 2.0 * np.sin(2 * np.pi * _X / rng.uniform(18, 30) + rng.uniform(0, 2 * np.pi))
-    waves = 0.5 + 0.5 * np.sin(2 * np.pi * (_Y + wobble) / rng.uniform(6, 9) + rng.uniform(0, 2 * np.pi))
+    waves = 0.5 + 0.5 * np.sin(
+        2 * np.pi * (_Y + wobble) / rng.uniform(6, 9) + rng.uniform(0, 2 * np.pi)
+    )
     image = np.array([0.08, 0.32, 0.68]) * (0.75 + 0.35 * waves)[:, :, None]
     return image + 0.3 * (waves > 0.93)[:, :, None]  # glints on the crests
 
@@ -236,9 +256,14 @@ def _brick(rng: np.random.Generator) -> np.ndarray:
     height, width, mortar = 8, 16, 2
     y = _Y.astype(int) + int(rng.integers(height))
     row = y // height
-    x = _X.astype(int) + int(rng.integers(width)) + (row % 2) * (width // 2)  # stagger alternate rows
+    x = (
+        _X.astype(int) + int(rng.integers(width)) + (row % 2) * (width // 2)
+    )  # stagger alternate rows
     jitter = rng.normal(0.0, 0.07, size=(row.max() + 1, x.max() // width + 1))[row, x // width]
-    brick = np.array([0.66, 0.26, 0.17]) * (1 + jitter + 0.08 * (rng.random(_X.shape) - 0.5))[:, :, None]
+    brick = (
+        np.array([0.66, 0.26, 0.17])
+        * (1 + jitter + 0.08 * (rng.random(_X.shape) - 0.5))[:, :, None]
+    )
     is_mortar = ((y % height) < mortar) | ((x % width) < mortar)
     return np.where(is_mortar[:, :, None], np.array([0.80, 0.78, 0.72]), brick)
 
