@@ -51,6 +51,21 @@ class RunConfig:
     cam_method: str = "gradcam"
     cam_samples: int = 200  # test samples whose CAM mass is measured
     cam_sheet_rows: int = 12
+    # model captioners, diffusion generation, bias keywords (the model ids go in `captioner` and
+    # `generator`); validated where they are used (diffubias.hf_captioners, diffubias.diffusion)
+    caption_instruction: str = "Describe this image in one sentence."  # VLM captioners only
+    caption_batch_size: int = 16  # images per generate() call
+    caption_max_new_tokens: int = 40
+    keywords_top_n: int = 10  # bias keywords per class; 0: no keywords, no aligned captions
+    gen_steps: int = 25  # DPM-Solver on UNet pipelines; SD 3.x's own scheduler wants ~28
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    gen_batch_size: int = 8  # images per pipeline call; halved on CUDA out-of-memory
+    gen_width: int = 0  # 0: the pipeline's default size
+    gen_height: int = 0
+    model_dtype: str = "auto"  # auto: bf16 on CUDA (fp16 without bf16 support), fp32 on CPU
+    offload: str = "none"  # none, model (enable_model_cpu_offload) or sequential; CUDA only
+    compile_mode: str = ""  # "": no torch.compile; else a mode, e.g. default, max-autotune
 
     def __post_init__(self) -> None:
         if not 0 < self.conflict_ratio < 1:

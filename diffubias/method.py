@@ -177,15 +177,15 @@ def cam_positions(data: PreparedDataset, config: RunConfig) -> np.ndarray:
 
 def gradcam_comparison(data: PreparedDataset, config: RunConfig, before: nn.Module,
                        after: nn.Module, positions: np.ndarray):
-    """Grad-CAM of two models on the same images, explaining the true class; object masses
-    when the dataset has masks. Returns (images uint8, masks or None, CamComparison)."""
+    """Grad-CAM of two models on the same images, each explaining its own prediction (where
+    does the model look when it decides?); object masses when the dataset has masks.
+    Returns (images uint8, masks or None, CamComparison)."""
     from diffubias.gradcam import compare_models
 
     images = read_images(data.ds, positions, size=data.image_size)
     masks = (read_masks(data.ds, positions, size=data.image_size)
              if data.ds.mask_paths is not None else None)
-    comparison = compare_models(before, after, images, masks=masks,
-                                labels=data.ds.labels[positions].tolist(),
+    comparison = compare_models(before, after, images, masks=masks, labels=None,
                                 method=config.cam_method, device=config.resolved_device())
     return images, masks, comparison
 

@@ -4,6 +4,7 @@ a bar's orientation always does) that trains in seconds on a CPU."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,12 @@ def make_bar_images(labels: np.ndarray, colours: np.ndarray, rng: np.random.Gene
         else:
             images[i, r, c:c + 4] += 40
     return torch.from_numpy(images.clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="session")
+def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the whole session, so each built-in variant is generated once."""
+    return tmp_path_factory.getbasetemp() / "builtin-cache"
 
 
 @pytest.fixture(scope="session")

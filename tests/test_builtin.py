@@ -23,12 +23,6 @@ from diffubias.builtin import (
 
 
 @pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same folder in every test file of the session, so each variant is generated once.
-    return tmp_path_factory.getbasetemp() / "builtin-cache"
-
-
-@pytest.fixture(scope="session")
 def digits_folder(builtin_cache: Path) -> Path:
     return ensure_builtin("colored-digits", cache_dir=builtin_cache, conflict_ratio=0.01, seed=0)
 

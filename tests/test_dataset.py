@@ -20,12 +20,6 @@ from diffubias.dataset import (
 )
 
 
-@pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same folder in every test file of the session, so each built-in is generated once.
-    return tmp_path_factory.getbasetemp() / "builtin-cache"
-
-
 def _png(path: Path, color=(200, 30, 40), size=(8, 8), mode="RGB") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color).save(path)
