@@ -50,8 +50,19 @@ class MetadataCaptioner:
 CAPTIONERS = ("metadata",)
 
 
-def make_captioner(name: str, *, per_image: int = 3) -> Captioner:
-    """A captioner by name: `metadata`, or (once model backends exist) a model id or path."""
+def make_captioner(name: str, *, per_image: int = 3, instruction: str | None = None,
+                   batch_size: int = 16, max_new_tokens: int = 40, seed: int = 0,
+                   device: str = "auto", dtype: str = "auto") -> Captioner:
+    """A captioner by name: `metadata`, or a BLIP / image-text-to-text VLM by hub id, local
+    folder or short name (blip, blip-base, llava, llava-llama3); see diffubias.hf_captioners.
+
+    `instruction` is the VLM prompt (None: the default); the other options apply to models only.
+    """
     if name == "metadata":
         return MetadataCaptioner(per_image=per_image)
-    raise ValueError(f"unknown captioner {name!r}; expected one of {CAPTIONERS}")
+    from diffubias.hf_captioners import CaptionSettings, load_captioner
+
+    settings = CaptionSettings(per_image=per_image, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, seed=seed,
+                               **({"instruction": instruction} if instruction else {}))
+    return load_captioner(name, settings=settings, device=device, dtype=dtype)

@@ -29,8 +29,8 @@ class RunConfig:
     arch: str = "auto"  # small CNN up to 64 px, ResNet-18 above
     width: int = 16  # small CNN: channels of the first stage, doubled per stage
     init_weights: str = ""  # optional local ResNet-18 weights file
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 2e-3
     # stage 2: biased model
     biased_epochs: int = 3
     gce_q: float = 0.7
@@ -43,10 +43,10 @@ class RunConfig:
     extra_stop_words: tuple[str, ...] = ()
     # stage 6: generation
     generator: str = "demo"
-    images_per_prompt: int = 4
+    images_per_prompt: int = 6
     max_images: int = 0  # 0: no cap
     # stage 7: debiased and vanilla models
-    debias_epochs: int = 10
+    debias_epochs: int = 12
     # stage 9: Grad-CAM
     cam_method: str = "gradcam"
     cam_samples: int = 200  # test samples whose CAM mass is measured

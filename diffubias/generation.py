@@ -13,10 +13,10 @@ import csv
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from tqdm.auto import tqdm
 
 from diffubias.text_filter import Prompt
 from diffubias.training import ProgressFn
+
+if TYPE_CHECKING:
+    from diffubias.diffusion import DiffusionSettings
 
 MANIFEST_FIELDS = ("file", "prompt", "source", "label", "label_name", "seed", "backend", "model",
                    "params")
@@ -89,8 +92,13 @@ class DemoGenerator:
         return out
 
 
-def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str]) -> Generator:
-    """A generator by name: `demo` (built-in datasets only)."""
+def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str],
+                   settings: DiffusionSettings | None = None, device: str = "auto",
+                   dtype: str = "auto", offload: str = "none", compile_mode: str = "",
+                   log: Callable[[str], None] | None = None) -> Generator:
+    """A generator by name: `demo` (built-in datasets only), or any diffusers text-to-image
+    pipeline by hub id, local folder or short name (sd15, sdxl, sd35); the keyword options
+    apply to diffusers only (see diffubias.diffusion.load_diffusers_generator)."""
     if name == "demo":
         builtin = dataset_name.removeprefix("builtin:")
         if not dataset_name.startswith("builtin:"):
@@ -98,7 +106,10 @@ def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str]) 
                 f"the demo generator renders only the built-in datasets, not {dataset_name!r}; "
                 "use a diffusion model generator, or run `detect` for detection only")
         return DemoGenerator(builtin, tuple(class_names))
-    raise ValueError(f"unknown generator {name!r}; expected 'demo'")
+    from diffubias.diffusion import load_diffusers_generator
+
+    return load_diffusers_generator(name, settings=settings, device=device, dtype=dtype,
+                                    offload=offload, compile_mode=compile_mode, log=log)
 
 
 def write_generated(images: Sequence[GeneratedImage], out_dir: Path, *,

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from diffubias import __version__
-from diffubias.captions import Caption, make_captioner
+from diffubias.captions import Caption, Captioner, make_captioner
 from diffubias.config import RunConfig
 from diffubias.dataset import SPLITS, ImageDataset, read_images
-from diffubias.generation import load_generated, make_generator, write_generated
+from diffubias.generation import load_generated, make_generator, read_manifest
 from diffubias.method import (Detection, PreparedDataset, cam_positions, detect_bias,
                               gradcam_comparison, test_accuracy, train_debiased)
 from diffubias.models import load_classifier, save_classifier
@@ -188,20 +188,58 @@ def read_candidates(run: Run) -> list[int]:
 
 
 def stage_caption(run: Run) -> dict:
-    """Stage 4: caption every candidate."""
+    """Stage 4: caption every candidate; then bias keywords from candidate vs aligned captions."""
     cfg, ds = run.config, run.data.ds
     positions = read_candidates(run)
     t0 = time.perf_counter()
-    captioner = make_captioner(cfg.captioner, per_image=cfg.captions_per_image)
+    captioner = make_captioner(cfg.captioner, per_image=cfg.captions_per_image,
+                               instruction=cfg.caption_instruction,
+                               batch_size=cfg.caption_batch_size,
+                               max_new_tokens=cfg.caption_max_new_tokens, seed=cfg.seed,
+                               device=cfg.device, dtype=cfg.model_dtype)
     captions = captioner.caption(ds, positions)
-    _write_csv(run.out_dir / "captions.csv", ("position", "path", "text", "backend", "model"),
-               ([c.position, ds.paths[c.position], c.text, c.backend, c.model or ""]
-                for c in captions))
+    _write_caption_csv(run.out_dir / "captions.csv", captions, ds)
     run.log(f"captions: {len(captions)} for {len(positions)} candidates ({captioner.backend})")
+    timings = {"captioning": time.perf_counter() - t0}
+    keywords = None  # written as null when keyword discovery is off
+    if cfg.keywords_top_n:
+        t1 = time.perf_counter()
+        keywords = _caption_keywords(run, captioner, captions)
+        timings["keywords"] = time.perf_counter() - t1
     return run.update_report(
-        captions={"backend": captioner.backend, "model": None, "n_captions": len(captions),
-                  "n_images": len(positions)},
-        timings_s={"captioning": time.perf_counter() - t0})
+        captions={"backend": captioner.backend,
+                  "model": captions[0].model if captions else None,
+                  "n_captions": len(captions), "n_images": len(positions),
+                  "params": dict(captions[0].params) if captions else {}},
+        keywords=keywords, timings_s=timings)
+
+
+def _write_caption_csv(path: Path, captions: list[Caption], ds: ImageDataset) -> None:
+    _write_csv(path, ("position", "path", "text", "backend", "model", "params"),
+               ([c.position, ds.paths[c.position], c.text, c.backend, c.model or "",
+                 json.dumps(dict(c.params), sort_keys=True)] for c in captions))
+
+
+def _caption_keywords(run: Run, captioner: Captioner, captions: list[Caption]) -> dict:
+    """Captions the bottom-K aligned samples of each candidate class (aligned_captions.csv) and
+    ranks the words that set the candidates apart: {class name: [keyword, ...]}."""
+    from diffubias.keywords import aligned_counterparts, bias_keywords
+
+    ds = run.data.ds
+    rows = _read_csv(run.require("scores.csv", "detect"))
+    positions = np.array([int(r["position"]) for r in rows], dtype=np.int64)
+    aligned = positions[aligned_counterparts(
+        np.array([float(r["loss"]) for r in rows]), ds.labels[positions],
+        np.array([r["candidate"] == "1" for r in rows]))]
+    aligned_captions = captioner.caption(ds, aligned.tolist())
+    _write_caption_csv(run.out_dir / "aligned_captions.csv", aligned_captions, ds)
+    found = bias_keywords(captions, aligned_captions, ds.labels, top_n=run.config.keywords_top_n,
+                          extra_stop_words=run.config.extra_stop_words)
+    for cls, keywords in found.items():
+        run.log(f"bias keywords, {ds.class_names[cls]}: "
+                + (", ".join(f"{k.term} ({k.n_candidates}/{k.n_aligned})" for k in keywords[:5])
+                   or "none"))
+    return {ds.class_names[cls]: [k.to_dict() for k in keywords] for cls, keywords in found.items()}
 
 
 def read_captions(run: Run) -> list[Caption]:
@@ -246,7 +284,12 @@ def read_prompts(run: Run) -> list[Prompt]:
 
 
 def stage_generate(run: Run) -> dict:
-    """Stage 6: images from the kept prompts, each labelled with its source sample's class."""
+    """Stage 6: images from the kept prompts, each labelled with its source sample's class.
+
+    Resumable: images already in generated/ (same generator settings) are kept, not redone.
+    Under `accelerate launch` each process generates its share; the main process reports.
+    """
+    from diffubias.diffusion import DiffusionSettings, generate_to_folder
     from diffubias.plots import contact_sheet, save_png
 
     cfg, data = run.config, run.data
@@ -254,21 +297,33 @@ def stage_generate(run: Run) -> dict:
     if cfg.max_images:
         prompts = prompts[: max(1, cfg.max_images // cfg.images_per_prompt)]
     t0 = time.perf_counter()
+    settings = DiffusionSettings(steps=cfg.gen_steps, guidance_scale=cfg.guidance_scale,
+                                 negative_prompt=cfg.negative_prompt,
+                                 batch_size=cfg.gen_batch_size, width=cfg.gen_width,
+                                 height=cfg.gen_height)
     generator = make_generator(cfg.generator, dataset_name=data.ds.name,
-                               class_names=data.ds.class_names)
-    images = generator.generate(prompts, images_per_prompt=cfg.images_per_prompt, seed=cfg.seed)
-    manifest = write_generated(images, run.out_dir / "generated", class_names=data.ds.class_names)
-    # a spread over prompts, not just the first few
-    shown = np.linspace(0, len(images) - 1, num=min(60, len(images))).round().astype(int)
-    tiles, _ = load_generated(manifest, size=data.image_size)
-    save_png(contact_sheet(tiles[shown], captions=[images[i].prompt for i in shown], columns=6,
-                           tile=128, title="generated samples (prompt under each)"),
-             run.out_dir / "generated_samples.png")
-    run.log(f"generated {len(images)} images from {len(prompts)} prompts ({generator.backend})")
+                               class_names=data.ds.class_names, settings=settings,
+                               device=cfg.device, dtype=cfg.model_dtype, offload=cfg.offload,
+                               compile_mode=cfg.compile_mode, log=run.log)
+    out = generate_to_folder(generator, prompts, run.out_dir / "generated",
+                             images_per_prompt=cfg.images_per_prompt, seed=cfg.seed,
+                             class_names=data.ds.class_names, log=run.log)
+    if not out.is_main_process:
+        return run.read_report()
+    rows = read_manifest(out.manifest)
+    if rows:  # a spread over prompts, not just the first few
+        shown = np.linspace(0, len(rows) - 1, num=min(60, len(rows))).round().astype(int)
+        tiles, _ = load_generated(out.manifest, size=data.image_size)
+        save_png(contact_sheet(tiles[shown], captions=[rows[i]["prompt"] for i in shown],
+                               columns=6, tile=128, title="generated samples (prompt under each)"),
+                 run.out_dir / "generated_samples.png")
+    run.log(f"generated {out.n_images} images from {len(prompts)} prompts ({out.backend}; "
+            f"{out.n_new} new, {out.n_existing} resumed, {out.n_blocked} blocked)")
     return run.update_report(
-        generation={"backend": generator.backend, "model": images[0].model if images else None,
-                    "n_prompts": len(prompts), "n_images": len(images),
-                    "manifest": str(manifest.relative_to(run.out_dir))},
+        generation={"backend": out.backend, "model": out.model, "n_prompts": len(prompts),
+                    "n_images": out.n_images, "n_new": out.n_new, "n_existing": out.n_existing,
+                    "n_blocked": out.n_blocked, "params": out.params,
+                    "manifest": str(out.manifest.relative_to(run.out_dir))},
         timings_s={"generation": time.perf_counter() - t0})
 
 
