@@ -10,9 +10,6 @@ draws that image). Real text-to-image pipelines (diffusers) follow the same prot
 from __future__ import annotations
 
 import csv
-import json
-import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,35 +107,6 @@ def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str],
 
     return load_diffusers_generator(name, settings=settings, device=device, dtype=dtype,
                                     offload=offload, compile_mode=compile_mode, log=log)
-
-
-def write_generated(images: Sequence[GeneratedImage], out_dir: Path, *,
-                    class_names: Sequence[str]) -> Path:
-    """Writes PNGs under out_dir/<class>/ and out_dir/manifest.csv; returns the manifest path.
-
-    Written into a temporary sibling folder that replaces out_dir only when complete, so a crash
-    never leaves a half-written set.
-    """
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rows = []
-    for i, g in enumerate(images):
-        rel = f"{class_names[g.label]}/{i:06d}_seed{g.seed}.png"
-        (tmp / rel).parent.mkdir(exist_ok=True)
-        g.image.save(tmp / rel, compress_level=1)
-        rows.append({"file": rel, "prompt": g.prompt, "source": g.source, "label": g.label,
-                     "label_name": class_names[g.label], "seed": g.seed, "backend": g.backend,
-                     "model": g.model or "", "params": json.dumps(dict(g.params), sort_keys=True)})
-    with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir / "manifest.csv"
 
 
 def read_manifest(manifest: Path) -> list[dict]:
