@@ -24,6 +24,10 @@ LOSSES = ("ce", "gce")
 SELECTIONS = ("valid_accuracy", "last")
 
 ProgressFn = Callable[[float, str], None]
+# (logits (B, C), labels (B,), positions (B,) into the training source, float images (B, 3, H, W))
+# -> per-sample loss (B,). Replaces the configured loss; it may train a model of its own on the
+# same batch (LfF's biased model does).
+StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,14 @@ def accuracy(model: nn.Module, source: ImageSource, *, batch_size: int = 512,
 
 def train_classifier(model: nn.Module, train: ImageSource, *, valid: ImageSource | None,
                      config: TrainConfig, sample_weights: torch.Tensor | None = None,
-                     progress: ProgressFn | None = None, desc: str = "train") -> TrainResult:
+                     progress: ProgressFn | None = None, desc: str = "train",
+                     step_loss: StepLoss | None = None) -> TrainResult:
     """Trains `model` in place and returns it loaded with the selected checkpoint.
 
     `sample_weights` (float, one per position of `train`) scales each sample's loss; baselines
-    such as JTT use it. Same model init, data and config give the same weights.
+    such as JTT use it. `step_loss`, when given, computes each step's per-sample loss instead of
+    `config.loss` (LfF's relative-difficulty weighting). Same model init, data and config give
+    the same weights.
     """
     if len(train) == 0:
         raise ValueError("the training set is empty")
@@ -126,8 +133,11 @@ def train_classifier(model: nn.Module, train: ImageSource, *, valid: ImageSource
         for images, labels, positions in train.batches(config.batch_size, shuffle=True,
                                                        seed=config.seed * 10_007 + epoch):
             labels = labels.to(config.device)
-            logits = model(to_float(images, config.device))
-            if config.loss == "gce":
+            inputs = to_float(images, config.device)
+            logits = model(inputs)
+            if step_loss is not None:
+                per_sample = step_loss(logits, labels, positions, inputs)
+            elif config.loss == "gce":
                 per_sample = gce_loss(logits, labels, config.gce_q)
             else:
                 per_sample = F.cross_entropy(logits, labels, reduction="none")

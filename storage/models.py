@@ -51,6 +51,7 @@ class JobKind(enum.StrEnum):
     VANILLA_TRAIN = "vanilla_train"
     SCORE = "score"
     CAPTION = "caption"
+    FILTER = "filter"
     GENERATE = "generate"
     DEBIAS = "debias"
     GRADCAM = "gradcam"
@@ -176,10 +177,11 @@ class Score(Base):
     __tablename__ = "scores"
     __table_args__ = (
         UniqueConstraint("job_id", "sample_id"),
-        # Each index carries loss last so a page or a histogram reads in loss order from the
-        # index alone: all scores, one class's scores, the candidates.
+        # Pages read in loss order from an index: all scores, one class's, the candidates.
+        # The per-class one also covers every column `score_columns` reads, so a histogram of
+        # 200k scores comes from the index alone (twice as fast as with row lookups).
         Index(None, "job_id", "loss"),
-        Index(None, "job_id", "label", "loss"),
+        Index(None, "job_id", "label", "loss", "bias", "is_candidate", "excluded", "sample_id"),
         Index(None, "job_id", "is_candidate", "loss"),
         Index(None, "sample_id"),  # sample deletes cascade here
     )
@@ -188,6 +190,7 @@ class Score(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
     label: Mapped[int]  # the sample's label, copied so per-class queries need no join
+    bias: Mapped[int | None]  # the sample's bias attribute, copied too (histograms by group)
     loss: Mapped[float]
     is_candidate: Mapped[bool] = mapped_column(default=False)
     rank_in_class: Mapped[int | None]  # 0 = highest loss in its class, among candidates

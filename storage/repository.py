@@ -10,12 +10,13 @@ This module knows nothing of torch, Gradio, or where files live on disk.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, Select, cast, func, insert, select, update
+from sqlalchemy import Integer, Select, cast, delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -71,6 +72,18 @@ class SampleColumns:
 
 
 @dataclass(frozen=True)
+class ScoreColumns:
+    """One scoring job's scores as parallel lists in insertion order, for `numpy.asarray`."""
+
+    sample_ids: list[int]
+    labels: list[int]
+    biases: list[int | None]
+    losses: list[float]
+    is_candidate: list[bool]
+    excluded: list[bool]
+
+
+@dataclass(frozen=True)
 class LossHistogram:
     """`counts[i]` losses fall in [edges[i], edges[i+1]); the last bin also holds edges[-1]."""
 
@@ -122,6 +135,16 @@ def list_projects(session: Session) -> Sequence[Project]:
     return session.scalars(query).all()
 
 
+def most_recent_project_id(session: Session) -> int | None:
+    """The project of the newest job, else the newest project; None when there is none."""
+    newest_job = select(Job.project_id).order_by(Job.created_at.desc(), Job.id.desc()).limit(1)
+    project_id = session.scalar(newest_job)
+    if project_id is not None:
+        return project_id
+    newest = select(Project.id).order_by(Project.created_at.desc(), Project.id.desc()).limit(1)
+    return session.scalar(newest)
+
+
 def update_project_settings(session: Session, project_id: int, settings: Mapping[str, Any]) -> None:
     """Replace the settings (JSON columns only save on reassignment, never on in-place edits)."""
     _require(session, Project, project_id).settings = dict(settings)
@@ -166,6 +189,64 @@ def count_samples(session: Session, project_id: int, split: str | None = None) -
     if split is not None:
         query = query.where(Sample.split == split)
     return session.scalar(query) or 0
+
+
+def get_sample(session: Session, sample_id: int) -> Sample | None:
+    return session.get(Sample, sample_id)
+
+
+def samples_by_ids(session: Session, sample_ids: Iterable[int]) -> dict[int, Sample]:
+    """id -> sample, for the ids that exist."""
+    ids = list(sample_ids)
+    found: dict[int, Sample] = {}
+    for start in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+        query = select(Sample).where(Sample.id.in_(ids[start : start + 500]))
+        found.update((sample.id, sample) for sample in session.scalars(query))
+    return found
+
+
+def class_split_counts(session: Session, project_id: int) -> dict[tuple[str, int], int]:
+    """(split, label) -> number of samples, for every pair that has samples."""
+    query = (
+        select(Sample.split, Sample.label, func.count())
+        .where(Sample.project_id == project_id)
+        .group_by(Sample.split, Sample.label)
+    )
+    return {(split, label): count for split, label, count in session.execute(query)}
+
+
+def label_bias_counts(
+    session: Session, project_id: int, split: str = "train"
+) -> dict[tuple[int, int], int]:
+    """(label, bias) -> number of samples of `split` whose bias is known."""
+    query = (
+        select(Sample.label, Sample.bias, func.count())
+        .where(Sample.project_id == project_id, Sample.split == split, Sample.bias.is_not(None))
+        .group_by(Sample.label, Sample.bias)
+    )
+    return {(label, bias): count for label, bias, count in session.execute(query)}
+
+
+def samples_per_class(
+    session: Session, project_id: int, *, split: str, per_class: int
+) -> list[Sample]:
+    """The first `per_class` samples (by position) of each label in `split`, label by label."""
+    labels = session.scalars(
+        select(Sample.label)
+        .where(Sample.project_id == project_id, Sample.split == split)
+        .distinct()
+        .order_by(Sample.label)
+    ).all()
+    out: list[Sample] = []
+    for label in labels:
+        query = (
+            select(Sample)
+            .where(Sample.project_id == project_id, Sample.split == split, Sample.label == label)
+            .order_by(Sample.position)
+            .limit(per_class)
+        )
+        out.extend(session.scalars(query))
+    return out
 
 
 def sample_ids_by_position(session: Session, project_id: int) -> dict[int, int]:
@@ -256,6 +337,35 @@ def list_jobs(session: Session, project_id: int, kind: str | None = None) -> Seq
     return session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc())).all()
 
 
+def active_job(session: Session, project_id: int | None = None) -> Job | None:
+    """The newest queued or running job (of the project, when given)."""
+    query = select(Job).where(Job.status.in_([status.value for status in ACTIVE_STATUSES]))
+    if project_id is not None:
+        query = query.where(Job.project_id == project_id)
+    return session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(1)).first()
+
+
+def latest_finished_job(session: Session, project_id: int) -> Job | None:
+    """The newest job of the project that has ended, however it ended."""
+    query = select(Job).where(
+        Job.project_id == project_id,
+        Job.status.in_([status.value for status in FINAL_STATUSES]),
+    )
+    return session.scalars(query.order_by(Job.finished_at.desc(), Job.id.desc()).limit(1)).first()
+
+
+def cancel_job(session: Session, job_id: int) -> bool:
+    """Mark a queued or running job cancelled (its worker stops at its next progress update).
+
+    Returns False, changing nothing, when the job had already ended.
+    """
+    job = _require(session, Job, job_id)
+    if job.status not in ACTIVE_STATUSES:
+        return False
+    _update_job(session, job_id, status=JobStatus.CANCELLED.value, finished_at=utc_now())
+    return True
+
+
 def mark_interrupted_jobs(session: Session) -> int:
     """Mark every queued or running job interrupted; call once at start-up, before any worker runs.
 
@@ -285,23 +395,25 @@ def _update_job(session: Session, job_id: int, **values: Any) -> Job:
 def add_scores(session: Session, job_id: int, rows: Iterable[RowValues]) -> int:
     """Insert scores; each row has sample_id, loss and optionally is_candidate, rank_in_class.
 
-    The sample's label is copied in; a sample_id outside the job's project is a ValueError.
+    The sample's label and bias are copied in; a sample_id outside the job's project is a
+    ValueError.
     """
-    labels = dict(
-        session.execute(
-            select(Sample.id, Sample.label)
+    known = {
+        sample_id: (label, bias)
+        for sample_id, label, bias in session.execute(
+            select(Sample.id, Sample.label, Sample.bias)
             .join(Job, Job.project_id == Sample.project_id)
             .where(Job.id == job_id)
-        ).all()
-    )
+        )
+    }
     defaults = {"is_candidate": False, "rank_in_class": None, "excluded": False}
     values = [{**defaults, **row, "job_id": job_id} for row in rows]
     for value in values:
-        if (label := labels.get(value["sample_id"])) is None:
+        if (sample := known.get(value["sample_id"])) is None:
             raise ValueError(f"sample {value['sample_id']!r} is not in the project of job {job_id}")
         if not math.isfinite(value["loss"]):
             raise ValueError(f"loss {value['loss']!r} of sample {value['sample_id']} is not finite")
-        value["label"] = label
+        value["label"], value["bias"] = sample
     if values:
         session.execute(insert(Score), values)
     return len(values)
@@ -368,6 +480,33 @@ def set_candidate_excluded(session: Session, job_id: int, sample_id: int, exclud
         raise ValueError(f"sample {sample_id} has no score in job {job_id}")
 
 
+def score_columns(session: Session, job_id: int) -> ScoreColumns:
+    """Every score of a job, columnar, by class then loss, read from one covering index
+    (~0.15 s for 200k scores on one core)."""
+    # The driver's cursor, not Core/ORM result rows, and no garbage collection while 200k
+    # tuples are made: each of the two would otherwise triple the time.
+    cursor = session.connection().connection.cursor()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        cursor.execute("SELECT sample_id, label, bias, loss, is_candidate, excluded FROM scores "
+                       "WHERE job_id = ?", (job_id,))
+        rows = cursor.fetchall()
+        columns = [[row[i] for row in rows] for i in range(6)]
+    finally:
+        cursor.close()
+        if collecting:
+            gc.enable()
+    sample_ids, labels, biases, losses, candidate, excluded = columns
+    return ScoreColumns(sample_ids, labels, biases, losses, [bool(x) for x in candidate],
+                        [bool(x) for x in excluded])
+
+
+def get_score(session: Session, job_id: int, sample_id: int) -> Score | None:
+    query = select(Score).where(Score.job_id == job_id, Score.sample_id == sample_id)
+    return session.scalars(query).one_or_none()
+
+
 def list_scores(session: Session, job_id: int) -> Sequence[Score]:
     return session.scalars(select(Score).where(Score.job_id == job_id).order_by(Score.id)).all()
 
@@ -414,9 +553,14 @@ def add_captions(session: Session, job_id: int, rows: Iterable[RowValues]) -> in
     return len(values)
 
 
-def list_captions(session: Session, job_id: int) -> Sequence[Caption]:
-    query = select(Caption).where(Caption.job_id == job_id).order_by(Caption.id)
-    return session.scalars(query).all()
+def list_captions(
+    session: Session, job_id: int, *, sample_id: int | None = None
+) -> Sequence[Caption]:
+    """In insertion order; only one sample's when `sample_id` is given."""
+    query = select(Caption).where(Caption.job_id == job_id)
+    if sample_id is not None:
+        query = query.where(Caption.sample_id == sample_id)
+    return session.scalars(query.order_by(Caption.id)).all()
 
 
 def save_prompts(
@@ -431,17 +575,28 @@ def save_prompts(
 
 
 def update_prompt(
-    session: Session, prompt_id: int, *, text: str | None = None, keep: bool | None = None
+    session: Session,
+    prompt_id: int,
+    *,
+    text: str | None = None,
+    keep: bool | None = None,
+    label: int | None = None,
 ) -> Prompt:
-    """Edit a prompt's text or keep flag. The original text is kept; editing back to it clears
-    the edit."""
+    """Edit a prompt's text, keep flag or class. The original text is kept; editing back to it
+    clears the edit."""
     prompt = _require(session, Prompt, prompt_id)
     if text is not None:
         prompt.text_edited = None if text == prompt.text_original else text
     if keep is not None:
         prompt.keep = keep
+    if label is not None:
+        prompt.label = label
     session.flush()
     return prompt
+
+
+def get_prompt(session: Session, prompt_id: int) -> Prompt | None:
+    return session.get(Prompt, prompt_id)
 
 
 def list_prompts(
@@ -490,16 +645,28 @@ def set_image_accepted(session: Session, image_id: int, accepted: bool | None) -
     _require(session, GeneratedImage, image_id).accepted = accepted
 
 
+def set_images_accepted(session: Session, image_ids: Iterable[int], accepted: bool | None) -> int:
+    """Record one review for several images; returns how many rows changed."""
+    ids = list(image_ids)
+    if not ids:
+        return 0
+    statement = update(GeneratedImage).where(GeneratedImage.id.in_(ids)).values(accepted=accepted)
+    return session.execute(statement, execution_options={"synchronize_session": "fetch"}).rowcount
+
+
 def list_generated_images(
     session: Session,
     *,
     job_id: int | None = None,
     project_id: int | None = None,
+    prompt_ids: Iterable[int] | None = None,
     accepted_only: bool = False,
+    exclude_rejected: bool = False,
 ) -> Sequence[GeneratedImage]:
-    """Images of one generate job, or of every job of a project; in insertion order."""
-    if job_id is None and project_id is None:
-        raise ValueError("expected job_id or project_id; got neither")
+    """Images of one generate job, of every job of a project, or of some prompts; in insertion
+    order. `exclude_rejected` keeps accepted and not yet reviewed images."""
+    if job_id is None and project_id is None and prompt_ids is None:
+        raise ValueError("expected job_id, project_id or prompt_ids; got none of them")
     query = select(GeneratedImage)
     if job_id is not None:
         query = query.where(GeneratedImage.job_id == job_id)
@@ -507,9 +674,26 @@ def list_generated_images(
         query = query.join(Prompt, Prompt.id == GeneratedImage.prompt_id).where(
             Prompt.project_id == project_id
         )
+    if prompt_ids is not None:
+        query = query.where(GeneratedImage.prompt_id.in_(list(prompt_ids)))
     if accepted_only:
         query = query.where(GeneratedImage.accepted == True)  # noqa: E712 (SQL)
+    if exclude_rejected:
+        query = query.where(GeneratedImage.accepted.is_not(False))
     return session.scalars(query.order_by(GeneratedImage.id)).all()
+
+
+def get_generated_image(session: Session, image_id: int) -> GeneratedImage | None:
+    return session.get(GeneratedImage, image_id)
+
+
+def delete_generated_images(session: Session, image_ids: Iterable[int]) -> int:
+    """Delete image rows (their files stay on disk); returns how many were deleted."""
+    ids = list(image_ids)
+    if not ids:
+        return 0
+    statement = delete(GeneratedImage).where(GeneratedImage.id.in_(ids))
+    return session.execute(statement, execution_options={"synchronize_session": "fetch"}).rowcount
 
 
 # --- trained models ------------------------------------------------------------------------

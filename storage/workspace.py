@@ -27,6 +27,7 @@ FOLDERS = {
     "gradcam": "gradcam",
     "reports": "reports",
     "exports": "exports",
+    "uploads": "uploads",  # browser uploads and the web server's file cache
 }
 
 

@@ -109,7 +109,7 @@ def test_open_store_creates_every_table_on_a_fresh_file(tmp_path: Path):
     assert set(inspect(store.engine).get_table_names()) == TABLES
     with store.engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0001"
+    assert version == "0002"
     store.close()
 
 
@@ -145,6 +145,35 @@ def test_restart_finds_everything_as_it_was(tmp_path: Path):
         assert repo.latest_job(session, project.id, "score").result == {"k": 3}
         assert len(repo.list_scores(session, job.id)) == len(losses)
     reopened.close()
+
+
+def test_upgrading_a_0001_database_keeps_every_row_and_fills_score_bias(tmp_path: Path):
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    engine = create_engine_for(tmp_path / "old.sqlite")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0001")
+        connection.exec_driver_sql(
+            "INSERT INTO projects VALUES (1, 'old', 'x', '2026-01-01 00:00:00', '[\"a\", \"b\"]', "
+            "'[]', 8, '{}')")
+        connection.exec_driver_sql(
+            "INSERT INTO samples VALUES (1, 1, 0, 'images/0.png', 'train', 0, 1, NULL), "
+            "(2, 1, 1, 'images/1.png', 'train', 1, NULL, NULL)")
+        connection.exec_driver_sql(
+            "INSERT INTO jobs VALUES (1, 1, 'biased_train', '{}', 'done', 1.0, '', NULL, "
+            "'2026-01-01 00:00:00', NULL, NULL, '{}', '{}')")
+        connection.exec_driver_sql(
+            "INSERT INTO scores VALUES (1, 1, 1, 0, 2.5, 1, 0, 0), (2, 1, 2, 1, 0.1, 0, NULL, 0)")
+    upgrade_database(engine)
+    with Session(engine) as session:
+        columns = repo.score_columns(session, 1)
+        assert sorted(zip(columns.losses, columns.biases)) == [(0.1, None), (2.5, 1)]
+        assert repo.get_project(session, 1).name == "old"
+        version = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == "0002"
+    engine.dispose()
 
 
 def test_connections_use_wal_busy_timeout_and_foreign_keys(store: Store):
@@ -429,7 +458,7 @@ def test_add_generated_image_is_idempotent_on_prompt_and_seed(session: Session):
     assert [i.id for i in of_job] == [first.id, other_seed.id]
     accepted = repo.list_generated_images(session, project_id=project.id, accepted_only=True)
     assert [i.id for i in accepted] == [other_seed.id]
-    with pytest.raises(ValueError, match="job_id or project_id"):
+    with pytest.raises(ValueError, match="job_id, project_id or prompt_ids"):
         repo.list_generated_images(session)
 
 
@@ -460,6 +489,90 @@ def test_deleting_a_project_deletes_what_it_owns(session: Session):
     session.flush()
     for table in (Project, Sample, Job, Score):
         assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_most_recent_project_is_the_one_with_the_newest_job(session: Session):
+    assert repo.most_recent_project_id(session) is None
+    first = make_project(session)
+    second = repo.create_project(session, name="celeba", source="x", class_names=["a", "b"],
+                                 image_size=8)
+    assert repo.most_recent_project_id(session) == second.id  # no jobs: the newest project
+    repo.create_job(session, first.id, "biased_train")
+    assert repo.most_recent_project_id(session) == first.id
+
+
+def test_sample_counts_per_class_split_and_bias(session: Session):
+    project = make_project(session, n_samples=20)
+    assert repo.class_split_counts(session, project.id) == {
+        ("train", 0): 8, ("train", 1): 8, ("valid", 0): 2, ("valid", 1): 2}
+    assert repo.label_bias_counts(session, project.id) == {
+        (0, 0): 4, (0, 1): 4, (1, 0): 4, (1, 1): 4}
+    firsts = repo.samples_per_class(session, project.id, split="train", per_class=2)
+    assert [(s.label, s.position) for s in firsts] == [(0, 2), (0, 4), (1, 1), (1, 3)]
+    found = repo.samples_by_ids(session, [firsts[0].id, 999])
+    assert list(found) == [firsts[0].id] and repo.get_sample(session, 999) is None
+
+
+def test_active_and_finished_jobs_and_cancelling(session: Session):
+    project = make_project(session)
+    assert repo.active_job(session, project.id) is None
+    done = repo.create_job(session, project.id, "import")
+    repo.finish_job(session, done.id, "done")
+    running = repo.create_job(session, project.id, "generate")
+    repo.start_job(session, running.id)
+    assert repo.active_job(session, project.id).id == running.id
+    assert repo.active_job(session).id == running.id
+    assert repo.latest_finished_job(session, project.id).id == done.id
+    assert repo.cancel_job(session, running.id)
+    assert running.status == "cancelled" and running.finished_at is not None
+    assert not repo.cancel_job(session, running.id)  # already ended: unchanged
+    assert repo.update_job_progress(session, running.id, 0.5) == "cancelled"  # the worker sees
+    assert repo.latest_finished_job(session, project.id).id == running.id
+    assert repo.create_job(session, project.id, "filter").kind == "filter"
+
+
+def test_score_columns_copy_label_and_bias(session: Session):
+    project = make_project(session, n_samples=30)
+    job, losses = add_planted_scores(session, project)
+    columns = repo.score_columns(session, job.id)
+    assert sorted(zip(columns.sample_ids, columns.losses)) == sorted(losses.items())
+    assert sum(columns.is_candidate) == 6 and not any(columns.excluded)
+    samples = {s.id: s for s in repo.list_samples(session, project.id)}
+    for sample_id, label, bias in zip(columns.sample_ids, columns.labels, columns.biases):
+        assert (samples[sample_id].label, samples[sample_id].bias) == (label, bias)
+    assert repo.score_columns(session, 999).losses == []
+    score = repo.get_score(session, job.id, columns.sample_ids[0])
+    assert score.loss == columns.losses[0] and repo.get_score(session, job.id, 999) is None
+
+
+def test_captions_of_one_sample_and_prompt_class_edits(session: Session):
+    project = make_project(session)
+    job = repo.create_job(session, project.id, "caption")
+    repo.add_captions(session, job.id, [{"sample_id": i, "text": f"t{i}", "source": "m"}
+                                        for i in (1, 2, 1)])
+    assert [c.text for c in repo.list_captions(session, job.id, sample_id=1)] == ["t1", "t1"]
+    [prompt] = repo.save_prompts(session, project.id, None, [{"label": 0, "text_original": "a"}])
+    repo.update_prompt(session, prompt.id, label=1)
+    assert repo.get_prompt(session, prompt.id).label == 1 and prompt.text == "a"
+
+
+def test_generated_images_by_prompt_review_and_delete(session: Session):
+    project = make_project(session)
+    job = repo.create_job(session, project.id, "generate")
+    one, two = repo.save_prompts(session, project.id, None, [
+        {"label": 0, "text_original": "a"}, {"label": 1, "text_original": "b"}])
+    images = [repo.add_generated_image(session, job_id=job.id, prompt_id=p.id,
+                                       path=f"generated/{p.id}-{seed}.png", seed=seed, model="m")
+              for p in (one, two) for seed in (1, 2)]
+    assert [i.id for i in repo.list_generated_images(session, prompt_ids=[two.id])] == [
+        images[2].id, images[3].id]
+    assert repo.set_images_accepted(session, [images[0].id, images[2].id], False) == 2
+    repo.set_image_accepted(session, images[1].id, True)
+    kept = repo.list_generated_images(session, project_id=project.id, exclude_rejected=True)
+    assert [i.id for i in kept] == [images[1].id, images[3].id]  # accepted and unreviewed
+    assert repo.delete_generated_images(session, [images[0].id]) == 1
+    assert repo.get_generated_image(session, images[0].id) is None
+    assert repo.delete_generated_images(session, []) == 0
 
 
 # --- workspace -----------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The app over HTTP: launch it on a fresh workspace and drive the whole workflow on the demo
+project through gradio_client, the way any API client would; then restart it on the same
+workspace and find everything again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+
+import app
+from storage import Workspace
+from tests.ui_support import (
+    TINY_BIAS,
+    TINY_CAM_SAMPLES,
+    TINY_DEBIAS_EPOCHS,
+    TINY_GENERATE,
+    launch,
+    link_demo_dataset,
+    make_dataset_zip,
+)
+
+TOO_LONG_S = 120
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, builtin_cache):
+    workspace = tmp_path_factory.mktemp("served") / "workspace"
+    link_demo_dataset(builtin_cache, workspace)
+    studio, demo, url = launch(workspace)
+    yield workspace, url
+    demo.close()
+    studio.close()
+
+
+def wait_for_project(client):
+    deadline = time.monotonic() + TOO_LONG_S
+    while time.monotonic() < deadline:
+        _, project_id, banner = client.predict(api_name="/open_page")
+        if project_id is not None:
+            return int(project_id), banner
+        time.sleep(0.5)
+    raise AssertionError("the demo project never appeared")
+
+
+def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
+    _, url = served
+    client = Client(url, verbose=False, download_files=False)
+    project, banner = wait_for_project(client)
+    assert "Import dataset" in banner
+
+    # 1. Dataset: an upload in the documented format becomes its own project
+    mini = make_dataset_zip(tmp_path / "mini.zip", link_demo_dataset(builtin_cache, tmp_path),
+                            per_class={"train": 2, "valid": 1, "test": 1})
+    _, uploaded, message = client.predict(handle_file(str(mini)), "",
+                                               api_name="/import_zip")
+    assert uploaded != project and "Opened **mini**" in message
+    with pytest.raises(Exception, match="Invalid file type|not a .zip file"):
+        (tmp_path / "notes.txt").write_text("x")
+        client.predict(handle_file(str(tmp_path / "notes.txt")), "", api_name="/import_zip")
+
+    # 2. Bias: train, page through the top-K, exclude one
+    out = client.predict(project, *TINY_BIAS.values(), api_name="/train_biased")
+    status, metrics, histogram, tiles, page, info = out[:6]
+    assert status.startswith("✓ Trained and scored 10000") and "precision@K" in metrics
+    assert histogram["type"] == "plotly" and len(tiles) == 48 and info.startswith("page 1 of 5")
+    tiles, page, info = client.predict(2, project, -1, 200, api_name="/candidates_page")
+    assert page == 1 and len(tiles) == 200  # 200 per page: page 2 is clamped to the only one
+    assert info == "page 1 of 1 · 200 candidates"
+    first = client.predict(project, -1, 1, 10, api_name="/candidate_list")[0]
+    excluded = client.predict(project, first["sample_id"], True, api_name="/set_excluded")
+    assert excluded["excluded"] is True
+
+    # 3. Captions: caption, then edit a prompt
+    status, summary, table, _ = client.predict(project, "metadata", "", 3, "", 0, "", 10,
+                                               api_name="/run_captioner")
+    assert "199 candidates" in status and "prompts kept" in summary
+    table["data"][0][3] = "a red seven on a black background"
+    saved, summary, table, _ = client.predict(project, table, api_name="/save_prompts")
+    assert saved == "✓ Saved 1 change(s)." and table["data"][0][3].startswith("a red seven")
+
+    # 4. Generate, then reject one image
+    out = client.predict(project, "demo", "", 25, 7.5, TINY_GENERATE["images_per_prompt"], 0,
+                         TINY_GENERATE["max_images"], api_name="/generate")
+    gallery = out[2]["value"]  # an update: the gallery's columns follow images per prompt
+    assert out[0] == "✓ 40 images from 20 prompts." and len(gallery) == 24  # 12 prompts a page
+    image = client.predict(project, 1, api_name="/generated_list")[0]
+    assert image["caption"].startswith("#")
+    assert client.predict(project, image["image_id"], False,
+                          api_name="/review_image")["accepted"] is False
+
+    # 5. Debias
+    status, _, table, _ = client.predict(project, TINY_DEBIAS_EPOCHS, True,
+                                                  api_name="/train_debiased")
+    assert "39 generated images" in status and [r[0] for r in table["data"]] == [
+        "biased", "vanilla", "debiased"]
+
+    # 6. Grad-CAM and the export
+    out = client.predict(project, "gradcam", "conflicting", TINY_CAM_SAMPLES,
+                         api_name="/run_gradcam")
+    assert out[0] == f"✓ Explained {TINY_CAM_SAMPLES} images." and len(out[3]) == 24
+    status, report, model, _ = client.predict(project, api_name="/export_report")
+    assert status == "✓ Report exported."
+    assert report["orig_name"] == "report.html" and model["orig_name"] == "debiased.safetensors"
+    page = httpx.get(report["url"]).text
+    assert "Bias audit: Demo: colored digits" in page and "6. Where the models look" in page
+
+
+def test_only_workspace_files_are_served(served, tmp_path):
+    workspace, url = served
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    assert httpx.get(f"{url}gradio_api/file={outside}").status_code == 403
+    thumbnails = sorted((workspace / "thumbnails").rglob("*.webp"))
+    assert thumbnails and httpx.get(f"{url}gradio_api/file={thumbnails[0]}").status_code == 200
+
+
+def test_a_restarted_app_shows_the_same_state(served):
+    workspace, url = served
+    before = Client(url, verbose=False, download_files=False)
+    project, _ = wait_for_project(before)
+    tiles_before = before.predict(1, project, -1, 48, api_name="/candidates_page")[0]
+    studio, demo, new_url = launch(workspace)
+    try:
+        after = Client(new_url, verbose=False, download_files=False)
+        assert wait_for_project(after)[0] == project
+        tiles_after = after.predict(1, project, -1, 48, api_name="/candidates_page")[0]
+        assert [t["caption"] for t in tiles_after] == [t["caption"] for t in tiles_before]
+        listed = after.predict(project, 1, api_name="/generated_list")
+        assert listed and listed[0]["caption"].startswith("✗ rejected")
+    finally:
+        demo.close()
+        studio.store.close()
+
+
+def test_launch_options():
+    args = app.parse_args(["--auth", "ann:pw", "--host", "0.0.0.0", "--port", "9000"])
+    studio = SimpleNamespace(store=SimpleNamespace(workspace=Workspace(Path("ws"))))
+    options = app.launch_options(args, studio)
+    assert options["auth"] == [("ann", "pw")] and options["server_name"] == "0.0.0.0"
+    assert options["run_history"] is False and options["server_port"] == 9000
+    with pytest.raises(SystemExit, match="user:password"):
+        app.launch_options(app.parse_args(["--auth", "nopassword"]), studio)

@@ -1,0 +1,309 @@
+"""Tab 3, Captions: caption the top-K candidates, filter the captions into prompts, let a person
+edit them, and (when the library has `diffubias.keywords`) rank each class's bias keywords.
+
+`run_captioner` is a job: it captions the candidates that were not excluded (in batches, so it
+reports progress and can be stopped), stores every caption, then runs the text filter, which
+stores the prompt table as a `filter` job. `apply_filter` re-runs only the filter. Prompt edits
+(keep, class, text) are saved row by row; the original caption text is always kept.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage import repository as repo
+from storage.models import JobKind, JobStatus
+from ui.datasets import optional, project_config, save_project_config
+from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.studio import Studio
+from ui.thumbnails import thumbnail
+
+CAPTION_BATCH = 16  # candidates per captioner call between progress updates
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt_id: int
+    keep: bool
+    label: str
+    text: str
+    original: str
+    matched_words: list[str]
+    sample_id: int | None
+    thumbnail: str | None
+
+    @property
+    def edited(self) -> bool:
+        return self.text != self.original
+
+
+@dataclass(frozen=True)
+class CaptionsView:
+    caption_job_id: int | None = None
+    captioner: str = ""
+    n_captions: int = 0
+    n_images: int = 0
+    filter_job_id: int | None = None
+    top_f: int = 0
+    extra_stop_words: list[str] = field(default_factory=list)
+    top_words: list[tuple[str, int]] = field(default_factory=list)
+    prompts: list[PromptRow] = field(default_factory=list)
+    keywords: dict[str, list[dict[str, Any]]] | None = None
+    class_names: list[str] = field(default_factory=list)
+    stale: str | None = None  # why the captions may not match the current candidates
+
+
+def captioner_choices() -> list[str]:
+    """Every captioning backend the library offers: `metadata`, plus its model short names."""
+    from diffubias.captions import CAPTIONERS
+
+    names = list(CAPTIONERS)
+    if importlib.util.find_spec("diffubias.hf_captioners") is not None:
+        from diffubias.hf_captioners import CAPTION_MODELS
+
+        names += [name for name in CAPTION_MODELS if name not in names]
+    return names
+
+
+def keywords_available() -> bool:
+    """Whether the library has bias keyword discovery (`diffubias.keywords`)."""
+    return importlib.util.find_spec("diffubias.keywords") is not None
+
+
+def run_captioner(studio: Studio, project_id: int, *, captioner: str = "metadata",
+                  model_id: str = "", per_image: int | None = None, instruction: str = "",
+                  top_f: int = 0, extra_stop_words: str = "", keywords_top_n: int | None = None,
+                  ui: UiProgress | None = None) -> CaptionsView:
+    """Caption the kept candidates of the current detection run, then filter the captions."""
+    name = model_id.strip() or captioner
+    if not name:
+        raise ValueError("choose a captioner, or type a model id or local folder")
+    with studio.store.sessions() as session:
+        project = repo.get_project(session, project_id)
+        detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
+        if detection is None:
+            raise ValueError("no candidates yet: train the biased model in tab 2 first")
+        candidates = repo.top_candidates(session, detection.id, limit=None,
+                                         include_excluded=False)
+        settings = project.settings
+    if not candidates:
+        raise ValueError("every candidate is excluded: include some in tab 2 first")
+    config = project_config(studio.store.workspace, settings).with_overrides(
+        captioner=name, captions_per_image=optional(int, per_image),
+        caption_instruction=instruction.strip() or None,
+        keywords_top_n=optional(int, keywords_top_n),
+        extra_stop_words=parse_stop_words(extra_stop_words))
+    save_project_config(studio.store, project_id, config)
+    params = {"captioner": name, "per_image": config.captions_per_image,
+              "instruction": config.caption_instruction, "detection_job_id": detection.id,
+              "keywords_top_n": config.keywords_top_n}
+
+    def work(progress: JobProgress) -> JobOutcome:
+        return _caption(studio, project_id, config, detection.id, candidates, progress)
+
+    if ui is not None:
+        ui(0.0, "loading the dataset")
+    studio.datasets.get(project_id)
+    job_id, _ = studio.jobs.run(project_id, JobKind.CAPTION, params, work, ui=ui)
+    return apply_filter(studio, project_id, top_f=top_f, extra_stop_words=extra_stop_words,
+                        caption_job_id=job_id)
+
+
+def _caption(studio: Studio, project_id: int, config, detection_id: int, candidates,
+             progress: JobProgress) -> JobOutcome:
+    from diffubias.captions import make_captioner
+
+    data = studio.datasets.get(project_id)
+    start = time.perf_counter()
+    progress(0.0, f"loading captioner {config.captioner}")
+    captioner = make_captioner(config.captioner, per_image=config.captions_per_image,
+                               instruction=config.caption_instruction,
+                               batch_size=config.caption_batch_size,
+                               max_new_tokens=config.caption_max_new_tokens, seed=config.seed,
+                               device=config.device, dtype=config.model_dtype)
+    loaded = time.perf_counter()
+    positions = [c.position for c in candidates]
+    ids = {c.position: c.sample_id for c in candidates}
+    with_keywords = keywords_available() and config.keywords_top_n > 0
+    share = 0.7 if with_keywords else 1.0
+    captions = _caption_in_batches(captioner, data.ds, positions, progress, 0.0, share,
+                                   "captioning candidates")
+    result: dict[str, Any] = {"backend": captioner.backend,
+                              "model": captions[0].model if captions else None,
+                              "n_captions": len(captions), "n_images": len(positions),
+                              "params": dict(captions[0].params) if captions else {}}
+    timings = {"load_captioner": loaded - start, "captioning": time.perf_counter() - loaded}
+    aligned_captions = []
+    if with_keywords:
+        t0 = time.perf_counter()
+        aligned_captions, keywords = _keywords(studio, data, captioner, captions, detection_id,
+                                               config, progress.part(share, 1.0))
+        result["keywords"] = {data.ds.class_names[c]: [k.to_dict() for k in found]
+                              for c, found in keywords.items()}
+        timings["keywords"] = time.perf_counter() - t0
+    progress.check()
+    with studio.store.sessions.begin() as session:
+        sample_ids = repo.sample_ids_by_position(session, project_id) if aligned_captions else ids
+        repo.add_captions(session, progress.job_id, (
+            {"sample_id": sample_ids[c.position], "text": c.text, "source": c.model or c.backend,
+             "params": {**dict(c.params), "set": role}}
+            for role, group in (("candidate", captions), ("aligned", aligned_captions))
+            for c in group))
+    return JobOutcome(result, timings)
+
+
+def _caption_in_batches(captioner, ds, positions: list[int], progress: JobProgress,
+                        start: float, end: float, message: str) -> list:
+    out = []
+    for i in range(0, len(positions), CAPTION_BATCH):
+        out += captioner.caption(ds, positions[i:i + CAPTION_BATCH])
+        done = min(i + CAPTION_BATCH, len(positions)) / len(positions)
+        progress(start + (end - start) * done, f"{message} ({done:.0%})")
+    return out
+
+
+def _keywords(studio: Studio, data, captioner, captions, detection_id: int, config, progress):
+    """Caption each class's lowest-loss (most bias-aligned) samples, as many as it has
+    candidates, and rank the terms that describe the candidates more (B2T-style)."""
+    import numpy as np
+
+    from diffubias.keywords import aligned_counterparts, bias_keywords
+
+    with studio.store.sessions() as session:
+        scores = repo.score_columns(session, detection_id)
+    candidate = np.asarray(scores.is_candidate) & ~np.asarray(scores.excluded)
+    picked = aligned_counterparts(np.asarray(scores.losses), np.asarray(scores.labels), candidate)
+    with studio.store.sessions() as session:
+        samples = repo.samples_by_ids(session, [scores.sample_ids[i] for i in picked])
+    positions = [samples[scores.sample_ids[i]].position for i in picked]
+    aligned = _caption_in_batches(captioner, data.ds, positions, progress, 0.0, 1.0,
+                                  "captioning bias-aligned samples for keywords")
+    found = bias_keywords(captions, aligned, data.ds.labels, top_n=config.keywords_top_n,
+                          extra_stop_words=config.extra_stop_words)
+    return aligned, found
+
+
+def apply_filter(studio: Studio, project_id: int, *, top_f: int = 0, extra_stop_words: str = "",
+                 caption_job_id: int | None = None) -> CaptionsView:
+    """Run the text filter over the latest captions; stores a fresh prompt table."""
+    from diffubias.captions import Caption
+    from diffubias.text_filter import filter_captions
+
+    stop_words = parse_stop_words(extra_stop_words)
+    with studio.store.sessions.begin() as session:
+        project = repo.get_project(session, project_id)
+        job = (repo.get_job(session, caption_job_id) if caption_job_id is not None
+               else repo.latest_job(session, project_id, JobKind.CAPTION))
+        if job is None:
+            raise ValueError("no captions yet: run the captioner first")
+        rows = [c for c in repo.list_captions(session, job.id)
+                if c.params.get("set", "candidate") == "candidate"]
+        samples = repo.samples_by_ids(session, {c.sample_id for c in rows})
+        n_f = int(top_f) or 2 * len(project.class_names)
+        if n_f < 1:
+            raise ValueError(f"F must be at least 1 (0 means 2 x classes), got {top_f}")
+        captions = [Caption(samples[c.sample_id].position, c.text, c.source) for c in rows]
+        labels = {s.position: s.label for s in samples.values()}
+        ids = {s.position: s.id for s in samples.values()}
+        result = filter_captions(captions, labels, top_f=n_f, extra_stop_words=stop_words)
+        params = {"top_f": n_f, "extra_stop_words": list(stop_words), "caption_job_id": job.id}
+        filter_job = repo.create_job(session, project_id, JobKind.FILTER, params)
+        repo.start_job(session, filter_job.id)
+        repo.save_prompts(session, project_id, filter_job.id, (
+            {"sample_id": ids[p.source], "label": p.label, "text_original": p.text,
+             "keep": p.keep, "matched_words": list(p.matched_words)}
+            for p in result.kept + result.dropped))
+        repo.finish_job(session, filter_job.id, JobStatus.DONE, result={
+            "top_words": [[w, c] for w, c in result.top_words], "n_kept": len(result.kept),
+            "n_dropped": len(result.dropped)})
+        settings = dict(project.settings)
+        config = dict(settings.get("config", {}))
+        config.update(top_f=int(top_f), extra_stop_words=list(stop_words))
+        repo.update_project_settings(session, project_id, {**settings, "config": config})
+    return captions_view(studio, project_id)
+
+
+def save_prompt_edits(studio: Studio, project_id: int,
+                      rows: list[dict[str, Any]]) -> tuple[CaptionsView, int]:
+    """Apply edited rows ({"id", "keep", "class", "text"}) to the current prompt table;
+    returns the new view and how many prompts changed."""
+    with studio.store.sessions.begin() as session:
+        project = repo.get_project(session, project_id)
+        filter_job = repo.latest_job(session, project_id, JobKind.FILTER)
+        if filter_job is None:
+            raise ValueError("no prompt table yet: run the captioner first")
+        current = {p.id: p for p in repo.list_prompts(session, project_id, job_id=filter_job.id)}
+        index = {name: i for i, name in enumerate(project.class_names)}
+        changed = 0
+        for line, row in enumerate(rows, start=1):
+            prompt = current.get(int(row["id"]))
+            if prompt is None:
+                raise ValueError(f"row {line}: prompt {row['id']} is not in the current table; "
+                                 "reload the page")
+            text = " ".join(str(row["text"]).split())
+            label_name = str(row["class"]).strip()
+            if label_name not in index:
+                raise ValueError(f"row {line} (prompt {prompt.id}): unknown class "
+                                 f"{label_name!r}; expected one of {', '.join(index)}")
+            keep = _as_bool(row["keep"])
+            if keep and not text:
+                raise ValueError(f"row {line} (prompt {prompt.id}) is kept but has no text; "
+                                 "write a prompt or untick keep")
+            if (text, keep, index[label_name]) != (prompt.text, prompt.keep, prompt.label):
+                repo.update_prompt(session, prompt.id, text=text, keep=keep,
+                                   label=index[label_name])
+                changed += 1
+    return captions_view(studio, project_id), changed
+
+
+def parse_stop_words(text: str) -> tuple[str, ...]:
+    """Comma- or line-separated words, lower-cased."""
+    return tuple(w.strip().lower() for w in (text or "").replace("\n", ",").split(",")
+                 if w.strip())
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "y", "x", "✓")
+    return bool(value)
+
+
+def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
+    if project_id is None:
+        return CaptionsView()
+    workspace = studio.store.workspace
+    with studio.store.sessions() as session:
+        project = repo.get_project(session, int(project_id))
+        if project is None:
+            return CaptionsView()
+        caption_job = repo.latest_job(session, project.id, JobKind.CAPTION)
+        filter_job = repo.latest_job(session, project.id, JobKind.FILTER)
+        detection = repo.latest_job(session, project.id, JobKind.BIASED_TRAIN)
+        prompts = (repo.list_prompts(session, project.id, job_id=filter_job.id)
+                   if filter_job else [])
+        samples = repo.samples_by_ids(session, {p.sample_id for p in prompts if p.sample_id})
+    if caption_job is None:
+        return CaptionsView(class_names=list(project.class_names))
+    stale = None
+    if detection is not None and caption_job.params.get("detection_job_id") != detection.id:
+        stale = ("These captions describe the candidates of an earlier detection run; run the "
+                 "captioner again to caption the current ones.")
+    rows = []
+    for p in prompts:
+        sample = samples.get(p.sample_id) if p.sample_id else None
+        thumb = (str(thumbnail(workspace, workspace.resolve(sample.path), project.id, sample.id))
+                 if sample else None)
+        rows.append(PromptRow(p.id, p.keep, project.class_names[p.label], p.text,
+                              p.text_original, list(p.matched_words), p.sample_id, thumb))
+    result = caption_job.result
+    filter_params = filter_job.params if filter_job else {}
+    filter_result = filter_job.result if filter_job else {}
+    return CaptionsView(
+        caption_job.id, caption_job.params.get("captioner", ""), result.get("n_captions", 0),
+        result.get("n_images", 0), filter_job.id if filter_job else None,
+        filter_params.get("top_f", 0), list(filter_params.get("extra_stop_words", [])),
+        [(w, c) for w, c in filter_result.get("top_words", [])], rows,
+        result.get("keywords"), list(project.class_names), stale)

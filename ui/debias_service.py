@@ -1,0 +1,162 @@
+"""Tab 5, Debias: train the debiased classifier on the train split plus the generated images that
+were not rejected (and, for comparison, the vanilla one on the train split alone), then compare
+overall / bias-aligned / bias-conflicting / unbiased test accuracy of all three models.
+
+`train_debiased_models` runs `diffubias.method.train_debiased` as a job and stores both models'
+weights and metrics; `debias_view` reads them back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from storage import repository as repo
+from storage.models import JobKind, ModelRole
+from ui.datasets import optional, project_config, save_project_config
+from ui.generate_service import current_images
+from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.studio import Studio
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+ROLES = ("biased", "vanilla", "debiased")
+METRICS = ("overall", "aligned", "conflicting", "unbiased")
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    role: str
+    test: dict[str, Any]  # GroupAccuracy.to_dict()
+    n_train: int | None
+    epochs: int | None
+    weights: str  # relative to the workspace
+
+
+@dataclass(frozen=True)
+class DebiasView:
+    job_id: int | None
+    rows: list[AccuracyRow]
+    n_generated: int
+    seconds: float | None
+    stale: str | None = None
+    figure: go.Figure | None = field(default=None, repr=False)
+
+
+def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None = None,
+                          train_vanilla: bool = True,
+                          ui: UiProgress | None = None) -> DebiasView:
+    with studio.store.sessions() as session:
+        project = repo.get_project(session, project_id)
+        if repo.latest_model(session, project_id, ModelRole.BIASED) is None:
+            raise ValueError("no biased model yet: train it in tab 2 first")
+        prompts, images = current_images(session, project_id)
+        images = [im for im in images if im.accepted is not False]
+        settings = project.settings
+    if not images:
+        raise ValueError("no generated images to train on: generate some in tab 4 (rejected "
+                         "images are left out)")
+    config = project_config(studio.store.workspace, settings).with_overrides(
+        debias_epochs=optional(int, epochs))
+    save_project_config(studio.store, project_id, config)
+    labels = {p.id: p.label for p in prompts}
+    params = {"debias_epochs": config.debias_epochs, "train_vanilla": bool(train_vanilla),
+              "image_ids": [im.id for im in images]}
+
+    def work(progress: JobProgress) -> JobOutcome:
+        return _train(studio, project_id, config, [(studio.store.workspace.resolve(im.path),
+                                                    labels[im.prompt_id]) for im in images],
+                      bool(train_vanilla), progress)
+
+    studio.datasets.get(project_id)
+    studio.jobs.run(project_id, JobKind.DEBIAS, params, work, ui=ui)
+    return debias_view(studio, project_id)
+
+
+def _train(studio: Studio, project_id: int, config, generated: list, train_vanilla: bool,
+           progress: JobProgress) -> JobOutcome:
+    from diffubias.method import test_accuracy, train_debiased
+    from diffubias.models import save_classifier
+
+    data = studio.datasets.get(project_id)
+    start = time.perf_counter()
+    progress(0.0, f"loading {len(generated)} generated images")
+    images, labels = load_images(generated, size=data.image_size)
+    loaded = time.perf_counter()
+    result = train_debiased(data, config, images, labels, progress=progress.part(0.02, 0.95),
+                            train_vanilla=train_vanilla)
+    trained = time.perf_counter()
+    progress(0.96, "evaluating on the test split")
+    progress.check()
+    workspace = studio.store.workspace
+    stored = {}
+    runs = [("debiased", result.debiased, result.n_train + result.n_generated)]
+    if train_vanilla:
+        runs.insert(0, ("vanilla", result.vanilla, result.n_train))
+    with studio.store.sessions.begin() as session:
+        for role, run, n_train in runs:
+            weights = workspace.path_for("weights", progress.job_id, f"{role}.safetensors")
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            save_classifier(run.model, weights)
+            test = test_accuracy(data, run.model, config).to_dict()
+            metrics = {"test": test, "valid_accuracy": run.valid_accuracy,
+                       "best_epoch": run.best_epoch, "epochs": config.debias_epochs,
+                       "n_train": n_train, "n_generated": result.n_generated
+                       if role == "debiased" else 0,
+                       "history": [vars(epoch) for epoch in run.history]}
+            repo.add_model(session, project_id, role=role, weights_path=workspace.relative(weights),
+                           arch=run.model.spec.arch, job_id=progress.job_id, metrics=metrics)
+            stored[role] = test
+    return JobOutcome({"test": stored, "n_train": result.n_train,
+                       "n_generated": result.n_generated},
+                      {"load_images": loaded - start, "train": trained - loaded,
+                       "evaluate_and_store": time.perf_counter() - trained})
+
+
+def load_images(items: list, *, size: int):
+    """(uint8 (N, 3, size, size), int64 (N,)) from (path, label) pairs, resized like
+    `diffubias.generation.load_generated` resizes a manifest's images."""
+    import torch
+    from PIL import Image
+
+    arrays = []
+    for path, _ in items:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.Resampling.BILINEAR)
+            arrays.append(np.asarray(image))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+    return images, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+def debias_view(studio: Studio, project_id: int | None, *,
+                with_figure: bool = True) -> DebiasView:
+    if project_id is None:
+        return DebiasView(None, [], 0, None)
+    with studio.store.sessions() as session:
+        job = repo.latest_job(session, int(project_id), JobKind.DEBIAS)
+        models = {role: repo.latest_model(session, int(project_id), role) for role in ROLES}
+        detection = repo.latest_job(session, int(project_id), JobKind.BIASED_TRAIN)
+    rows = [AccuracyRow(role, dict(m.metrics.get("test", {})), m.metrics.get("n_train"),
+                        m.metrics.get("epochs"), m.weights_path)
+            for role, m in models.items() if m is not None]
+    stale = None
+    biased, debiased = models["biased"], models["debiased"]
+    if (biased is not None and debiased is not None and detection is not None
+            and debiased.created_at < biased.created_at):
+        stale = ("The debiased model predates the current biased model: generate from the new "
+                 "candidates and train again to compare like with like.")
+    figure = None
+    if with_figure and any(r.test for r in rows):
+        from diffubias.plots import accuracy_bars
+
+        figure = accuracy_bars({r.role: {m: r.test.get(m) for m in METRICS} for r in rows})
+        figure.update_layout(height=360, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    return DebiasView(job.id if job else None, rows,
+                      job.result.get("n_generated", 0) if job else 0,
+                      job.timings.get("total") if job else None, stale, figure)

@@ -1,0 +1,99 @@
+"""How tab handlers talk to Gradio: errors become `gr.Error` pop-ups a person can act on, a
+`gr.Progress` becomes the plain `(fraction, message)` callback the services take, and every
+paged gallery gets the same pager row.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import gradio as gr
+
+from ui.jobs import JobCancelled
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Every long job shares one queue: one job at a time, like one GPU.
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+
+
+def shows_errors(handler: F) -> F:
+    """Turns ValueError (bad input, missing step) into a gr.Error with its message, a stopped
+    job into a short notice, and anything else into a gr.Error that points at the server log."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except JobCancelled:
+            raise gr.Error("The job was stopped; nothing of it was kept.", title="Stopped",
+                           print_exception=False) from None
+        except ValueError as error:
+            raise gr.Error(html.escape(str(error)), print_exception=False) from error
+        except Exception as error:
+            log.exception("handler %s failed", handler.__name__)
+            raise gr.Error(html.escape(f"Unexpected error ({type(error).__name__}: {error}); "
+                                       "the server log has the details.")) from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:
+    return lambda fraction, message: progress(fraction, desc=message)
+
+
+def file_url(path: str) -> str:
+    """The URL Gradio serves a workspace file at (the workspace is in allowed_paths)."""
+    return "/gradio_api/file=" + quote(str(path))
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else f"{value:.1%}"
+
+
+@dataclass
+class Pager:
+    """A row of ◀ page n of N ▶ controls; `page` is the 1-based page number input."""
+
+    page: gr.Number
+    info: gr.Markdown
+    previous: gr.Button
+    following: gr.Button
+
+    @classmethod
+    def build(cls, elem_id: str) -> Pager:
+        with gr.Row(equal_height=True, elem_classes=["pager"]):
+            previous = gr.Button("◀ Previous", size="sm", scale=0, min_width=110,
+                                 elem_id=f"{elem_id}-prev")
+            page = gr.Number(value=1, precision=0, minimum=1, label="page", scale=0,
+                             min_width=90, elem_id=f"{elem_id}-page", show_label=False)
+            following = gr.Button("Next ▶", size="sm", scale=0, min_width=110,
+                                  elem_id=f"{elem_id}-next")
+            info = gr.Markdown("", elem_id=f"{elem_id}-info")
+        return cls(page, info, previous, following)
+
+    def wire(self, show_page: Callable[..., Any], inputs: list, outputs: list,
+             api_name: str) -> None:
+        """`show_page(page, *inputs)` fills `outputs`; the buttons step the page first."""
+        self.page.submit(show_page, [self.page, *inputs], outputs, api_name=api_name)
+        self.previous.click(lambda p: max(1, int(p or 1) - 1), self.page, self.page,
+                            api_visibility="private").then(
+            show_page, [self.page, *inputs], outputs, api_visibility="private")
+        self.following.click(lambda p: int(p or 1) + 1, self.page, self.page,
+                             api_visibility="private").then(
+            show_page, [self.page, *inputs], outputs, api_visibility="private")
+
+
+def page_info(page: int, n_pages: int, total: int, noun: str) -> str:
+    return f"page {page} of {n_pages} · {total} {noun}"

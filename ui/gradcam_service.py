@@ -1,0 +1,235 @@
+"""Tab 6, Grad-CAM: where the biased and the debiased model look, side by side, and (when the
+dataset has object masks) how much of each map falls on the object.
+
+`run_gradcam` is a job: it picks samples (by default the bias-conflicting test samples, via
+`diffubias.method.cam_positions`), runs `diffubias.method.gradcam_comparison`, and writes each
+image and both overlays under workspace/gradcam/<job>/. The job result holds per-sample
+predictions, confidences and object masses, so the view needs no model.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from storage import atomic_write_bytes
+from storage import repository as repo
+from storage.models import JobKind, ModelRole
+from ui.datasets import optional, project_config, save_project_config
+from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.studio import Studio
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+SAMPLE_SETS = {
+    "conflicting": "bias-conflicting test samples",
+    "all": "random test samples",
+    "candidates": "top-K candidates (train)",
+}
+CAM_TILE_PX = 112
+ROWS_PER_PAGE = 8
+
+
+@dataclass(frozen=True)
+class CamView:
+    job_id: int | None
+    method: str
+    sample_set: str
+    n_samples: int
+    mean_mass_before: float | None
+    mean_mass_after: float | None
+    object_area: float | None
+    agreement: dict[str, float]  # accuracy of each model on the explained samples
+    tiles: list[tuple[str, str]]  # image, biased overlay, debiased overlay per row
+    page: int
+    n_pages: int
+    figure: go.Figure | None = field(default=None, repr=False)
+
+
+def cam_methods() -> list[str]:
+    from diffubias.gradcam import CAM_METHODS
+
+    return list(CAM_METHODS)
+
+
+def run_gradcam(studio: Studio, project_id: int, *, method: str | None = None,
+                sample_set: str = "conflicting", count: int | None = None,
+                ui: UiProgress | None = None) -> CamView:
+    if sample_set not in SAMPLE_SETS:
+        raise ValueError(f"unknown sample set {sample_set!r}; choose one of "
+                         f"{', '.join(SAMPLE_SETS)}")
+    if count is not None and int(count) < 1:
+        raise ValueError(f"explain at least 1 sample, got {count}")
+    with studio.store.sessions() as session:
+        project = repo.get_project(session, project_id)
+        biased = repo.latest_model(session, project_id, ModelRole.BIASED)
+        debiased = repo.latest_model(session, project_id, ModelRole.DEBIASED)
+        if biased is None or debiased is None:
+            raise ValueError("Grad-CAM compares the biased and the debiased model: train both "
+                             "first (tabs 2 and 5)")
+        candidates = []
+        if sample_set == "candidates":
+            detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
+            candidates = [c.position for c in repo.top_candidates(session, detection.id,
+                                                                  limit=None)]
+        settings = project.settings
+    config = project_config(studio.store.workspace, settings).with_overrides(
+        cam_method=method, cam_samples=optional(int, count))
+    save_project_config(studio.store, project_id, config)
+    params = {"method": config.cam_method, "sample_set": sample_set,
+              "count": config.cam_samples,
+              "biased_model_id": biased.id, "debiased_model_id": debiased.id}
+    weights = (studio.store.workspace.resolve(biased.weights_path),
+               studio.store.workspace.resolve(debiased.weights_path))
+
+    def work(progress: JobProgress) -> JobOutcome:
+        return _explain(studio, project_id, config, sample_set, candidates, weights, progress)
+
+    studio.datasets.get(project_id)
+    studio.jobs.run(project_id, JobKind.GRADCAM, params, work, ui=ui)
+    return gradcam_view(studio, project_id)
+
+
+def choose_positions(data, config, sample_set: str, candidates: list[int]) -> np.ndarray:
+    """Dataset positions to explain: a seeded sample of at most `config.cam_samples`."""
+    from diffubias.method import cam_positions
+
+    if sample_set == "conflicting":
+        return cam_positions(data, config)
+    pool = (np.asarray(candidates, dtype=np.int64) if sample_set == "candidates"
+            else data.evaluation_split()[0])
+    rng = np.random.default_rng(config.seed)
+    return np.sort(rng.permutation(pool)[: config.cam_samples])
+
+
+def _explain(studio: Studio, project_id: int, config, sample_set: str, candidates: list[int],
+             weights, progress: JobProgress) -> JobOutcome:
+    from diffubias.gradcam import overlay
+    from diffubias.method import gradcam_comparison
+    from diffubias.models import load_classifier
+
+    data = studio.datasets.get(project_id)
+    start = time.perf_counter()
+    progress(0.05, "loading models")
+    before, after = (load_classifier(path) for path in weights)
+    positions = choose_positions(data, config, sample_set, candidates)
+    if len(positions) == 0:
+        raise ValueError(f"no {SAMPLE_SETS[sample_set]} to explain in this dataset; "
+                         "choose another sample set")
+    progress(0.2, f"Grad-CAM of both models on {len(positions)} images")
+    images, masks, comparison = gradcam_comparison(data, config, before, after, positions)
+    computed = time.perf_counter()
+    progress(0.8, "writing overlays")
+    progress.check()
+    workspace = studio.store.workspace
+    labels = data.ds.labels[positions]
+    with studio.store.sessions() as session:
+        ids = repo.sample_ids_by_position(session, project_id)
+    samples = []
+    for i, position in enumerate(positions):
+        files = {}
+        for name, picture in (("image", images[i].permute(1, 2, 0).numpy()),  # CHW -> HWC
+                              ("biased", overlay(images[i], comparison.before.cams[i])),
+                              ("debiased", overlay(images[i], comparison.after.cams[i]))):
+            path = workspace.path_for("gradcam", progress.job_id, f"{i:04d}_{name}.png")
+            atomic_write_bytes(path, _png(picture, CAM_TILE_PX))
+            files[name] = workspace.relative(path)
+        samples.append({
+            "position": int(position), "sample_id": ids.get(int(position)),
+            "label": int(labels[i]),
+            "biased": {"prediction": int(comparison.before.predictions[i]),
+                       "confidence": float(comparison.before.confidences[i]),
+                       "object_mass": _mass(comparison.object_mass_before, i)},
+            "debiased": {"prediction": int(comparison.after.predictions[i]),
+                         "confidence": float(comparison.after.confidences[i]),
+                         "object_mass": _mass(comparison.object_mass_after, i)},
+            "files": files})
+    result = {"method": config.cam_method, "sample_set": sample_set, "samples": samples,
+              "mean_object_mass_before": _number(comparison.mean_object_mass_before),
+              "mean_object_mass_after": _number(comparison.mean_object_mass_after),
+              "object_area": float(masks.mean()) if masks is not None else None}
+    return JobOutcome(result, {"gradcam": computed - start,
+                               "write": time.perf_counter() - computed})
+
+
+def _mass(values: np.ndarray | None, i: int) -> float | None:
+    return None if values is None else _number(values[i])
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _png(hwc: np.ndarray, size: int) -> bytes:
+    from PIL import Image
+
+    picture = Image.fromarray(np.ascontiguousarray(hwc))
+    scale = max(1, round(size / max(picture.size)))
+    picture = picture.resize((picture.width * scale, picture.height * scale),
+                             Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gradcam_view(studio: Studio, project_id: int | None, *, page: int = 1,
+                 rows_per_page: int = ROWS_PER_PAGE) -> CamView:
+    empty = CamView(None, "", "", 0, None, None, None, {}, [], 1, 1)
+    if project_id is None:
+        return empty
+    with studio.store.sessions() as session:
+        job = repo.latest_job(session, int(project_id), JobKind.GRADCAM)
+        if job is None:
+            return empty
+        project = repo.get_project(session, int(project_id))
+    result = job.result
+    samples = result.get("samples", [])
+    names = project.class_names
+    n_pages = max(1, math.ceil(len(samples) / rows_per_page))
+    page = min(max(1, int(page)), n_pages)
+    workspace = studio.store.workspace
+    tiles = []
+    for s in samples[(page - 1) * rows_per_page: page * rows_per_page]:
+        tiles.append((str(workspace.resolve(s["files"]["image"])),
+                      f"#{s['position']} true: {names[s['label']]}"))
+        for role in ("biased", "debiased"):
+            r = s[role]
+            caption = f"{role}: {names[r['prediction']]} {r['confidence']:.2f}"
+            if r["object_mass"] is not None:
+                caption += f" · in object {r['object_mass']:.2f}"
+            tiles.append((str(workspace.resolve(s["files"][role])), caption))
+    agreement = {}
+    if samples:
+        for role in ("biased", "debiased"):
+            agreement[role] = float(np.mean([s[role]["prediction"] == s["label"]
+                                             for s in samples]))
+    before, after = result.get("mean_object_mass_before"), result.get("mean_object_mass_after")
+    return CamView(job.id, result.get("method", ""), result.get("sample_set", ""), len(samples),
+                   before, after, result.get("object_area"), agreement, tiles, page, n_pages,
+                   object_mass_figure(before, after, result.get("object_area")))
+
+
+def object_mass_figure(before: float | None, after: float | None,
+                       area: float | None) -> go.Figure | None:
+    """Mean share of CAM mass inside the object mask, biased vs debiased, against the share an
+    evenly spread map would get (the object's area)."""
+    if before is None or after is None:
+        return None
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Bar(x=["biased", "debiased"], y=[before, after],
+                              text=[f"{before:.1%}", f"{after:.1%}"], textposition="outside",
+                              marker_color=["#E45756", "#4C78A8"]))
+    if area is not None:
+        figure.add_hline(y=area, line_dash="dash", line_color="black",
+                         annotation_text=f"object area {area:.1%} (an evenly spread map)")
+    figure.update_layout(title="Grad-CAM mass inside the object", height=320,
+                         margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    figure.update_yaxes(title_text="share of CAM mass", range=[0, 1.1], tickformat=".0%")
+    return figure

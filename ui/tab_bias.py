@@ -1,0 +1,249 @@
+"""Tab 2, Bias: train the deliberately biased classifier, see the per-sample loss histogram and
+the detection metrics, browse the top-K highest-loss candidates per class, and exclude tiles
+from the set that gets captioned.
+
+Builds widgets only; the work is in the callbacks passed in (see `BiasCallbacks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from diffubias.config import RunConfig
+from ui.bias_service import CandidatePage, DetectionView, SampleDetail
+from ui.events import GPU, Pager, page_info, percent, progress_callback, shows_errors
+
+ALL_CLASSES = -1
+PAGE_SIZES = (24, 48, 96, 200)
+DEFAULTS = RunConfig()
+
+
+@dataclass(frozen=True)
+class BiasCallbacks:
+    train: Callable[..., DetectionView]  # (project, arch, width, epochs, q, top_k, seed, batch, ui)
+    view: Callable[[int | None, int | None], DetectionView]  # (project, label)
+    page: Callable[[int | None, int | None, int, int], CandidatePage]  # (project, label, page,
+    #                                                                     page size)
+    detail: Callable[[int, int], SampleDetail]
+    exclude: Callable[[int, int, bool], SampleDetail]
+    class_names: Callable[[int | None], list[str]]
+    settings: Callable[[int | None], dict[str, Any]]  # the project's RunConfig as a dict
+    stop: Callable[[int | None], str]
+    architectures: Callable[[], list[str]]  # called on page load: listing them imports torch
+
+
+@dataclass(frozen=True)
+class BiasRefresh:
+    fn: Callable
+    inputs: list
+    outputs: list
+    settings_fn: Callable
+    settings_outputs: list
+
+
+def build(callbacks: BiasCallbacks, project: gr.Number) -> BiasRefresh:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            gr.Markdown("### Biased model\nA classifier trained with Generalized Cross Entropy "
+                        "learns the easy shortcut first; the samples it then gets wrong are "
+                        "the **bias-conflicting** candidates.")
+            arch = gr.Dropdown(["auto"], value="auto", label="architecture",
+                               info="auto: small CNN up to 64 px, ResNet-18 above")
+            with gr.Row():
+                width = gr.Number(DEFAULTS.width, precision=0, minimum=4, label="width",
+                                  min_width=80, elem_id="bias-width")
+                epochs = gr.Number(DEFAULTS.biased_epochs, precision=0, minimum=1,
+                                   label="epochs", min_width=80, elem_id="bias-epochs")
+            gce_q = gr.Slider(0.1, 1.0, value=DEFAULTS.gce_q, step=0.05, label="GCE q",
+                              info="higher: leans harder on the easy samples")
+            top_k = gr.Number(DEFAULTS.top_k, minimum=0.0001, label="top-K per class",
+                              info="≥ 1: a count; < 1: a share of the class",
+                              elem_id="bias-topk")
+            with gr.Row():
+                seed = gr.Number(DEFAULTS.seed, precision=0, minimum=0, label="seed",
+                                 min_width=80)
+                batch = gr.Number(DEFAULTS.batch_size, precision=0, minimum=1,
+                                  label="batch size", min_width=80)
+            with gr.Row():
+                train = gr.Button("Train biased model", variant="primary", elem_id="train-biased")
+                stop = gr.Button("Stop", variant="stop", scale=0, min_width=80,
+                                 elem_id="stop-biased")
+            status = gr.Markdown("", elem_id="bias-status")
+        with gr.Column(scale=3):
+            metrics = gr.Markdown("*Train the biased model to see the loss histogram.*",
+                                  elem_id="bias-metrics")
+            histogram = gr.Plot(label="Per-sample loss", elem_id="loss-histogram")
+    gr.Markdown("### Top-K candidates\nHighest loss first. Select a tile to see it large; "
+                "exclude it if it is not a real bias-conflicting sample (mislabelled, "
+                "unreadable) so it is not captioned.")
+    with gr.Row(equal_height=True):
+        label = gr.Dropdown([("all classes", ALL_CLASSES)], value=ALL_CLASSES, label="class",
+                            scale=0, min_width=180, elem_id="candidate-class")
+        page_size = gr.Dropdown(list(PAGE_SIZES), value=48, label="per page", scale=0,
+                                min_width=100, elem_id="candidate-page-size")
+        pager = Pager.build("candidates")
+    page_ids = gr.State([])
+    with gr.Row():
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="candidates: class · loss (⚑ bias-conflicting, ✗ excluded)",
+                                 columns=6, height=560,
+                                 object_fit="contain", allow_preview=False,
+                                 elem_id="candidate-gallery", buttons=[])
+        with gr.Column(scale=1, min_width=260):
+            large = gr.Image(label="selected", interactive=False, height=260,
+                             elem_id="candidate-large", buttons=[])
+            detail = gr.Markdown("*Select a tile.*", elem_id="candidate-detail")
+            sample_id = gr.Number(None, precision=0, visible=False)
+            toggle = gr.Button("Exclude from candidates", interactive=False,
+                               elem_id="toggle-exclude")
+            selected_excluded = gr.State(False)
+
+    @shows_errors
+    def on_train(project_id, arch_value, width_value, epochs_value, q, k, seed_value,
+                 batch_value, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+        if project_id is None:
+            raise ValueError("No project is open: pick one in tab 1")
+        view = callbacks.train(int(project_id), arch_value, int(width_value), int(epochs_value),
+                               float(q), float(k), int(seed_value), int(batch_value),
+                               progress_callback(progress))
+        page = callbacks.page(int(project_id), None, 1, 48)
+        return (done_message(view), metrics_markdown(view), view.histogram, *page_outputs(page),
+                gr.Dropdown(value=ALL_CLASSES), 48)
+
+    def show_page(page_number, project_id, label_value, size) -> tuple:
+        page = callbacks.page(project_id, _label(label_value), int(page_number or 1),
+                              int(size or 48))
+        return page_outputs(page)
+
+    def show_class(project_id, label_value, size) -> tuple:
+        view = callbacks.view(project_id, _label(label_value))
+        return (view.histogram, *show_page(1, project_id, label_value, size))
+
+    @shows_errors
+    def on_select(project_id, ids: list[int], evt: gr.SelectData) -> tuple:
+        if project_id is None or evt.index is None or evt.index >= len(ids):
+            return gr.Image(), "*Select a tile.*", None, gr.Button(interactive=False), False
+        return detail_outputs(callbacks.detail(int(project_id), ids[evt.index]))
+
+    @shows_errors
+    def on_toggle(project_id, sample, excluded: bool) -> tuple:
+        if project_id is None or sample is None:
+            raise ValueError("Select a candidate tile first")
+        return detail_outputs(callbacks.exclude(int(project_id), int(sample), not excluded))
+
+    page_outputs_list = [gallery, page_ids, pager.page, pager.info]
+    detail_outputs_list = [large, detail, sample_id, toggle, selected_excluded]
+    train_event = train.click(
+        on_train, [project, arch, width, epochs, gce_q, top_k, seed, batch],
+        [status, metrics, histogram, *page_outputs_list, label, page_size],
+        api_name="train_biased", **GPU)
+    stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_biased")
+    pager.wire(show_page, [project, label, page_size], page_outputs_list,
+               api_name="candidates_page")
+    label.input(show_class, [project, label, page_size], [histogram, *page_outputs_list],
+                api_visibility="private")
+    page_size.input(lambda p, lab, size: show_page(1, p, lab, size), [project, label, page_size],
+                    page_outputs_list, api_visibility="private")
+    gallery.select(on_select, [project, page_ids], detail_outputs_list,
+                   api_visibility="private")
+    toggle.click(on_toggle, [project, sample_id, selected_excluded], detail_outputs_list,
+                 api_visibility="private").then(
+        show_page, [pager.page, project, label, page_size], page_outputs_list,
+        api_visibility="private")
+
+    @shows_errors
+    def set_excluded(project_id: int, sample: int, excluded: bool) -> dict:
+        """Exclude (True) or include (False) a candidate, by project and sample id."""
+        d = callbacks.exclude(int(project_id), int(sample), bool(excluded))
+        return {"sample_id": d.sample_id, "excluded": d.excluded, "label": d.label,
+                "loss": d.loss}
+
+    gr.api(set_excluded, api_name="set_excluded")
+
+    def candidate_list(project_id: int, label: int = ALL_CLASSES, page: int = 1,
+                       page_size: int = 48) -> list[dict]:
+        """One page of candidates as data: sample id and caption (class · loss)."""
+        found = callbacks.page(int(project_id), _label(label), int(page), int(page_size))
+        return [{"sample_id": sample, "caption": caption}
+                for sample, (_, caption) in zip(found.sample_ids, found.tiles, strict=True)]
+
+    gr.api(candidate_list, api_name="candidate_list")
+
+    def refresh(project_id, page_number, label_value, size) -> tuple:
+        view = callbacks.view(project_id, _label(label_value))
+        return (metrics_markdown(view), view.histogram,
+                *show_page(page_number, project_id, label_value, size))
+
+    def settings(project_id) -> tuple:
+        cfg = callbacks.settings(project_id)
+        names = callbacks.class_names(project_id)
+        choices = [("all classes", ALL_CLASSES), *((n, i) for i, n in enumerate(names))]
+        d = DEFAULTS
+        return (gr.Dropdown(choices=choices, value=ALL_CLASSES),
+                gr.Dropdown(choices=callbacks.architectures(), value=cfg.get("arch", d.arch)),
+                cfg.get("width", d.width), cfg.get("biased_epochs", d.biased_epochs),
+                cfg.get("gce_q", d.gce_q), cfg.get("top_k", d.top_k), cfg.get("seed", d.seed),
+                cfg.get("batch_size", d.batch_size), "")
+
+    return BiasRefresh(refresh, [project, pager.page, label, page_size],
+                       [metrics, histogram, *page_outputs_list],
+                       settings, [label, arch, width, epochs, gce_q, top_k, seed, batch, status])
+
+
+def _label(value: Any) -> int | None:
+    return None if value is None or int(value) == ALL_CLASSES else int(value)
+
+
+def page_outputs(page: CandidatePage) -> tuple:
+    return (page.tiles, page.sample_ids, page.page,
+            page_info(page.page, page.n_pages, page.total, "candidates") if page.total else "")
+
+
+def detail_outputs(d: SampleDetail) -> tuple:
+    conflict = {True: " · **bias-conflicting**", False: " · bias-aligned", None: ""}[d.conflicting]
+    lines = [f"**{d.label}**" + (f" · bias: {d.bias}" if d.bias else "") + conflict,
+             f"loss **{d.loss:.3f}** · rank {d.rank_in_class + 1 if d.rank_in_class is not None else '–'}"
+             f" in its class · {d.split} #{d.position}",
+             "**excluded** from captioning" if d.excluded else "in the candidate set"]
+    if d.captions:
+        lines.append("**Captions**")
+        lines += [f"- {text} *({source})*" for text, source in d.captions]
+    button = gr.Button("Include again" if d.excluded else "Exclude from candidates",
+                       interactive=True)
+    text = "\n\n".join(lines[:3]) + ("\n\n" + "\n".join(lines[3:]) if d.captions else "")
+    return d.image, text, d.sample_id, button, d.excluded
+
+
+def done_message(view: DetectionView) -> str:
+    took = f" in {view.seconds:.0f} s" if view.seconds else ""
+    return (f"✓ Trained and scored {view.n_scored} training samples{took}; "
+            f"{view.n_candidates} candidates.")
+
+
+def metrics_markdown(view: DetectionView) -> str:
+    if view.job_id is None:
+        return "*Train the biased model to see the loss histogram and the candidates.*"
+    m, t = view.metrics, view.test
+    lines = [f"**{view.n_candidates} candidates** (top-K per class) of {view.n_scored} scored "
+             f"training samples; {view.n_excluded} excluded."]
+    if m.get("precision_at_k") is not None:
+        lines.append(
+            "Detection (the bias is known): "
+            f"precision@K **{percent(m.get('precision_at_k'))}**, recall@K "
+            f"**{percent(m.get('recall_at_k'))}**, R-precision "
+            f"**{percent(m.get('r_precision'))}**, AUROC **{_num(m.get('auroc'))}** "
+            f"({m.get('n_conflicts')} bias-conflicting samples in train).")
+    if t:
+        lines.append(f"Biased model on the test split: overall {percent(t.get('overall'))}"
+                     + (f", aligned {percent(t.get('aligned'))}, conflicting "
+                        f"{percent(t.get('conflicting'))}, unbiased {percent(t.get('unbiased'))}"
+                        if t.get("unbiased") is not None else "") + ".")
+    return "\n\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -1,0 +1,194 @@
+"""Tab 3, Captions: caption the candidates, filter the captions into prompts, edit the prompt
+table (keep, class, text), and see each class's bias keywords when the library offers them.
+
+Builds widgets only; the work is in the callbacks passed in (see `CaptionCallbacks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from diffubias.config import RunConfig
+from ui.caption_service import CaptionsView
+from ui.events import GPU, file_url, progress_callback, shows_errors
+
+PROMPT_HEADERS = ["keep", "id", "class", "prompt", "source", "matched words"]
+PROMPT_TYPES = ["bool", "number", "str", "str", "markdown", "str"]
+KEYWORD_HEADERS = ["class", "keywords: share of candidates vs of bias-aligned samples using it"]
+KEYWORDS_SHOWN = 6
+DEFAULTS = RunConfig()
+
+
+@dataclass(frozen=True)
+class CaptionCallbacks:
+    run: Callable[..., CaptionsView]  # (project, captioner, model_id, per_image, instruction,
+    #                                    top_f, stop_words, keywords_top_n, ui)
+    apply_filter: Callable[[int, int, str], CaptionsView]
+    save: Callable[[int, list[dict[str, Any]]], tuple[CaptionsView, int]]
+    view: Callable[[int | None], CaptionsView]
+    settings: Callable[[int | None], dict[str, Any]]
+    stop: Callable[[int | None], str]
+    captioners: Callable[[], list[str]]  # called on page load: listing them imports torch
+    keywords_available: bool
+
+
+@dataclass(frozen=True)
+class CaptionRefresh:
+    fn: Callable
+    inputs: list
+    outputs: list
+    settings_fn: Callable
+    settings_outputs: list
+
+
+def build(callbacks: CaptionCallbacks, project: gr.Number) -> CaptionRefresh:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            gr.Markdown("### Captioner\nDescribe each candidate in words; the filter keeps "
+                        "the captions that use the most common words, which name what the "
+                        "candidates share.")
+            captioner = gr.Dropdown(["metadata"], value="metadata",
+                                    label="captioner", elem_id="captioner",
+                                    info="metadata: the dataset's own captions")
+            model_id = gr.Textbox(label="or a model id / local folder", max_lines=1,
+                                  placeholder="e.g. Salesforce/blip-image-captioning-base")
+            per_image = gr.Number(DEFAULTS.captions_per_image, precision=0, minimum=1,
+                                  label="captions per image")
+            with gr.Accordion("VLM instruction", open=False):
+                instruction = gr.Textbox(DEFAULTS.caption_instruction, lines=2,
+                                         show_label=False)
+            gr.Markdown("### Text filter")
+            with gr.Row():
+                top_f = gr.Number(DEFAULTS.top_f, precision=0, minimum=0, label="F (top words)",
+                                  info="0: 2 × classes", min_width=100, elem_id="top-f")
+                keywords_n = gr.Number(DEFAULTS.keywords_top_n, precision=0, minimum=0,
+                                       label="keywords per class", info="0: none",
+                                       min_width=100, visible=callbacks.keywords_available)
+            stop_words = gr.Textbox(label="extra stop words", placeholder="comma-separated",
+                                    max_lines=2, elem_id="stop-words")
+            with gr.Row():
+                run = gr.Button("Caption candidates", variant="primary", elem_id="run-captioner")
+                stop = gr.Button("Stop", variant="stop", scale=0, min_width=80)
+            refilter = gr.Button("Apply the filter again", elem_id="apply-filter")
+            status = gr.Markdown("", elem_id="captions-status")
+        with gr.Column(scale=3):
+            summary = gr.Markdown("*Caption the candidates to get prompts.*",
+                                  elem_id="captions-summary")
+            table = gr.Dataframe(headers=PROMPT_HEADERS, datatype=PROMPT_TYPES,
+                                 interactive=True, static_columns=[1, 4, 5], max_height=520,
+                                 column_widths=["72px", "64px", "100px", "44%", "88px", "20%"],
+                                 wrap=True, label="Prompts: tick keep, fix the class, edit "
+                                 "the text, then save", elem_id="prompt-table")
+            with gr.Row():
+                save = gr.Button("Save edits", variant="primary", scale=0, min_width=140,
+                                 elem_id="save-prompts")
+                saved = gr.Markdown("", elem_id="save-status")
+    gr.Markdown("### Bias keywords per class\nTerms used far more for a "
+                                 "class's candidates than for its most bias-aligned samples: "
+                                 "they name what the biased model did not expect.",
+                                 visible=callbacks.keywords_available)
+    keywords = gr.Dataframe(headers=KEYWORD_HEADERS, interactive=False, max_height=420,
+                            wrap=True, column_widths=["110px", "90%"],
+                            visible=callbacks.keywords_available, elem_id="keywords")
+
+    @shows_errors
+    def on_run(project_id, name, model, n, instr, f, words, n_keywords,
+               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+        if project_id is None:
+            raise ValueError("No project is open: pick one in tab 1")
+        view = callbacks.run(int(project_id), name, model or "", int(n), instr or "", int(f or 0),
+                             words or "", int(n_keywords or 0), progress_callback(progress))
+        kept = sum(p.keep for p in view.prompts)
+        return (f"✓ {view.n_captions} captions of {view.n_images} candidates; {kept} prompts "
+                "kept.", *view_outputs(view))
+
+    @shows_errors
+    def on_filter(project_id, f, words) -> tuple:
+        if project_id is None:
+            raise ValueError("No project is open: pick one in tab 1")
+        view = callbacks.apply_filter(int(project_id), int(f or 0), words or "")
+        kept = sum(p.keep for p in view.prompts)
+        return f"✓ Filtered again: {kept} of {len(view.prompts)} prompts kept.", \
+            *view_outputs(view)
+
+    @shows_errors
+    def on_save(project_id, frame) -> tuple:
+        if project_id is None:
+            raise ValueError("No project is open: pick one in tab 1")
+        rows = [{"keep": r[0], "id": r[1], "class": r[2], "text": r[3]}
+                for r in frame.itertuples(index=False) if str(r[1]).strip() not in ("", "nan")]
+        view, changed = callbacks.save(int(project_id), rows)
+        return f"✓ Saved {changed} change(s)." if changed else "Nothing changed.", \
+            *view_outputs(view)
+
+    shown = gr.State(None)  # the prompt table (filter job id) this page shows
+    view_outputs_list = [summary, table, keywords, shown]
+    run_event = run.click(on_run, [project, captioner, model_id, per_image, instruction, top_f,
+                                   stop_words, keywords_n], [status, *view_outputs_list],
+                          api_name="run_captioner", **GPU)
+    stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_captioner")
+    refilter.click(on_filter, [project, top_f, stop_words], [status, *view_outputs_list],
+                   api_name="apply_filter")
+    save.click(on_save, [project, table], [saved, *view_outputs_list], api_name="save_prompts")
+
+    def refresh(project_id, shown_table) -> tuple:
+        view = callbacks.view(project_id)
+        outputs = view_outputs(view)
+        if view.filter_job_id is not None and view.filter_job_id == shown_table:
+            # same table: keep what is on screen, a person may be editing it right now
+            return outputs[0], gr.skip(), *outputs[2:]
+        return outputs
+
+    def settings(project_id) -> tuple:
+        cfg = callbacks.settings(project_id)
+        d = DEFAULTS
+        return (gr.Dropdown(choices=callbacks.captioners()),
+                cfg.get("captions_per_image", d.captions_per_image), cfg.get("top_f", d.top_f),
+                ", ".join(cfg.get("extra_stop_words", [])),
+                cfg.get("keywords_top_n", d.keywords_top_n), "", "")
+
+    return CaptionRefresh(refresh, [project, shown], view_outputs_list, settings,
+                          [captioner, per_image, top_f, stop_words, keywords_n, status, saved])
+
+
+def view_outputs(view: CaptionsView) -> tuple:
+    return summary_markdown(view), prompt_table(view), keyword_table(view), view.filter_job_id
+
+
+def summary_markdown(view: CaptionsView) -> str:
+    if view.caption_job_id is None:
+        return "*Caption the candidates (tab 2 must have run) to get prompts.*"
+    kept = sum(p.keep for p in view.prompts)
+    edited = sum(p.edited for p in view.prompts)
+    lines = [f"**{view.n_captions} captions** of {view.n_images} candidates by "
+             f"`{view.captioner}`. Filter: top **{view.top_f}** words"
+             + (f" (extra stop words: {', '.join(view.extra_stop_words)})"
+                if view.extra_stop_words else "")
+             + f" → **{kept} of {len(view.prompts)} prompts kept**, {edited} edited.",
+             "Top words: " + ", ".join(f"{w} ({c})" for w, c in view.top_words)]
+    if view.stale:
+        lines.append(f"⚠ {view.stale}")
+    return "\n\n".join(lines)
+
+
+def prompt_table(view: CaptionsView):
+    import pandas as pd
+
+    rows = [[p.keep, p.prompt_id, p.label, p.text,
+             f"![source]({file_url(p.thumbnail)})" if p.thumbnail else "",
+             ", ".join(p.matched_words)] for p in view.prompts]
+    return pd.DataFrame(rows, columns=PROMPT_HEADERS)
+
+
+def keyword_table(view: CaptionsView):
+    import pandas as pd
+
+    rows = [[label, ", ".join(f"{k['term']} ({k['candidate_share']:.0%} vs "
+                              f"{k['aligned_share']:.0%})" for k in found[:KEYWORDS_SHOWN])
+             or "none found"]
+            for label, found in (view.keywords or {}).items()]
+    return pd.DataFrame(rows, columns=KEYWORD_HEADERS)

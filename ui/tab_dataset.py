@@ -1,0 +1,159 @@
+"""Tab 1, Dataset: pick the built-in demo, upload a .zip, or open a folder under the data root;
+see the splits, the class counts, the metadata that was found and a grid of samples.
+
+Builds widgets only; the work is in the callbacks passed in (see `DatasetCallbacks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ui.dataset_service import BUILTIN_DATASETS, CONFLICT_RATIOS, SAMPLES_PER_CLASS, DatasetView
+from ui.events import shows_errors
+
+FORMAT_HELP = """
+**The dataset format.** A `.zip` (or folder) with the images under any sub-folders and a
+`metadata.csv`:
+
+| column | required | meaning |
+|---|---|---|
+| `path` | yes | image path relative to the folder |
+| `split` | yes | `train`, `valid` or `test` |
+| `label` | yes | class name |
+| `bias` | no | bias attribute; used for evaluation only, never for training |
+| `caption`, `caption_2`, … | no | captions (the `metadata` captioner uses them) |
+| `mask` | no | binary object mask (Grad-CAM object mass) |
+
+A plain ImageFolder (`<class>/<image>`, no CSV) works too: labels from folder names, a seeded
+train/valid split, bias unknown.
+"""
+
+
+@dataclass(frozen=True)
+class DatasetCallbacks:
+    view: Callable[[int | None], DatasetView | None]
+    open_builtin: Callable[[str, float, int], int]  # -> project id
+    upload: Callable[[str | None, str], int]
+    open_folder: Callable[[str | None, str], int]
+    folders: Callable[[], list[str]]
+    projects: Callable[[], list[tuple[str, int]]]
+    demo_status: Callable[[], str]  # "" once the demo is ready or failed
+
+
+@dataclass(frozen=True)
+class DatasetRefresh:
+    fn: Callable
+    inputs: list
+    outputs: list
+    opened: list  # events after which another project is open
+
+
+def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, *,
+          has_data_root: bool) -> DatasetRefresh:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            gr.Markdown("### Open a dataset")
+            with gr.Group():
+                builtin = gr.Dropdown([(v, k) for k, v in BUILTIN_DATASETS.items()],
+                                      value="builtin:colored-digits", label="Built-in dataset",
+                                      elem_id="builtin-source")
+                with gr.Row():
+                    ratio = gr.Dropdown([(f"{r:.1%}", r) for r in CONFLICT_RATIOS], value=0.01,
+                                        label="bias-conflicting share", min_width=120)
+                    seed = gr.Number(0, precision=0, label="seed", minimum=0, min_width=80)
+                open_builtin = gr.Button("Open built-in", elem_id="open-builtin")
+            with gr.Group():
+                upload = gr.File(label="Upload a .zip", file_types=[".zip"], type="filepath",
+                                 elem_id="upload-zip", height=110)
+                upload_name = gr.Textbox(label="project name (default: the file name)",
+                                         max_lines=1)
+                import_zip = gr.Button("Import .zip", elem_id="import-zip")
+            with gr.Group(visible=has_data_root):
+                folder = gr.Dropdown([], label="Folder or .zip under the data root",
+                                     allow_custom_value=False, elem_id="data-folder")
+                open_folder = gr.Button("Open folder", elem_id="open-folder")
+            if not has_data_root:
+                gr.Markdown("*Start the app with `--data-root DIR` to open folders on this "
+                            "machine.*")
+            with gr.Accordion("Dataset format", open=False):
+                gr.Markdown(FORMAT_HELP)
+            status = gr.Markdown("", elem_id="dataset-status")
+        with gr.Column(scale=2):
+            summary = gr.Markdown("", elem_id="dataset-summary")
+            counts = gr.Dataframe(label="Images per class and split", interactive=False,
+                                  elem_id="class-counts", max_height=360)
+            grid = gr.Gallery(label="Training samples, one row per class (label · bias)",
+                              columns=SAMPLES_PER_CLASS,
+                              height="auto", object_fit="contain", allow_preview=True,
+                              elem_id="sample-grid", buttons=[])
+
+    def after_open(project_id: int) -> tuple:
+        choices = callbacks.projects()
+        name = next((n for n, i in choices if i == project_id), "")
+        return (gr.Dropdown(choices=choices, value=project_id), project_id,
+                f"✓ Opened **{name}**. The other tabs now work on it.")
+
+    @shows_errors
+    def on_builtin(source: str, conflict_ratio: float, seed_value: float,
+                   progress: gr.Progress = gr.Progress()) -> tuple:
+        progress(0.1, desc="generating and loading the built-in dataset")
+        return after_open(callbacks.open_builtin(source, float(conflict_ratio),
+                                                 int(seed_value or 0)))
+
+    @shows_errors
+    def on_upload(path: str | None, name: str, progress: gr.Progress = gr.Progress()) -> tuple:
+        progress(0.1, desc="extracting and checking the archive")
+        return after_open(callbacks.upload(path, name or ""))
+
+    @shows_errors
+    def on_folder(path: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
+        progress(0.1, desc="checking the folder")
+        return after_open(callbacks.open_folder(path, ""))
+
+    opened = [picker, project, status]
+    events = [
+        open_builtin.click(on_builtin, [builtin, ratio, seed], opened, api_name="open_builtin"),
+        import_zip.click(on_upload, [upload, upload_name], opened, api_name="import_zip"),
+        open_folder.click(on_folder, [folder], opened, api_name="open_folder"),
+    ]
+
+    def refresh(project_id: int | None) -> tuple:
+        folders = gr.Dropdown(choices=callbacks.folders()) if has_data_root else gr.Dropdown()
+        view = callbacks.view(project_id)
+        if view is None:
+            waiting = callbacks.demo_status() or "Open a dataset to start."
+            return f"### No project yet\n{waiting}", None, [], folders
+        return summary_markdown(view), counts_table(view), view.tiles, folders
+
+    return DatasetRefresh(refresh, [project], [summary, counts, grid, folder], events)
+
+
+def summary_markdown(view: DatasetView) -> str:
+    s = view.summary
+    sizes = s.get("split_sizes", {})
+    found = [
+        f"bias attribute: **{', '.join(view.bias_names)}**" if view.bias_names
+        else "bias attribute: **unknown** (no `bias` column; detection metrics need it)",
+        (f"captions: **{s.get('n_captioned', 0)}** images, up to "
+         f"{s.get('captions_per_sample', 0)} each (the `metadata` captioner can use them)"
+         if s.get("n_captioned") else "captions: **none** (use a model captioner in tab 3)"),
+        "object masks: **yes** (Grad-CAM measures the share of each map on the object)"
+        if s.get("has_masks") else "object masks: **none**",
+    ]
+    skipped = s.get("n_skipped", 0)
+    lines = [f"## {view.name}", f"Source: {view.source} · image size **{view.image_size} px** · "
+             + " · ".join(f"{split} **{n}**" for split, n in sizes.items()),
+             "", "**Metadata found:** " + "; ".join(found) + "."]
+    if skipped:
+        examples = "; ".join(f"`{x['path']}`: {x['reason']}" for x in s.get("skipped", [])[:3])
+        lines.append(f"\n⚠ {skipped} file(s) skipped at import, e.g. {examples}")
+    return "\n".join(lines)
+
+
+def counts_table(view: DatasetView):
+    import pandas as pd
+
+    return pd.DataFrame(view.class_counts, columns=view.count_headers)

@@ -1,0 +1,109 @@
+"""Tab 5, Debias: train the debiased model on the train split plus the accepted generated images
+(and the vanilla model without them), then compare all three models by group accuracy.
+
+Builds widgets only; the work is in the callbacks passed in (see `DebiasCallbacks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from diffubias.config import RunConfig
+from ui.debias_service import METRICS, DebiasView
+from ui.events import GPU, percent, progress_callback, shows_errors
+
+TABLE_HEADERS = ["model", *METRICS, "training images", "epochs"]
+EXPLAIN = """**overall**: all test images · **aligned**: images whose bias attribute is the one
+their class usually has · **conflicting**: the others, where a biased model fails ·
+**unbiased**: the mean over every (class, attribute) group, so rare groups count as much as
+common ones. Aligned, conflicting and unbiased need the bias attribute in the dataset."""
+
+
+@dataclass(frozen=True)
+class DebiasCallbacks:
+    train: Callable[..., DebiasView]  # (project, epochs, train_vanilla, ui)
+    view: Callable[[int | None], DebiasView]
+    settings: Callable[[int | None], dict[str, Any]]
+    stop: Callable[[int | None], str]
+
+
+@dataclass(frozen=True)
+class DebiasRefresh:
+    fn: Callable
+    inputs: list
+    outputs: list
+    settings_fn: Callable
+    settings_outputs: list
+
+
+def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            gr.Markdown("### Retrain\nThe debiased model trains on the train split plus every "
+                        "generated image that was not rejected; the vanilla model, with the "
+                        "same initialisation and schedule, on the train split alone.")
+            epochs = gr.Number(RunConfig().debias_epochs, precision=0, minimum=1, label="epochs",
+                               elem_id="debias-epochs")
+            vanilla = gr.Checkbox(True, label="also train the vanilla model (for comparison)")
+            with gr.Row():
+                train = gr.Button("Train debiased model", variant="primary",
+                                  elem_id="train-debiased")
+                stop = gr.Button("Stop", variant="stop", scale=0, min_width=80)
+            status = gr.Markdown("", elem_id="debias-status")
+        with gr.Column(scale=3):
+            summary = gr.Markdown("*Train the debiased model to compare accuracies.*",
+                                  elem_id="debias-summary")
+            table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False,
+                                 label="Test accuracy", elem_id="accuracy-table")
+            bars = gr.Plot(label="Accuracy by group", elem_id="accuracy-bars")
+            gr.Markdown(EXPLAIN)
+
+    @shows_errors
+    def on_train(project_id, n_epochs, with_vanilla,
+                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+        if project_id is None:
+            raise ValueError("No project is open: pick one in tab 1")
+        view = callbacks.train(int(project_id), int(n_epochs), bool(with_vanilla),
+                               progress_callback(progress))
+        took = f" in {view.seconds:.0f} s" if view.seconds else ""
+        return (f"✓ Trained on {view.n_generated} generated images{took}.",
+                *view_outputs(view))
+
+    outputs = [summary, table, bars]
+    train_event = train.click(on_train, [project, epochs, vanilla], [status, *outputs],
+                              api_name="train_debiased", **GPU)
+    stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_debias")
+
+    def refresh(project_id) -> tuple:
+        return view_outputs(callbacks.view(project_id))
+
+    def settings(project_id) -> tuple:
+        return callbacks.settings(project_id).get("debias_epochs", RunConfig().debias_epochs), ""
+
+    return DebiasRefresh(refresh, [project], outputs, settings, [epochs, status])
+
+
+def view_outputs(view: DebiasView) -> tuple:
+    import pandas as pd
+
+    rows = [[r.role, *(percent(r.test.get(m)) for m in METRICS),
+             r.n_train if r.n_train is not None else "", r.epochs or ""] for r in view.rows]
+    by_role = {r.role: r.test for r in view.rows}
+    if "debiased" in by_role and ("vanilla" in by_role or "biased" in by_role):
+        base = "vanilla" if "vanilla" in by_role else "biased"
+        key = "unbiased" if by_role["debiased"].get("unbiased") is not None else "overall"
+        gain = by_role["debiased"][key] - by_role[base][key]
+        summary = (f"Debiased vs {base}: **{gain * 100:+.1f} points** of {key} accuracy "
+                   f"({percent(by_role[base][key])} → {percent(by_role['debiased'][key])}), "
+                   f"trained with {view.n_generated} generated images.")
+    elif view.rows:
+        summary = "*Only the biased model so far: generate images, then train.*"
+    else:
+        summary = "*Train the biased model (tab 2) first.*"
+    if view.stale:
+        summary += f"\n\n⚠ {view.stale}"
+    return summary, pd.DataFrame(rows, columns=TABLE_HEADERS), view.figure

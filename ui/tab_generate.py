@@ -1,0 +1,199 @@
+"""Tab 4, Generate: new bias-conflicting images from the kept prompts, shown one gallery row per
+prompt, each image accepted or rejected before training.
+
+Builds widgets only; the work is in the callbacks passed in (see `GenerateCallbacks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from diffubias.config import RunConfig
+from ui.events import GPU, Pager, page_info, progress_callback, shows_errors
+
+DEFAULTS = RunConfig()
+TILES_PER_ROW = 6  # wider rows overflow the column instead of shrinking the tiles
+from ui.generate_service import GenerationView, ImageDetail
+
+
+@dataclass(frozen=True)
+class GenerateCallbacks:
+    run: Callable[..., GenerationView]  # (project, generator, model_id, steps, guidance,
+    #                                       images_per_prompt, seed, max_images, ui)
+    view: Callable[[int | None, int], GenerationView]  # (project, page)
+    detail: Callable[[int, int], ImageDetail]
+    review: Callable[[int, list[int], bool | None], int]
+    review_prompt: Callable[[int, int, bool | None], int]
+    settings: Callable[[int | None], dict[str, Any]]
+    stop: Callable[[int | None], str]
+    generators: Callable[[], list[str]]  # called on page load: listing them imports torch
+
+
+@dataclass(frozen=True)
+class GenerateRefresh:
+    fn: Callable
+    inputs: list
+    outputs: list
+    settings_fn: Callable
+    settings_outputs: list
+
+
+def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            gr.Markdown("### Generator\nEach kept prompt becomes new images labelled with the "
+                        "class of the sample it describes. `demo` renders the built-in "
+                        "datasets offline; diffusion models need a GPU.")
+            generator = gr.Dropdown(["demo"], value="demo",
+                                    label="backend", elem_id="generator")
+            model_id = gr.Textbox(label="or a diffusers model id / local folder", max_lines=1,
+                                  placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
+            with gr.Row():
+                steps = gr.Number(DEFAULTS.gen_steps, precision=0, minimum=1, label="steps",
+                                  min_width=80)
+                guidance = gr.Number(DEFAULTS.guidance_scale, minimum=0, label="guidance",
+                                     min_width=80)
+            with gr.Row():
+                per_prompt = gr.Number(DEFAULTS.images_per_prompt, precision=0, minimum=1,
+                                       maximum=16, label="images per prompt", min_width=80,
+                                       elem_id="images-per-prompt")
+                seed = gr.Number(DEFAULTS.seed, precision=0, minimum=0, label="seed",
+                                 min_width=80)
+            max_images = gr.Number(DEFAULTS.max_images, precision=0, minimum=0,
+                                   label="at most this many images", info="0: no cap",
+                                   elem_id="max-images")
+            with gr.Row():
+                run = gr.Button("Generate images", variant="primary", elem_id="run-generate")
+                stop = gr.Button("Stop", variant="stop", scale=0, min_width=80)
+            status = gr.Markdown("", elem_id="generate-status")
+        with gr.Column(scale=3):
+            summary = gr.Markdown("*Generate images from the kept prompts.*",
+                                  elem_id="generate-summary")
+            pager = Pager.build("generated")
+            page_ids = gr.State([])
+            gallery = gr.Gallery(label="grouped by prompt, its text under its first image "
+                                 "(✓ accepted, ✗ rejected)", columns=TILES_PER_ROW,
+                                 height=600, object_fit="contain", allow_preview=False,
+                                 elem_id="generated-gallery", buttons=[])
+        with gr.Column(scale=1, min_width=240):
+            large = gr.Image(label="selected", interactive=False, height=240, buttons=[],
+                             elem_id="generated-large")
+            detail = gr.Markdown("*Select an image to review it.*", elem_id="generated-detail")
+            image_id = gr.State(None)
+            with gr.Row():
+                accept = gr.Button("✓ Accept", interactive=False, elem_id="accept-image")
+                reject = gr.Button("✗ Reject", variant="stop", interactive=False,
+                                   elem_id="reject-image")
+            reject_prompt = gr.Button("✗ Reject this prompt's images", interactive=False,
+                                      size="sm", elem_id="reject-prompt")
+            gr.Markdown("*Images nobody reviewed are used for training; rejected ones are "
+                        "not.*")
+
+    @shows_errors
+    def on_run(project_id, name, model, n_steps, scale, n, seed_value, cap,
+               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+        if project_id is None:
+            raise ValueError("No project is open: pick one in tab 1")
+        view = callbacks.run(int(project_id), name, model or "", int(n_steps), float(scale),
+                             int(n), int(seed_value), int(cap or 0), progress_callback(progress))
+        took = view.params.get("n_prompts", 0)
+        return (f"✓ {view.n_images} images from {took} prompts.", *view_outputs(view))
+
+    def show_page(page_number, project_id) -> tuple:
+        return view_outputs(callbacks.view(project_id, int(page_number or 1)))
+
+    @shows_errors
+    def on_select(project_id, ids: list[int], evt: gr.SelectData) -> tuple:
+        if project_id is None or evt.index is None or evt.index >= len(ids):
+            return gr.Image(), "*Select an image to review it.*", None, *_buttons(False)
+        return detail_outputs(callbacks.detail(int(project_id), ids[evt.index]))
+
+    def review(accepted: bool | None, whole_prompt: bool):
+        @shows_errors
+        def handler(project_id, selected, page_number) -> tuple:
+            if project_id is None or selected is None:
+                raise ValueError("Select an image first")
+            if whole_prompt:
+                callbacks.review_prompt(int(project_id), int(selected), accepted)
+            else:
+                callbacks.review(int(project_id), [int(selected)], accepted)
+            return (*detail_outputs(callbacks.detail(int(project_id), int(selected))),
+                    *show_page(page_number, project_id))
+        return handler
+
+    page_outputs = [summary, gallery, page_ids, pager.page, pager.info]
+    detail_outputs_list = [large, detail, image_id, accept, reject, reject_prompt]
+    run_event = run.click(on_run, [project, generator, model_id, steps, guidance, per_prompt,
+                                   seed, max_images], [status, *page_outputs],
+                          api_name="generate", **GPU)
+    stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_generate")
+    pager.wire(show_page, [project], page_outputs, api_name="generated_page")
+    gallery.select(on_select, [project, page_ids], detail_outputs_list,
+                   api_visibility="private")
+    for button, accepted, whole in ((accept, True, False), (reject, False, False),
+                                    (reject_prompt, False, True)):
+        button.click(review(accepted, whole), [project, image_id, pager.page],
+                     [*detail_outputs_list, *page_outputs], api_visibility="private")
+
+    @shows_errors
+    def review_image(project_id: int, image: int, accepted: bool) -> dict:
+        """Accept (True) or reject (False) one generated image, by project and image id."""
+        callbacks.review(int(project_id), [int(image)], bool(accepted))
+        d = callbacks.detail(int(project_id), int(image))
+        return {"image_id": d.image_id, "accepted": d.accepted, "prompt": d.prompt}
+
+    gr.api(review_image, api_name="review_image")
+
+    def generated_list(project_id: int, page: int = 1) -> list[dict]:
+        """One page of generated images as data: image id and caption."""
+        view = callbacks.view(int(project_id), int(page))
+        return [{"image_id": image, "caption": caption}
+                for image, (_, caption) in zip(view.image_ids, view.tiles, strict=True)]
+
+    gr.api(generated_list, api_name="generated_list")
+
+    def refresh(project_id, page_number) -> tuple:
+        return show_page(page_number, project_id)
+
+    def settings(project_id) -> tuple:
+        cfg, d = callbacks.settings(project_id), DEFAULTS
+        return (gr.Dropdown(choices=callbacks.generators()), cfg.get("gen_steps", d.gen_steps),
+                cfg.get("guidance_scale", d.guidance_scale),
+                cfg.get("images_per_prompt", d.images_per_prompt),
+                cfg.get("max_images", d.max_images), "")
+
+    return GenerateRefresh(refresh, [project, pager.page], page_outputs, settings,
+                           [generator, steps, guidance, per_prompt, max_images, status])
+
+
+def view_outputs(view: GenerationView) -> tuple:
+    if view.n_images == 0:
+        summary = (f"*{view.n_prompts} kept prompts. Generate images from them.*"
+                   if view.n_prompts else "*Caption the candidates (tab 3) to get prompts.*")
+    else:
+        unreviewed = view.n_images - view.n_accepted - view.n_rejected
+        summary = (f"**{view.n_images} images** from {view.n_prompts} kept prompts by "
+                   f"`{view.model or view.backend}` · {view.n_accepted} accepted, "
+                   f"{view.n_rejected} rejected, {unreviewed} not reviewed · "
+                   f"**{view.n_images - view.n_rejected} will be used for training**.")
+    info = page_info(view.page, view.n_pages, view.n_images, "images") if view.n_images else ""
+    # whole prompts per row: 2 per prompt -> 3 prompts a row, 6 -> 1, 12 -> 1 (12 wide)
+    columns = max(view.columns, view.columns * (TILES_PER_ROW // max(view.columns, 1)))
+    return (summary, gr.Gallery(value=view.tiles, columns=columns), view.image_ids,
+            view.page, info)
+
+
+def _buttons(enabled: bool) -> tuple:
+    return (gr.Button(interactive=enabled), gr.Button(interactive=enabled),
+            gr.Button(interactive=enabled))
+
+
+def detail_outputs(d: ImageDetail) -> tuple:
+    state = {True: "✓ accepted", False: "✗ rejected", None: "not reviewed (used for training)"}
+    text = (f"**#{d.prompt_id} {d.label}**: {d.prompt}\n\nseed {d.seed} · `{d.model}`\n\n"
+            f"{state[d.accepted]}")
+    return (d.image, text, d.image_id, *_buttons(True))
