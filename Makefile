@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: run test bench
+.PHONY: run demo test bench
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,12 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Until the app lands, the main job is the CLI on the built-in demo dataset (outputs in runs/demo).
+# The web app at http://127.0.0.1:7860 with the demo project (pass options with ARGS="...").
 run: $(STAMP)
+	$(PY) app.py $(ARGS)
+
+# The CLI on the built-in demo dataset: every stage, outputs under runs/demo.
+demo: $(STAMP)
 	$(PY) -m diffubias run --dataset builtin:colored-digits --conflict-ratio 0.01 --seed 0 --out runs/demo
 
 test: $(STAMP)
