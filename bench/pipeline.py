@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -41,10 +42,13 @@ def fmt(x) -> str:
 
 
 def render(results: list[dict]) -> str:
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = ["## End-to-end pipeline (CLI, CPU)", "",
-             f"Measured by `python bench/pipeline.py` on {machine_line()}. The dataset cache was "
-             "warm (built-ins generated once before); wall time includes every stage and process "
-             "start-up. Peak memory is the largest child process's maximum RSS so far.", ""]
+             f"Measured by `python bench/pipeline.py` on {machine_line()}; load average at the "
+             f"end {load} (a load above 2 means other work shared the 2 cores and stretched the "
+             "wall times). Wall time includes every stage, dataset generation on first use and "
+             "process start-up. Peak memory is the largest child process's maximum RSS so far.",
+             ""]
     lines += ["| dataset | wall (s) | peak RSS (MB) | r-precision | AUROC | precision@K | "
               "recall@K | vanilla unbiased | debiased unbiased | gain (points) | "
               "CAM in object: biased -> debiased |",
