@@ -590,9 +590,9 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
 def _resume_note(meta: dict) -> str:
     if not meta.get("resumed_after_s"):
         return ""
-    return (f" in two processes (the first was stopped from outside after its first "
-            f"{meta['resumed_after_s'] / 60:.1f} min of finished settings; the second resumed "
-            "from its checkpoint; the unfinished setting's lost minutes are not counted)")
+    return (" (the process was stopped from outside and resumed from its per-setting "
+            "checkpoint; the total sums the finished settings of every part, not the minutes "
+            "lost in interrupted ones)")
 
 
 def _width_note(cfg: dict) -> str:

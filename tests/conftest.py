@@ -31,6 +31,16 @@ def make_bar_images(labels: np.ndarray, colours: np.ndarray, rng: np.random.Gene
     return torch.from_numpy(images.clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and OpenMP threads spin-waiting on 2 busy cores
+    turn 50 ms calls into seconds; restored for the other test modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder for the whole session, so each built-in variant is generated once."""

@@ -17,13 +17,8 @@ POSITIONS = [0, 1, 2, 10, 11]  # three cats, two dogs
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads spin-waiting on 2 busy cores
-    turn 50 ms calls into seconds; restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
