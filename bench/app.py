@@ -30,6 +30,7 @@ from markdown import machine_line, write_section  # noqa: E402
 
 N_SCORES = 200_000
 REPEATS = 5
+STARTS = 3  # start-up is measured on this many fresh workspaces; the median is reported
 
 
 def free_port() -> int:
@@ -74,10 +75,18 @@ def bench_startup_and_workflow(skip_workflow: bool) -> dict:
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        starts = []
+        for i in range(STARTS - 1):
+            process, page_s, api_s = start_app(Path(tmp) / f"start{i}", free_port())
+            process.terminate()
+            process.wait(timeout=30)
+            starts.append((page_s, api_s))
         workspace = Path(tmp) / "workspace"
         port = free_port()
         process, page_s, api_s = start_app(workspace, port)
-        out.update(page_s=page_s, api_s=api_s)
+        starts.append((page_s, api_s))
+        out.update(page_s=median(s[0] for s in starts), api_s=median(s[1] for s in starts),
+                   page_min_s=min(s[0] for s in starts))
         try:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
             start = time.perf_counter()
@@ -199,7 +208,8 @@ def render(startup: dict, scores: dict) -> str:
              f"{os.getloadavg()[0]:.1f} (other work shares the cores). Medians of {REPEATS} runs "
              "where repeated.", "",
              "| what | target | measured |", "|---|---|---|",
-             f"| `python app.py` → page served (process start to HTTP 200) | < 3 s | "
+             f"| `python app.py` → page served (process start to HTTP 200; median of {STARTS} "
+             f"fresh starts, fastest {startup['page_min_s']:.2f} s) | < 3 s | "
              f"{startup['page_s']:.2f} s |",
              f"| → page config and API answering | | {startup['api_s']:.2f} s |",
              f"| → demo project ready on a fresh workspace (generated in the background) | | "
