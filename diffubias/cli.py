@@ -1,8 +1,10 @@
-"""Command line: `python -m diffubias <command>`.
+"""Command line: `diffubias <command>` (installed) or `python -m diffubias <command>`.
 
 `run` does every stage; `detect` only stages 1-3 (works on any dataset); the other commands run
 one stage on an existing run folder, e.g. after editing its prompts.csv. Options given to a
-single-stage command override the run's saved config for that stage and later ones.
+single-stage command override the run's saved config for that stage and later ones. Every
+command's `--help` ends with examples and the docs page that explains it; an error names the
+docs section that helps fix it.
 """
 
 from __future__ import annotations
@@ -12,15 +14,89 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from diffubias.config import RunConfig
+from diffubias.config import BASELINES, RunConfig
 from diffubias.pipeline import STAGES, Run, run_stages
 
-EXAMPLES = """examples:
-  python -m diffubias run --dataset builtin:colored-digits --conflict-ratio 0.01 --seed 0 --out runs/cd
-  python -m diffubias run --dataset builtin:shape-scenes --out runs/ss
-  python -m diffubias detect --dataset path/to/folder_or.zip --out runs/mine
-  python -m diffubias generate --out runs/cd --images-per-prompt 4   # after editing prompts.csv
-"""
+DOCS = "docs/guide"  # in the repository; tests/test_docs.py checks every page and anchor below
+
+# per command: (one-line help, examples with {prog} for the program name, docs section)
+COMMANDS = {
+    "run": (
+        "every stage: detect, caption, filter, generate, debias, gradcam",
+        """\
+  {prog} run --dataset builtin:colored-digits --conflict-ratio 0.01 --seed 0 --out runs/cd
+  {prog} run --dataset path/to/folder_or.zip --out runs/mine --captioner blip --generator sd15 \\
+      --steps 25 --images-per-prompt 4
+  {prog} run --dataset builtin:shape-scenes --out runs/ss --device cpu --debias-epochs 4""",
+        "user-guide.md#the-command-line"),
+    "detect": (
+        "stages 1-3: biased model, scores, top-K candidates (any dataset)",
+        """\
+  {prog} detect --dataset path/to/folder_or.zip --out runs/mine
+  {prog} detect --dataset path/to/data --out runs/mine --top-k 100 --biased-epochs 5 --seed 1""",
+        "dataset-format.md"),
+    "caption": (
+        "stage 4 on an existing run: captions of the candidates -> captions.csv",
+        """\
+  {prog} caption --out runs/mine --captioner blip --captions-per-image 3
+  {prog} caption --out runs/mine --captioner llava-llama3 \\
+      --caption-instruction "Describe the background and the main object in one sentence."
+  {prog} caption --out runs/mine --captioner path/to/saved_blip_folder""",
+        "models.md#captioners"),
+    "filter": (
+        "stage 5: text filter -> prompts.csv (edit its keep/text columns, then generate)",
+        """\
+  {prog} filter --out runs/mine
+  {prog} filter --out runs/mine --top-f 20 --extra-stop-words photo,picture""",
+        "user-guide.md#review-and-edit-the-prompts"),
+    "generate": (
+        "stage 6: images from the kept prompts of prompts.csv -> generated/",
+        """\
+  {prog} generate --out runs/mine --generator sd15 --steps 25 --images-per-prompt 4
+  {prog} generate --out runs/mine --generator sd35 --steps 28 --guidance-scale 3.5 --offload model
+  accelerate launch --multi_gpu --num_processes 4 -m diffubias generate --out runs/mine""",
+        "models.md#diffusion-models"),
+    "debias": (
+        "stages 7-8: train the vanilla and debiased models, test accuracies",
+        """\
+  {prog} debias --out runs/mine --debias-epochs 12
+  {prog} debias --out runs/mine --baselines all""",
+        "metrics.md#accuracy-of-the-models"),
+    "gradcam": (
+        "stage 9: Grad-CAM of the biased vs the debiased model -> gradcam.png",
+        """\
+  {prog} gradcam --out runs/mine --cam-method gradcam++ --cam-samples 200""",
+        "metrics.md#grad-cam-object-mass"),
+}
+
+# an error message naming one of these words is explained by that section; first match wins
+_ERROR_DOCS = (
+    (("Hugging Face", "hub id", "save_pretrained", "HF_HUB_OFFLINE", "chat template",
+      "not a BLIP"), "models.md#offline-use-with-a-pre-filled-cache"),
+    (("CUDA", "cuda", "GPU", "offload"), "gpus.md"),
+    (("not a run folder", "stage first"), "user-guide.md#the-command-line"),
+    (("prompts.csv", "keep at least one prompt"), "user-guide.md#review-and-edit-the-prompts"),
+    (("metadata.csv", "dataset", "split", "label", "zip", "mask", "skipped", "conflict_ratio"),
+     "dataset-format.md"),
+)
+
+
+def docs_section(command: str, message: str) -> str:
+    """The docs page (and anchor) that explains an error of `command` with this message."""
+    for words, section in _ERROR_DOCS:
+        if any(word in message for word in words):
+            return f"{DOCS}/{section}"
+    return f"{DOCS}/{COMMANDS[command][2]}"
+
+
+def _epilog(command: str | None, prog: str) -> str:
+    if command is None:
+        examples = "\n".join(COMMANDS[c][1].format(prog=prog).splitlines()[0] for c in COMMANDS)
+        return (f"examples (`{prog} <command> --help` for each command's options):\n{examples}\n"
+                f"\ndocs: {DOCS}/README.md (start with {DOCS}/user-guide.md)")
+    _, examples, section = COMMANDS[command]
+    return f"examples:\n{examples.format(prog=prog)}\n\ndocs: {DOCS}/{section}"
+
 
 # (config field, help); the flag is the field name with dashes
 _OPTIONS = (
@@ -48,6 +124,8 @@ _OPTIONS = (
     ("images_per_prompt", "generated images per kept prompt"),
     ("max_images", "cap on generated images (0: none)"),
     ("debias_epochs", "epochs of the vanilla and debiased models"),
+    ("baselines", "baselines to train and report next to vanilla and DiffuBias, comma-separated: "
+                  "lff, jtt, oversample-topk, diffubias-no-filter, or all"),
     ("cam_method", "gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam"),
     ("cam_samples", "test samples whose Grad-CAM object mass is measured"),
     ("caption_instruction", "instruction given to a VLM captioner"),
@@ -74,41 +152,42 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     for name, help_text in _OPTIONS:
         kind = {"int": int, "float": float}.get(str(types[name]), str)
         default = getattr(defaults, name)
-        if name == "extra_stop_words":
+        if name in ("extra_stop_words", "baselines"):
             default = ",".join(default) or "none"
         parser.add_argument("--" + name.replace("_", "-"), *_ALIASES.get(name, ()), dest=name,
                             type=kind, default=None,
                             help=f"{help_text} (default: {default})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "diffubias") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m diffubias", description="DiffuBias: find and fix spurious bias in an "
-        "image dataset.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=prog, description="DiffuBias: find and fix spurious bias in an image dataset.",
+        epilog=_epilog(None, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    helps = {"run": "every stage: detect, caption, filter, generate, debias, gradcam",
-             "detect": "stages 1-3: biased model, scores, top-K candidates (any dataset)",
-             "caption": "stage 4 on an existing run", "filter": "stage 5 -> prompts.csv",
-             "generate": "stage 6 from prompts.csv", "debias": "stages 7-8: train and evaluate",
-             "gradcam": "stage 9: Grad-CAM before/after"}
-    for command in ("run", "detect", *STAGES[1:]):
-        p = sub.add_parser(command, help=helps[command], description=helps[command],
-                           epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--out", required=True, type=Path, help="run folder")
+    assert set(COMMANDS) == {"run", "detect", *STAGES[1:]}, "every command needs help and docs"
+    for command in COMMANDS:
+        help_text = COMMANDS[command][0]
+        p = sub.add_parser(command, help=help_text, description=help_text,
+                           epilog=_epilog(command, prog),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--out", required=True, type=Path,
+                       help="run folder (config.json, report.json and every artifact)")
         _add_config_options(p)
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     out = {name: getattr(args, name) for name, _ in _OPTIONS if getattr(args, name) is not None}
-    if "extra_stop_words" in out:
-        out["extra_stop_words"] = tuple(w.strip() for w in out["extra_stop_words"].split(",")
-                                        if w.strip())
+    for name in ("extra_stop_words", "baselines"):
+        if name in out:
+            out[name] = tuple(w.strip() for w in out[name].split(",") if w.strip())
+    if out.get("baselines") == ("all",):
+        out["baselines"] = BASELINES
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str = "diffubias") -> int:
+    args = build_parser(prog).parse_args(argv)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -124,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             stages = (args.command,)
         run_stages(run, stages)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}\nsee {docs_section(args.command, str(err))}", file=sys.stderr)
         return 2
     print(f"report: {run.report_path}")
     return 0

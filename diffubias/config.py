@@ -11,6 +11,10 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+# the baselines the `debias` stage can train next to vanilla and DiffuBias; diffubias.baselines
+# implements them (a test checks the two lists agree)
+BASELINES = ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
+
 
 def default_cache_dir() -> Path:
     """Where built-in datasets and extracted uploads are cached ($DIFFUBIAS_CACHE to change)."""
@@ -47,6 +51,9 @@ class RunConfig:
     max_images: int = 0  # 0: no cap
     # stage 7: debiased and vanilla models
     debias_epochs: int = 12
+    # baselines trained and reported next to vanilla and DiffuBias (names of
+    # diffubias.baselines.METHODS: lff, jtt, oversample-topk, diffubias-no-filter)
+    baselines: tuple[str, ...] = ()
     # stage 9: Grad-CAM
     cam_method: str = "gradcam"
     cam_samples: int = 200  # test samples whose CAM mass is measured
@@ -79,6 +86,9 @@ class RunConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not self.top_k > 0:
             raise ValueError(f"top_k must be positive, got {self.top_k}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
 
     @property
     def cache_path(self) -> Path:
@@ -94,6 +104,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["extra_stop_words"] = list(self.extra_stop_words)
+        d["baselines"] = list(self.baselines)
         return d
 
     @classmethod
@@ -103,8 +114,9 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         d = dict(d)
-        if "extra_stop_words" in d:
-            d["extra_stop_words"] = tuple(d["extra_stop_words"])
+        for name in ("extra_stop_words", "baselines"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
     def save(self, path: Path) -> None:

@@ -8,7 +8,7 @@ person can edit `prompts.csv` between the filter and generation stages. Stages:
   caption  4    captions of the candidates
   filter   5    text filter -> prompts.csv (editable: keep, text)
   generate 6    images from the kept prompts, with a manifest
-  debias   7-8  vanilla and debiased classifiers; test accuracies of all three models
+  debias   7-8  vanilla and debiased classifiers (and any `baselines`); test accuracies
   gradcam  9    Grad-CAM of the biased vs debiased model, CAM mass inside object masks
 """
 
@@ -29,11 +29,18 @@ import torch
 
 from diffubias import __version__
 from diffubias.captions import Caption, Captioner, make_captioner
-from diffubias.config import RunConfig
+from diffubias.config import BASELINES, RunConfig
 from diffubias.dataset import SPLITS, ImageDataset, read_images
 from diffubias.generation import load_generated, make_generator, read_manifest
-from diffubias.method import (Detection, PreparedDataset, cam_positions, detect_bias,
-                              gradcam_comparison, test_accuracy, train_debiased)
+from diffubias.method import (
+    Detection,
+    PreparedDataset,
+    cam_positions,
+    detect_bias,
+    gradcam_comparison,
+    test_accuracy,
+    train_debiased,
+)
 from diffubias.models import load_classifier, save_classifier
 from diffubias.text_filter import Prompt, filter_captions
 
@@ -97,8 +104,12 @@ class Run:
     def read_report(self) -> dict:
         return json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
 
-    def update_report(self, **parts) -> dict:
+    def update_report(self, *, drop_models: tuple[str, ...] = (), **parts) -> dict:
+        """Merges `parts` into report.json (`models` and `timings_s` key by key); `drop_models`
+        removes entries of `models` that a stage no longer produces."""
         report = self.read_report()
+        for name in drop_models:
+            report.get("models", {}).pop(name, None)
         report.update(config=self.config.to_dict(), seed=self.config.seed,
                       versions=library_versions())
         for key, value in parts.items():
@@ -152,7 +163,7 @@ def stage_detect(run: Run) -> dict:
 def _dataset_summary(ds: ImageDataset, image_size: int) -> dict:
     return {"name": ds.name, "root": str(ds.root), "image_size": image_size,
             "class_names": list(ds.class_names), "bias_names": list(ds.bias_names),
-            "split_sizes": {s: int(len(ds.indices(s))) for s in SPLITS},
+            "split_sizes": {s: len(ds.indices(s)) for s in SPLITS},
             "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped]}
 
 
@@ -346,12 +357,41 @@ def stage_debias(run: Run) -> dict:
                         "valid_accuracy": trained.valid_accuracy,
                         "best_epoch": trained.best_epoch, "epochs": cfg.debias_epochs,
                         "n_train": n_train}
+    t2 = time.perf_counter()
+    models.update(_train_baselines(run))
     for role, entry in models.items():
         t = entry["test"]
         run.log(f"{role:>8}: overall {t['overall']:.3f}"
                 + (f", unbiased {t['unbiased']:.3f}, conflicting {t['conflicting']:.3f}"
                    if t["unbiased"] is not None else ""))
-    return run.update_report(models=models, timings_s={"vanilla_and_debiased_training": t1 - t0})
+    timings = {"vanilla_and_debiased_training": t1 - t0}
+    if cfg.baselines:
+        timings["baselines"] = time.perf_counter() - t2
+    stale = tuple(name for name in BASELINES if name not in cfg.baselines)
+    return run.update_report(models=models, timings_s=timings, drop_models=stale)
+
+
+def _train_baselines(run: Run) -> dict:
+    """The baselines `config.baselines` names, each run as `diffubias.baselines` runs it (its own
+    GCE detection and captions from the config, not this run's edited prompts), with the same
+    seeded initialisation, schedule and checkpoint selection as the debiased model."""
+    cfg, data = run.config, run.data
+    if not cfg.baselines:
+        return {}
+    from diffubias.baselines import SharedStages, run_method
+
+    shared = SharedStages(data, cfg)
+    models = {}
+    for name in cfg.baselines:
+        run.log(f"== baseline {name}")
+        result = run_method(name, data, cfg, shared=shared)
+        save_classifier(result.model, run.out_dir / f"{name}.safetensors")
+        models[name] = {"test": result.test.to_dict(),
+                        "valid_accuracy": result.training.valid_accuracy,
+                        "best_epoch": result.training.best_epoch, "epochs": cfg.debias_epochs,
+                        "n_train": result.n_train, "seconds": result.seconds,
+                        "info": dict(result.info)}
+    return models
 
 
 def stage_gradcam(run: Run) -> dict:
@@ -376,7 +416,7 @@ def stage_gradcam(run: Run) -> dict:
         run.log(f"Grad-CAM mass inside the object: biased {mass['object_mass_before']:.3f}, "
                 f"debiased {mass['object_mass_after']:.3f} (object area {mass['object_area']:.3f})")
     return run.update_report(
-        gradcam={"method": cfg.cam_method, "n_samples": int(len(positions)), **mass,
+        gradcam={"method": cfg.cam_method, "n_samples": len(positions), **mass,
                  "image": "gradcam.png"},
         timings_s={"gradcam": time.perf_counter() - t0})
 

@@ -150,3 +150,31 @@ def test_every_command_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+def test_debias_trains_the_chosen_baselines_next_to_diffubias(digits_run, tmp_path):
+    """`debias --baselines` adds each baseline's model and metrics; dropping them removes them."""
+    src, _ = digits_run
+    out = tmp_path / "with_baselines"
+    shutil.copytree(src, out)
+    assert main(["debias", "--out", str(out), "--baselines", "oversample-topk,jtt"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("oversample-topk", "jtt"):
+        entry = report["models"][name]
+        assert set(entry["test"]) >= {"overall", "aligned", "conflicting", "unbiased"}
+        assert (out / f"{name}.safetensors").exists()
+    # oversampling adds copies of the top-K candidates: more training samples than vanilla
+    assert report["models"]["oversample-topk"]["n_train"] > report["models"]["vanilla"]["n_train"]
+    assert report["config"]["baselines"] == ["oversample-topk", "jtt"]
+    assert main(["debias", "--out", str(out), "--baselines", ""]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "jtt" not in report["models"] and "vanilla" in report["models"]
+
+
+def test_baseline_names_match_the_library(capsys):
+    from diffubias.baselines import METHODS
+    from diffubias.config import BASELINES
+
+    assert set(BASELINES) <= set(METHODS) and "diffubias" not in BASELINES
+    assert main(["run", "--out", "nowhere", "--baselines", "lff,magic"]) == 2
+    assert "unknown baselines ['magic']" in capsys.readouterr().err
