@@ -1,7 +1,8 @@
-"""`python -m diffubias ...`: see diffubias.cli."""
+"""`python -m diffubias ...` (also what `accelerate launch -m diffubias ...` runs): see
+diffubias.cli."""
 
 import sys
 
 from diffubias.cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m diffubias"))

@@ -114,18 +114,18 @@ _OPTIONS = (
     ("biased_epochs", "epochs of the biased (GCE) model"),
     ("gce_q", "GCE q in (0, 1]"),
     ("top_k", "candidates per class: a count >= 1, or a fraction in (0, 1) of the class"),
-    ("captioner", "caption backend: metadata, or a BLIP / image-text-to-text VLM by hub id, local "
-                  "folder or short name (blip, blip-base, llava, llava-llama3)"),
+    ("captioner", ("caption backend: metadata, or a BLIP / image-text-to-text VLM by hub id, local "
+                   "folder or short name (blip, blip-base, llava, llava-llama3)")),
     ("captions_per_image", "captions per candidate"),
     ("top_f", "text filter: number of top words (0: 2 x classes)"),
     ("extra_stop_words", "text filter: extra stop words, comma-separated"),
-    ("generator", "generation backend: demo (built-in datasets), or a diffusers text-to-image "
-                  "pipeline by hub id, local folder or short name (sd15, sdxl, sd35)"),
+    ("generator", ("generation backend: demo (built-in datasets), or a diffusers text-to-image "
+                   "pipeline by hub id, local folder or short name (sd15, sdxl, sd35)")),
     ("images_per_prompt", "generated images per kept prompt"),
     ("max_images", "cap on generated images (0: none)"),
     ("debias_epochs", "epochs of the vanilla and debiased models"),
-    ("baselines", "baselines to train and report next to vanilla and DiffuBias, comma-separated: "
-                  "lff, jtt, oversample-topk, diffubias-no-filter, or all"),
+    ("baselines", ("baselines to train and report next to vanilla and DiffuBias, comma-separated: "
+                   "lff, jtt, oversample-topk, diffubias-no-filter, or all")),
     ("cam_method", "gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam"),
     ("cam_samples", "test samples whose Grad-CAM object mass is measured"),
     ("caption_instruction", "instruction given to a VLM captioner"),
@@ -138,8 +138,8 @@ _OPTIONS = (
     ("gen_batch_size", "images per diffusion call (halved on CUDA out-of-memory)"),
     ("gen_width", "generated width in px, a multiple of 8 (0: the model's default)"),
     ("gen_height", "generated height in px, a multiple of 8 (0: the model's default)"),
-    ("model_dtype", "captioner/diffusion dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), fp16, "
-                    "bf16, fp32"),
+    ("model_dtype", ("captioner/diffusion dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), fp16, "
+                     "bf16, fp32")),
     ("offload", "diffusion memory: none, model (CPU offload per component) or sequential"),
     ("compile_mode", "torch.compile mode for the UNet/transformer (empty: no compile)"),
 )
