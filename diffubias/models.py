@@ -125,17 +125,28 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_classifier(model: Classifier, path: Path) -> None:
-    """Weights as safetensors with the spec in the header metadata; written atomically."""
+    """Weights as safetensors with the spec in the header metadata, written atomically: a
+    hidden temp file in the same folder, flushed to disk, then renamed over `path`, so a crash
+    or a full disk leaves the old file or the new one, never half of one."""
     import json
     import os
+    import tempfile
 
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"spec": json.dumps(model.spec.to_dict())})
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, tmp, metadata={"spec": json.dumps(model.spec.to_dict())})
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_classifier(path: Path) -> Classifier:

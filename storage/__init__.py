@@ -8,10 +8,17 @@
         project = repository.create_project(session, name="waterbirds", ...)
 
 Tables are in `storage.models`, schema migrations in `storage/migrations`, file paths in
-`storage.workspace`. This package knows nothing of torch or Gradio.
+`storage.workspace`, start-up recovery after a crash in `storage.recovery`. This package knows
+nothing of torch or Gradio.
 """
 
 from storage.db import Store, mark_interrupted_jobs, open_store
-from storage.workspace import Workspace, atomic_write_bytes
+from storage.workspace import (
+    Workspace,
+    WorkspaceUnavailable,
+    atomic_write_bytes,
+    describe_os_error,
+)
 
-__all__ = ["Store", "Workspace", "atomic_write_bytes", "mark_interrupted_jobs", "open_store"]
+__all__ = ["Store", "Workspace", "WorkspaceUnavailable", "atomic_write_bytes",
+           "describe_os_error", "mark_interrupted_jobs", "open_store"]

@@ -17,16 +17,18 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.repository import mark_interrupted_jobs
-from storage.workspace import Workspace
+from storage.workspace import Workspace, WorkspaceUnavailable, check_writable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
 
 __all__ = [
     "Store",
+    "WorkspaceUnavailable",
     "alembic_config",
     "create_engine_for",
     "mark_interrupted_jobs",
@@ -100,9 +102,19 @@ class Store:
 
 
 def open_store(workspace_root: Path = Path("workspace")) -> Store:
-    """Open (creating if needed) the workspace folder and its database, at the latest schema."""
+    """Open (creating if needed) the workspace folder and its database, at the latest schema.
+
+    WorkspaceUnavailable, saying why, when the folder cannot be written (read-only, full, a
+    file in the way) or the database cannot be opened; nothing is written in that case."""
     workspace = Workspace(Path(workspace_root))
-    workspace.root.mkdir(parents=True, exist_ok=True)
+    check_writable(workspace.root)
     engine = create_engine_for(workspace.database_path)
-    upgrade_database(engine)
+    try:
+        upgrade_database(engine)
+    except DatabaseError as error:  # unwritable, full, or not a database at all
+        engine.dispose()
+        raise WorkspaceUnavailable(
+            f"the database {str(workspace.database_path)!r} cannot be opened: "
+            f"{error.orig if error.orig is not None else error}; check that the disk has space "
+            "and the file is writable, or choose another folder with --workspace") from error
     return Store(engine=engine, sessions=session_factory(engine), workspace=workspace)

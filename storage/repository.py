@@ -366,17 +366,42 @@ def cancel_job(session: Session, job_id: int) -> bool:
     return True
 
 
+INTERRUPTED_MESSAGE = ("the app stopped while this job ran (a crash, a kill or a restart); "
+                       "run it again: finished work is kept")
+
+
 def mark_interrupted_jobs(session: Session) -> int:
     """Mark every queued or running job interrupted; call once at start-up, before any worker runs.
 
     Returns how many jobs were marked.
     """
+    return len(interrupt_active_jobs(session))
+
+
+def interrupt_active_jobs(session: Session) -> list[int]:
+    """`mark_interrupted_jobs`, returning the ids of the jobs it marked (oldest first)."""
     active = select(Job).where(Job.status.in_([status.value for status in ACTIVE_STATUSES]))
-    jobs = session.scalars(active).all()
+    jobs = session.scalars(active.order_by(Job.id)).all()
     for job in jobs:
         job.status, job.finished_at = JobStatus.INTERRUPTED.value, utc_now()
+        job.error = job.error or INTERRUPTED_MESSAGE
     session.flush()
-    return len(jobs)
+    return [job.id for job in jobs]
+
+
+def unfinished_job_ids(session: Session) -> list[int]:
+    """Jobs that ended without finishing (failed, interrupted, cancelled): their partial
+    files may be cleaned up."""
+    ended = [JobStatus.FAILED.value, JobStatus.INTERRUPTED.value, JobStatus.CANCELLED.value]
+    return list(session.scalars(select(Job.id).where(Job.status.in_(ended)).order_by(Job.id)))
+
+
+def referenced_paths(session: Session, job_ids: Iterable[int]) -> set[str]:
+    """Workspace paths that rows of these jobs still point at (generated images, weights)."""
+    ids = list(job_ids)
+    images = select(GeneratedImage.path).where(GeneratedImage.job_id.in_(ids))
+    weights = select(TrainedModel.weights_path).where(TrainedModel.job_id.in_(ids))
+    return set(session.scalars(images)) | set(session.scalars(weights))
 
 
 def _update_job(session: Session, job_id: int, **values: Any) -> Job:
@@ -536,9 +561,9 @@ def _ranked(
 ) -> Select[Any]:
     query = _scored(job_id, label, *columns)
     if candidates_only:
-        query = query.where(Score.is_candidate == True)  # noqa: E712 (SQL, matches the index)
+        query = query.where(Score.is_candidate == True)
     if not include_excluded:
-        query = query.where(Score.excluded == False)  # noqa: E712 (SQL)
+        query = query.where(Score.excluded == False)
     return query
 
 
@@ -613,7 +638,7 @@ def list_prompts(
     if label is not None:
         query = query.where(Prompt.label == label)
     if kept_only:
-        query = query.where(Prompt.keep == True)  # noqa: E712 (SQL)
+        query = query.where(Prompt.keep == True)
     return session.scalars(query.order_by(Prompt.id)).all()
 
 
@@ -677,7 +702,7 @@ def list_generated_images(
     if prompt_ids is not None:
         query = query.where(GeneratedImage.prompt_id.in_(list(prompt_ids)))
     if accepted_only:
-        query = query.where(GeneratedImage.accepted == True)  # noqa: E712 (SQL)
+        query = query.where(GeneratedImage.accepted == True)
     if exclude_rejected:
         query = query.where(GeneratedImage.accepted.is_not(False))
     return session.scalars(query.order_by(GeneratedImage.id)).all()
@@ -727,8 +752,9 @@ def add_model(
 
 
 def latest_model(session: Session, project_id: int, role: str) -> TrainedModel | None:
+    """The newest model of `role` whose job finished (see `list_models`)."""
     query = select(TrainedModel).where(
-        TrainedModel.project_id == project_id, TrainedModel.role == role
+        TrainedModel.project_id == project_id, TrainedModel.role == role, _of_finished_job()
     )
     return session.scalars(query.order_by(*_NEWEST_MODEL_FIRST).limit(1)).first()
 
@@ -736,14 +762,20 @@ def latest_model(session: Session, project_id: int, role: str) -> TrainedModel |
 def list_models(
     session: Session, project_id: int, role: str | None = None
 ) -> Sequence[TrainedModel]:
-    """Newest first."""
-    query = select(TrainedModel).where(TrainedModel.project_id == project_id)
+    """Newest first; only models recorded outside a job or by a job that ended done (a job
+    killed between storing its model and finishing left a model nothing else agrees with)."""
+    query = select(TrainedModel).where(TrainedModel.project_id == project_id, _of_finished_job())
     if role is not None:
         query = query.where(TrainedModel.role == role)
     return session.scalars(query.order_by(*_NEWEST_MODEL_FIRST)).all()
 
 
 _NEWEST_MODEL_FIRST = (TrainedModel.created_at.desc(), TrainedModel.id.desc())
+
+
+def _of_finished_job() -> Any:
+    done = select(Job.id).where(Job.status == JobStatus.DONE.value)
+    return TrainedModel.job_id.is_(None) | TrainedModel.job_id.in_(done)
 
 
 def _require(session: Session, model: type[_Table], row_id: int) -> _Table:

@@ -10,6 +10,7 @@ This module knows nothing of the database schema, torch or Gradio.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ FOLDERS = {
     "exports": "exports",
     "uploads": "uploads",  # browser uploads and the web server's file cache
 }
+
+
+# Folders whose sub-folders are named by the job that wrote them.
+JOB_FOLDERS = ("weights", "generated", "gradcam", "reports", "exports")
+
+
+class WorkspaceUnavailable(RuntimeError):
+    """The workspace cannot be created or written (read-only, full, not a folder)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,34 @@ class Workspace:
         if not normal.is_relative_to(root) or normal == root:
             raise ValueError(f"path {str(path)!r} is not inside the workspace {str(root)!r}")
         return normal.relative_to(root).as_posix()
+
+
+def check_writable(root: Path) -> None:
+    """Create `root` if needed and prove a file can be written there; WorkspaceUnavailable with
+    the folder and the reason otherwise (before any database write, so nothing is half done)."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(root / ".write-check", b"ok")
+        (root / ".write-check").unlink()
+    except OSError as error:
+        raise WorkspaceUnavailable(f"the workspace {str(root)!r} is not usable: "
+                                   f"{describe_os_error(error)}") from error
+
+
+def describe_os_error(error: OSError) -> str:
+    """A file-system error as advice a person can act on."""
+    reason = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full{where}: free some space (or move the workspace with "
+                "--workspace) and run it again")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"it is not writable{where}: {reason}; fix its permissions or choose another "
+                "folder with --workspace")
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"a file is in the way{where}: {reason}; choose a folder with --workspace"
+    return f"{reason}{where}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

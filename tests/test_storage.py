@@ -294,7 +294,8 @@ def test_mark_interrupted_jobs_marks_only_unfinished_ones(session: Session):
     repo.finish_job(session, done.id, "done")
     assert mark_interrupted_jobs(session) == 2
     assert [queued.status, running.status, done.status] == ["interrupted", "interrupted", "done"]
-    assert running.finished_at is not None
+    assert running.finished_at is not None and "run it again" in running.error
+    assert done.error is None
     assert mark_interrupted_jobs(session) == 0
 
 
@@ -475,6 +476,10 @@ def test_models_latest_by_role(session: Session):
         job_id=job.id,
         metrics={"acc": 0.8},
     )
+    # the model of a job that has not finished (or was killed before it did) is not used
+    assert repo.latest_model(session, project.id, "biased").id == first.id
+    assert [m.id for m in repo.list_models(session, project.id)] == [first.id]
+    repo.finish_job(session, job.id, "done")
     assert repo.latest_model(session, project.id, "biased").id == second.id
     assert repo.latest_model(session, project.id, "debiased") is None
     assert [m.id for m in repo.list_models(session, project.id)] == [second.id, first.id]

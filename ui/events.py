@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import gradio as gr
 
-from ui.jobs import JobCancelled
+from ui.jobs import JobCancelled, machine_failure
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,7 +27,9 @@ GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
 def shows_errors(handler: F) -> F:
     """Turns ValueError (bad input, missing step) into a gr.Error with its message, a stopped
-    job into a short notice, and anything else into a gr.Error that points at the server log."""
+    job into a short notice, a failure of the machine (full disk, unwritable workspace, GPU out
+    of memory) into a gr.Error saying what to do, and anything else into a gr.Error that points
+    at the server log. The app keeps serving in every case."""
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,6 +43,11 @@ def shows_errors(handler: F) -> F:
         except ValueError as error:
             raise gr.Error(html.escape(str(error)), print_exception=False) from error
         except Exception as error:
+            advice = machine_failure(error)
+            if advice is not None:
+                log.warning("handler %s failed: %s", handler.__name__, error)
+                raise gr.Error(html.escape(advice[0].upper() + advice[1:] + "."),
+                               print_exception=False) from error
             log.exception("handler %s failed", handler.__name__)
             raise gr.Error(html.escape(f"Unexpected error ({type(error).__name__}: {error}); "
                                        "the server log has the details.")) from error

@@ -6,11 +6,18 @@ browser event), marks it running, calls the work with a `JobProgress`, and ends 
 failed or cancelled. `JobProgress` writes progress to the store at most twice a second and raises
 `JobCancelled` as soon as it sees that someone (the Stop button, another tab) cancelled the job.
 
+A job that fails is recorded with `describe_error(error)`: the message of a ValueError, or for a
+full disk, an unwritable workspace, a GPU out of memory or a database error, what to do about it.
+
 Knows the store and nothing of Gradio: the UI passes its progress bar in as a plain callable.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
+import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -18,15 +25,67 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage import Store
+from sqlalchemy.exc import OperationalError
+
+from storage import Store, describe_os_error
 from storage import repository as repo
 from storage.models import JobStatus
 
+log = logging.getLogger(__name__)
 UiProgress = Callable[[float, str], None]
 
 
 class JobCancelled(Exception):
     """The job was cancelled while it ran; nothing more of it is written."""
+
+
+def describe_error(error: BaseException) -> str:
+    """What a person should read when a job fails: the message of a ValueError, advice for
+    failures of the machine (`machine_failure`), else the error's type and message for triage."""
+    if isinstance(error, ValueError):
+        return str(error)
+    advice = machine_failure(error)
+    if advice is not None:
+        return advice
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
+
+
+def machine_failure(error: BaseException) -> str | None:
+    """Advice for a failure of the machine rather than of the code (a full disk, an unwritable
+    workspace, the GPU out of memory, a database that refuses writes); None for anything else."""
+    if is_out_of_memory(error):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return ("the GPU ran out of memory" + (f" ({first})" if first else "") + ": lower the "
+                "batch size, images per prompt or image size, choose --offload model, or free "
+                "the GPU, then run the job again")
+    if isinstance(error, OSError) and error.errno is not None:
+        return f"could not write to the workspace: {describe_os_error(error)}"
+    original = error.orig if isinstance(error, OperationalError) else error
+    if isinstance(original, sqlite3.OperationalError):
+        text = str(original)
+        if "full" in text:
+            return ("the database could not be written because the disk is full: free some "
+                    "space and run the job again")
+        if "readonly" in text or "read-only" in text:
+            return ("the database is read-only: fix the workspace's permissions and restart "
+                    "the app")
+        return f"the database refused the write ({text}); run the job again"
+    return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (or a RuntimeError saying so), told apart without torch."""
+    return (type(error).__name__ == "OutOfMemoryError"
+            or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower()))
+
+
+def release_accelerator_memory() -> None:
+    """After a failed job: drop its tensors and hand cached GPU memory back, so the next job
+    starts from an empty GPU (a no-op where torch was never imported or there is no GPU)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)
@@ -105,10 +164,9 @@ class JobRunner:
             self._end(job_id, JobStatus.CANCELLED, error=None)
             raise
         except BaseException as error:
-            # A ValueError is a message for the person; anything else keeps its type for triage.
-            message = (str(error) if isinstance(error, ValueError) else
-                       "".join(traceback.format_exception_only(type(error), error)).strip())
-            self._end(job_id, JobStatus.FAILED, error=message)
+            self._end(job_id, JobStatus.FAILED, error=describe_error(error))
+            if isinstance(error, Exception):
+                release_accelerator_memory()
             raise
         return job_id, outcome
 
@@ -131,7 +189,10 @@ class JobRunner:
             progress(0.0, "waiting for the running job to finish")
 
     def _end(self, job_id: int, status: str, *, error: str | None) -> None:
-        with self.store.sessions.begin() as session:
-            job = repo.get_job(session, job_id)
-            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-                repo.finish_job(session, job_id, status, error=error)
+        try:
+            with self.store.sessions.begin() as session:
+                job = repo.get_job(session, job_id)
+                if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                    repo.finish_job(session, job_id, status, error=error)
+        except Exception:  # e.g. the disk is full: the job's own error is the one to report
+            log.exception("could not record job %d as %s", job_id, status)

@@ -2,7 +2,8 @@
 is running, and how to stop it.
 
 `Studio` holds the store, the dataset cache, the job runner and the data root; handlers take it as
-their first argument. `Studio.open` marks jobs a previous process left running as interrupted;
+their first argument. `Studio.open` marks jobs a previous process left running as interrupted
+and removes their partial files;
 `start_background_work`, called once the page is served, prepares the demo project on a workspace
 without projects and imports the library, so the page is usable at once. No Gradio here:
 functions return plain values.
@@ -20,7 +21,14 @@ from pathlib import Path
 from storage import Store, open_store
 from storage import repository as repo
 from storage.models import ACTIVE_STATUSES, Job
-from ui.datasets import DEMO_CONFLICT_RATIO, DEMO_NAME, DEMO_SOURCE, DatasetCache, import_builtin
+from storage.recovery import recover
+from ui.datasets import (
+    DEMO_CONFLICT_RATIO,
+    DEMO_NAME,
+    DEMO_SOURCE,
+    DatasetCache,
+    import_builtin,
+)
 from ui.jobs import JobRunner
 
 log = logging.getLogger(__name__)
@@ -50,12 +58,15 @@ class Studio:
 
     @classmethod
     def open(cls, workspace_root: Path, *, data_root: Path | None = None) -> Studio:
-        """Open the workspace and mark the jobs a previous process left running."""
+        """Open the workspace, mark the jobs a previous process left running as interrupted
+        and remove the files they left half written (see storage.recovery)."""
         store = open_store(Path(workspace_root))
-        with store.sessions.begin() as session:
-            interrupted = repo.mark_interrupted_jobs(session)
-        if interrupted:
-            log.warning("marked %d job(s) of the previous run as interrupted", interrupted)
+        recovery = recover(store)
+        if recovery.interrupted:
+            log.warning("marked job(s) %s of the previous run as interrupted; run them again",
+                        recovery.interrupted)
+        if recovery.removed:
+            log.warning("removed %d partial file(s) of unfinished jobs", len(recovery.removed))
         return cls(store, DatasetCache(store), JobRunner(store),
                    Path(data_root).resolve() if data_root else None)
 
