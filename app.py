@@ -9,6 +9,7 @@ is what tests launch.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from storage import WorkspaceUnavailable
 from ui import (
     bias_service,
     caption_service,
@@ -77,8 +79,8 @@ def build_app(studio: Studio) -> gr.Blocks:
             status=lambda p: job_status(studio, p),
             revision=lambda p: revision(studio, p)))
         project = top.project
-        stop = lambda p: stop_job(studio, p)  # noqa: E731 (one shared Stop action)
-        settings = lambda p: project_settings(studio, p)  # noqa: E731
+        stop = lambda p: stop_job(studio, p)
+        settings = lambda p: project_settings(studio, p)
         with gr.Tabs(elem_id="steps"):
             with gr.Tab("1 · Dataset", id="dataset"):
                 dataset = tab_dataset.build(tab_dataset.DatasetCallbacks(
@@ -136,8 +138,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                     generators=generate_service.generator_choices), project)
             with gr.Tab("5 · Debias", id="debias"):
                 debias = tab_debias.build(tab_debias.DebiasCallbacks(
-                    train=lambda p, epochs, vanilla, ui: debias_service.train_debiased_models(
-                        studio, p, epochs=epochs, train_vanilla=vanilla, ui=ui),
+                    train=lambda p, epochs, vanilla, baselines, ui: (
+                        debias_service.train_debiased_models(
+                            studio, p, epochs=epochs, train_vanilla=vanilla,
+                            baselines=baselines, ui=ui)),
                     view=lambda p: debias_service.debias_view(studio, p),
                     settings=settings, stop=stop), project)
             with gr.Tab("6 · Grad-CAM", id="gradcam"):
@@ -171,10 +175,38 @@ def launch_options(args: argparse.Namespace, studio: Studio) -> dict:
         if not sep or not user or not password:
             raise SystemExit("--auth expects user:password")
         auth = [(user, password)]
+    workspace = studio.store.workspace
     return {"server_name": args.host, "server_port": args.port, "auth": auth,
-            "allowed_paths": [str(studio.store.workspace.root.resolve())],
+            "allowed_paths": [str(workspace.root.resolve())],
+            "blocked_paths": database_files(workspace.database_path),
             "max_file_size": args.max_upload, "run_history": False, "theme": gr.themes.Soft(),
             "css": CSS, "show_error": True, "footer_links": []}
+
+
+def database_files(database: Path) -> list[str]:
+    """The database and its WAL/journal files: in the workspace, but never served (they hold
+    every project; a browser needs only the images, weights and reports)."""
+    database = database.resolve()
+    return [str(database.with_name(database.name + suffix))
+            for suffix in ("", "-wal", "-shm", "-journal")]
+
+
+def exposure_warning(args: argparse.Namespace) -> str | None:
+    """A warning when the app listens beyond this machine without a password; None otherwise."""
+    if args.auth or is_loopback(args.host):
+        return None
+    return (f"listening on {args.host}: anyone who can reach this machine can open the app, "
+            "read every project and run jobs; add --auth user:password (or set "
+            "DIFFUBIAS_AUTH), or keep the default --host 127.0.0.1")
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def serve_workspace_statically(studio: Studio) -> None:
@@ -209,7 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    studio = Studio.open(args.workspace, data_root=args.data_root)
+    warning = exposure_warning(args)
+    if warning:
+        logging.getLogger("diffubias.app").warning(warning)
+    try:
+        studio = Studio.open(args.workspace, data_root=args.data_root)
+    except WorkspaceUnavailable as error:
+        raise SystemExit(f"error: {error}") from None
     # Uploads and Gradio's file cache inside the workspace: every file served lives there.
     os.environ["GRADIO_TEMP_DIR"] = str(studio.store.workspace.path_for("uploads", "gradio"))
     serve_workspace_statically(studio)

@@ -65,6 +65,11 @@ class ModelRole(enum.StrEnum):
     BIASED = "biased"
     VANILLA = "vanilla"
     DEBIASED = "debiased"
+    # baselines trained next to the debiased model for comparison (diffubias.config.BASELINES)
+    LFF = "lff"
+    JTT = "jtt"
+    OVERSAMPLE_TOPK = "oversample-topk"
+    DIFFUBIAS_NO_FILTER = "diffubias-no-filter"
 
 
 def utc_now() -> datetime:

@@ -301,3 +301,29 @@ def test_the_cam_in_object_figure_compares_both_models_with_the_object_area():
     assert list(figure.data[0].y) == [0.31, 0.62]
     assert "object area 20.0%" in figure.layout.annotations[0].text
     assert gradcam_service.object_mass_figure(None, None, None) is None  # no masks, no figure
+
+
+def test_debias_tab_trains_the_chosen_baselines_and_forgets_dropped_ones(workflow):
+    """Runs last in this module: it adds debias jobs to the shared workflow."""
+    studio, views = workflow
+    pid = views["project_id"]
+    view = debias_service.train_debiased_models(studio, pid, epochs=TINY_DEBIAS_EPOCHS,
+                                                baselines=("oversample-topk",))
+    rows = {r.role: r for r in view.rows}
+    assert {"biased", "vanilla", "debiased", "oversample-topk"} <= set(rows)
+    assert set(rows["oversample-topk"].test) >= {"overall", "aligned", "conflicting", "unbiased"}
+    # the oversampled candidates are extra training samples
+    assert rows["oversample-topk"].n_train > rows["vanilla"].n_train
+    assert studio.store.workspace.resolve(rows["oversample-topk"].weights).is_file()
+    assert "oversample-topk" in [trace.name for trace in view.figure.data]
+    with pytest.raises(ValueError, match="unknown baselines"):
+        debias_service.train_debiased_models(studio, pid, baselines=("magic",))
+    view = debias_service.train_debiased_models(studio, pid, epochs=TINY_DEBIAS_EPOCHS)
+    assert "oversample-topk" not in {r.role for r in view.rows}
+
+
+def test_every_baseline_can_be_stored_as_a_model_role():
+    from diffubias.config import BASELINES
+    from storage.models import ModelRole
+
+    assert set(BASELINES) <= {role.value for role in ModelRole}

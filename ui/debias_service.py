@@ -3,17 +3,22 @@ were not rejected (and, for comparison, the vanilla one on the train split alone
 overall / bias-aligned / bias-conflicting / unbiased test accuracy of all three models.
 
 `train_debiased_models` runs `diffubias.method.train_debiased` as a job and stores both models'
-weights and metrics; `debias_view` reads them back.
+weights and metrics; with `baselines` it then trains each named baseline of `diffubias.baselines`
+(LfF, JTT, oversampled top-K, DiffuBias without the text filter) the way that method works on its
+own: its own GCE detection and captions from the project's settings, not the edited prompts.
+`debias_view` reads them back.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffubias.config import BASELINES
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.datasets import optional, project_config, save_project_config
@@ -24,7 +29,7 @@ from ui.studio import Studio
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-ROLES = ("biased", "vanilla", "debiased")
+ROLES = ("biased", "vanilla", "debiased", *BASELINES)
 METRICS = ("overall", "aligned", "conflicting", "unbiased")
 
 
@@ -48,7 +53,7 @@ class DebiasView:
 
 
 def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None = None,
-                          train_vanilla: bool = True,
+                          train_vanilla: bool = True, baselines: Sequence[str] = (),
                           ui: UiProgress | None = None) -> DebiasView:
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
@@ -61,11 +66,11 @@ def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None
         raise ValueError("no generated images to train on: generate some in tab 4 (rejected "
                          "images are left out)")
     config = project_config(studio.store.workspace, settings).with_overrides(
-        debias_epochs=optional(int, epochs))
+        debias_epochs=optional(int, epochs), baselines=tuple(baselines or ()))
     save_project_config(studio.store, project_id, config)
     labels = {p.id: p.label for p in prompts}
     params = {"debias_epochs": config.debias_epochs, "train_vanilla": bool(train_vanilla),
-              "image_ids": [im.id for im in images]}
+              "baselines": list(config.baselines), "image_ids": [im.id for im in images]}
 
     def work(progress: JobProgress) -> JobOutcome:
         return _train(studio, project_id, config, [(studio.store.workspace.resolve(im.path),
@@ -87,8 +92,11 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
     progress(0.0, f"loading {len(generated)} generated images")
     images, labels = load_images(generated, size=data.image_size)
     loaded = time.perf_counter()
-    result = train_debiased(data, config, images, labels, progress=progress.part(0.02, 0.95),
+    # with baselines, the debiased/vanilla pair gets a share of the bar by its rough cost
+    main_end = 0.95 / (1 + 0.8 * len(config.baselines))
+    result = train_debiased(data, config, images, labels, progress=progress.part(0.02, main_end),
                             train_vanilla=train_vanilla)
+    baseline_results = _train_baselines(data, config, progress, main_end, 0.95)
     trained = time.perf_counter()
     progress(0.96, "evaluating on the test split")
     progress.check()
@@ -111,10 +119,37 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
             repo.add_model(session, project_id, role=role, weights_path=workspace.relative(weights),
                            arch=run.model.spec.arch, job_id=progress.job_id, metrics=metrics)
             stored[role] = test
+        for name, run in baseline_results.items():
+            weights = workspace.path_for("weights", progress.job_id, f"{name}.safetensors")
+            save_classifier(run.model, weights)
+            metrics = {"test": run.test.to_dict(), "valid_accuracy": run.training.valid_accuracy,
+                       "best_epoch": run.training.best_epoch, "epochs": config.debias_epochs,
+                       "n_train": run.n_train, "seconds": run.seconds, "info": dict(run.info),
+                       "history": [vars(epoch) for epoch in run.training.history]}
+            repo.add_model(session, project_id, role=name, weights_path=workspace.relative(weights),
+                           arch=run.model.spec.arch, job_id=progress.job_id, metrics=metrics)
+            stored[name] = metrics["test"]
     return JobOutcome({"test": stored, "n_train": result.n_train,
                        "n_generated": result.n_generated},
                       {"load_images": loaded - start, "train": trained - loaded,
                        "evaluate_and_store": time.perf_counter() - trained})
+
+
+def _train_baselines(data, config, progress: JobProgress, start: float, end: float) -> dict:
+    """Each of `config.baselines`, sharing one GCE detection / captions between them."""
+    if not config.baselines:
+        return {}
+    from diffubias.baselines import SharedStages, run_method
+
+    shared = SharedStages(data, config)
+    step = (end - start) / len(config.baselines)
+    results = {}
+    for i, name in enumerate(config.baselines):
+        progress.check()
+        part = progress.part(start + i * step, start + (i + 1) * step)
+        part(0.0, f"baseline {name} ({i + 1} of {len(config.baselines)})")
+        results[name] = run_method(name, data, config, shared=shared, progress=part)
+    return results
 
 
 def load_images(items: list, *, size: int):
@@ -142,9 +177,11 @@ def debias_view(studio: Studio, project_id: int | None, *,
         job = repo.latest_job(session, int(project_id), JobKind.DEBIAS)
         models = {role: repo.latest_model(session, int(project_id), role) for role in ROLES}
         detection = repo.latest_job(session, int(project_id), JobKind.BIASED_TRAIN)
+    # a baseline counts only if the latest debias job trained it (the user may have dropped it)
     rows = [AccuracyRow(role, dict(m.metrics.get("test", {})), m.metrics.get("n_train"),
                         m.metrics.get("epochs"), m.weights_path)
-            for role, m in models.items() if m is not None]
+            for role, m in models.items() if m is not None
+            and (role not in BASELINES or (job is not None and m.job_id == job.id))]
     stale = None
     biased, debiased = models["biased"], models["debiased"]
     if (biased is not None and debiased is not None and detection is not None

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from diffubias.config import RunConfig
+from diffubias.config import BASELINES, RunConfig
 from ui.debias_service import METRICS, DebiasView
 from ui.events import GPU, percent, progress_callback, shows_errors
 
@@ -23,9 +23,16 @@ their class usually has · **conflicting**: the others, where a biased model fai
 common ones. Aligned, conflicting and unbiased need the bias attribute in the dataset."""
 
 
+# kept here, not taken from diffubias.baselines, so building the page does not import torch
+BASELINE_LABELS = {"lff": "LfF (reweights by a GCE model's losses)",
+                   "jtt": "JTT (up-weights an ERM model's errors)",
+                   "oversample-topk": "top-K candidates repeated, not generated",
+                   "diffubias-no-filter": "DiffuBias without the text filter"}
+
+
 @dataclass(frozen=True)
 class DebiasCallbacks:
-    train: Callable[..., DebiasView]  # (project, epochs, train_vanilla, ui)
+    train: Callable[..., DebiasView]  # (project, epochs, train_vanilla, baselines, ui)
     view: Callable[[int | None], DebiasView]
     settings: Callable[[int | None], dict[str, Any]]
     stop: Callable[[int | None], str]
@@ -49,6 +56,11 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
             epochs = gr.Number(RunConfig().debias_epochs, precision=0, minimum=1, label="epochs",
                                elem_id="debias-epochs")
             vanilla = gr.Checkbox(True, label="also train the vanilla model (for comparison)")
+            baselines = gr.CheckboxGroup(
+                [(BASELINE_LABELS[name], name) for name in BASELINES], value=[],
+                label="also train baselines (each runs its own method on this dataset with the "
+                      "project's settings; LfF and JTT take about twice the debiased model's time)",
+                elem_id="debias-baselines")
             with gr.Row():
                 train = gr.Button("Train debiased model", variant="primary",
                                   elem_id="train-debiased")
@@ -63,18 +75,18 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
             gr.Markdown(EXPLAIN)
 
     @shows_errors
-    def on_train(project_id, n_epochs, with_vanilla,
+    def on_train(project_id, n_epochs, with_vanilla, chosen=None,
                  progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
         if project_id is None:
             raise ValueError("No project is open: pick one in tab 1")
         view = callbacks.train(int(project_id), int(n_epochs), bool(with_vanilla),
-                               progress_callback(progress))
+                               tuple(chosen or ()), progress_callback(progress))
         took = f" in {view.seconds:.0f} s" if view.seconds else ""
         return (f"✓ Trained on {view.n_generated} generated images{took}.",
                 *view_outputs(view))
 
     outputs = [summary, table, bars]
-    train_event = train.click(on_train, [project, epochs, vanilla], [status, *outputs],
+    train_event = train.click(on_train, [project, epochs, vanilla, baselines], [status, *outputs],
                               api_name="train_debiased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_debias")
 
@@ -82,9 +94,11 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
         return view_outputs(callbacks.view(project_id))
 
     def settings(project_id) -> tuple:
-        return callbacks.settings(project_id).get("debias_epochs", RunConfig().debias_epochs), ""
+        stored = callbacks.settings(project_id)
+        return (stored.get("debias_epochs", RunConfig().debias_epochs),
+                list(stored.get("baselines", [])), "")
 
-    return DebiasRefresh(refresh, [project], outputs, settings, [epochs, status])
+    return DebiasRefresh(refresh, [project], outputs, settings, [epochs, baselines, status])
 
 
 def view_outputs(view: DebiasView) -> tuple:
