@@ -73,6 +73,8 @@ COMMANDS = {
 _ERROR_DOCS = (
     (("Hugging Face", "hub id", "save_pretrained", "HF_HUB_OFFLINE", "chat template",
       "not a BLIP"), "models.md#offline-use-with-a-pre-filled-cache"),
+    (("demo generator",), "models.md#diffusion-models"),
+    (("no captions", "model captioner"), "models.md#captioners"),
     (("CUDA", "cuda", "GPU", "offload"), "gpus.md"),
     (("not a run folder", "stage first"), "user-guide.md#the-command-line"),
     (("prompts.csv", "keep at least one prompt"), "user-guide.md#review-and-edit-the-prompts"),
