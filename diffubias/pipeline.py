@@ -141,7 +141,8 @@ def stage_detect(run: Run) -> dict:
     t1 = time.perf_counter()
     save_classifier(det.training.model, run.out_dir / "biased.safetensors")
     _write_scores(run.out_dir / "scores.csv", det, ds)
-    write_html(loss_histogram(det.losses, is_conflict=det.is_conflict, threshold=det.threshold),
+    write_html(loss_histogram(det.losses, is_conflict=det.is_conflict, threshold=det.threshold,
+                              n_selected=len(det.selected)),
                run.out_dir / "loss_histogram.html")
     shown = det.selected[:100]
     sheet = contact_sheet(

@@ -37,6 +37,7 @@ def loss_histogram(
     *,
     is_conflict: np.ndarray | None = None,
     threshold: float | None = None,
+    n_selected: int | None = None,
     labels: np.ndarray | None = None,
     class_names: Sequence[str] | None = None,
     bins: int = 60,
@@ -46,7 +47,9 @@ def loss_histogram(
     samples as two overlaid bar traces on the same bin edges.
 
     `threshold` (the loss of the K-th highest sample) draws a dashed vertical line annotated with
-    how many samples reach it. With `labels`, hovering a bar lists its commonest classes, named by
+    how many samples reach it. With K per class, pass the lowest class threshold and
+    `n_selected`, the number of candidates: the line then says it is the lowest of several, since
+    more samples than the candidates reach it. With `labels`, hovering a bar lists its commonest classes, named by
     `class_names` when given. The y axis is logarithmic by default because conflicting samples are
     often ~1% of the data. Each trace's `y` holds the exact counts.
     """
@@ -88,12 +91,15 @@ def loss_histogram(
             )
         )
     if threshold is not None:
-        n_above = int((losses >= threshold).sum())
+        if n_selected is None:
+            text = f"top-K threshold {threshold:.3g} ({int((losses >= threshold).sum())} at or above)"
+        else:
+            text = f"lowest per-class top-K threshold {threshold:.3g} ({n_selected} candidates)"
         fig.add_vline(
             x=threshold,
             line_dash="dash",
             line_color="black",
-            annotation_text=f"top-K threshold {threshold:.3g} ({n_above} at or above)",
+            annotation_text=text,
             annotation_position="top right",
         )
     fig.update_layout(barmode="overlay", bargap=0, title="Per-sample loss", legend_title_text="")

@@ -108,6 +108,11 @@ def test_a_class_histogram_draws_that_class_threshold(workflow):
     assert sum(sum(trace.y) for trace in view.histogram.data) == 1000
     assert view.histogram.layout.title.text.endswith("class three")
     assert "top-K threshold" in view.histogram.layout.annotations[0].text
+    assert "20 at or above" in view.histogram.layout.annotations[0].text  # K = 20 for a class
+    # across classes the line is the lowest class threshold: it counts candidates, not samples
+    every = bias_service.detection_view(studio, views["project_id"]).histogram
+    assert "lowest per-class top-K threshold" in every.layout.annotations[0].text
+    assert "(200 candidates)" in every.layout.annotations[0].text
 
 
 def test_an_excluded_candidate_is_not_captioned(workflow):

@@ -219,8 +219,11 @@ def loss_histogram_figure(session, job_id: int, class_names: list[str],
         title += f": class {class_names[label]}"
         if not len(losses):
             return None
+    # K is per class: across classes the line is the lowest class threshold, which more samples
+    # than the candidates reach, so the annotation counts the candidates instead
+    n_selected = None if label is not None else int(np.sum(columns.is_candidate))
     figure = loss_histogram(losses, is_conflict=is_conflict, threshold=threshold, labels=labels,
-                            class_names=class_names)
+                            class_names=class_names, n_selected=n_selected)
     figure.update_layout(title=title, height=340, margin={"l": 50, "r": 20, "t": 50, "b": 40},
                          legend={"orientation": "h", "y": 1.14, "x": 0.45})
     return figure
