@@ -7,6 +7,8 @@ the run used. It knows nothing of how stages use it.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -14,6 +16,69 @@ from pathlib import Path
 # the baselines the `debias` stage can train next to vanilla and DiffuBias; diffubias.baselines
 # implements them (a test checks the two lists agree)
 BASELINES = ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
+
+
+# Caps on the settings: past them a run would never finish or would exhaust memory, so the
+# value is a typing mistake. Counts are per run; sizes in pixels.
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 4096
+MAX_IMAGE_SIZE = 1024  # the classifier input; datasets are stretched to it
+MAX_WIDTH = 512  # small CNN channels; 16 is the default, ResNet-18 ends at 512
+MAX_IMAGES_PER_PROMPT = 64  # the paper uses a handful per caption
+MAX_CAPTIONS_PER_IMAGE = 20
+MAX_GENERATED_IMAGES = 1_000_000
+MAX_CAM_SAMPLES = 100_000
+MAX_GEN_STEPS = 1000
+MAX_GEN_SIDE = 4096
+MAX_TOP_K = 1_000_000  # a larger count per class still takes each class whole
+MAX_TEXT_CHARS = 1000  # negative prompt, caption instruction (diffubias.text_safety's prompt cap)
+MAX_SEED = 2**32 - 1  # numpy and torch both take it
+
+INT_RANGES = {  # field: (lowest, highest)
+    "seed": (0, MAX_SEED),
+    "image_size": (0, MAX_IMAGE_SIZE),
+    "width": (1, MAX_WIDTH),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "biased_epochs": (1, MAX_EPOCHS),
+    "debias_epochs": (1, MAX_EPOCHS),
+    "captions_per_image": (1, MAX_CAPTIONS_PER_IMAGE),
+    "top_f": (0, 100_000),
+    "images_per_prompt": (1, MAX_IMAGES_PER_PROMPT),
+    "max_images": (0, MAX_GENERATED_IMAGES),
+    "cam_samples": (1, MAX_CAM_SAMPLES),
+    "cam_sheet_rows": (0, 1000),
+    "caption_batch_size": (1, MAX_BATCH_SIZE),
+    "caption_max_new_tokens": (1, 4096),
+    "keywords_top_n": (0, 10_000),
+    "gen_steps": (1, MAX_GEN_STEPS),
+    "gen_batch_size": (1, MAX_BATCH_SIZE),
+    "gen_width": (0, MAX_GEN_SIDE),
+    "gen_height": (0, MAX_GEN_SIDE),
+}
+FLOAT_RANGES = {  # field: (low, high, low included); high is always included
+    "lr": (0.0, 10.0, False),
+    "gce_q": (0.0, 1.0, False),
+    "guidance_scale": (0.0, 100.0, True),
+}
+
+
+def _as_int(value) -> int | None:
+    """`value` as an int if it is a whole number (an int, or a float such as 3.0); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _as_float(value) -> float | None:
+    """`value` as a finite float; None for NaN, infinities, booleans and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def default_cache_dir() -> Path:
@@ -75,20 +140,48 @@ class RunConfig:
     compile_mode: str = ""  # "": no torch.compile; else a mode, e.g. default, max-autotune
 
     def __post_init__(self) -> None:
-        if not 0 < self.conflict_ratio < 1:
+        """Refuse settings no run can use, naming the setting, the allowed range and the value.
+
+        Whole-number floats (3.0 from a form) become ints; NaN, infinities, booleans and
+        fractions where a count is expected are refused. The caps are the named constants above.
+        """
+        for name, (low, high) in INT_RANGES.items():
+            value = getattr(self, name)
+            whole = _as_int(value)
+            if whole is None or not low <= whole <= high:
+                raise ValueError(f"{name} must be an integer from {low:,} to {high:,}; "
+                                 f"got {value!r}")
+            object.__setattr__(self, name, whole)
+        for name in ("gen_width", "gen_height"):
+            if getattr(self, name) % 8:
+                raise ValueError(f"{name} must be a multiple of 8 (0: the model's default); "
+                                 f"got {getattr(self, name)}")
+        for name, (low, high, closed_low) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            number = _as_float(value)
+            if number is None or not (low <= number if closed_low else low < number) \
+                    or not number <= high:
+                low_bracket = "[" if closed_low else "("
+                raise ValueError(f"{name} must be a number in {low_bracket}{low:g}, {high:g}]; "
+                                 f"got {value!r}")
+        if not 0 < self.conflict_ratio < 1:  # open at both ends
             raise ValueError(f"conflict_ratio must be in (0, 1), got {self.conflict_ratio}")
-        for name in ("biased_epochs", "debias_epochs", "batch_size", "captions_per_image",
-                     "images_per_prompt", "cam_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("image_size", "top_f", "max_images", "cam_sheet_rows"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        if not self.top_k > 0:
-            raise ValueError(f"top_k must be positive, got {self.top_k}")
+        self._check_top_k()
+        for name in ("negative_prompt", "caption_instruction"):
+            if len(getattr(self, name)) > MAX_TEXT_CHARS:
+                raise ValueError(f"{name} is {len(getattr(self, name)):,} characters long; keep "
+                                 f"it under {MAX_TEXT_CHARS:,}")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+
+    def _check_top_k(self) -> None:
+        # a count larger than a class is fine: the class is taken whole (scoring.k_for_classes)
+        k = _as_float(self.top_k)
+        if k is None or not 0 < k <= MAX_TOP_K or (k >= 1 and not k.is_integer()):
+            raise ValueError(
+                "top_k must be a fraction of each class in (0, 1) or a whole number of samples "
+                f"per class from 1 to {MAX_TOP_K:,}; got {self.top_k!r}")
 
     @property
     def cache_path(self) -> Path:

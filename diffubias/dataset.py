@@ -15,12 +15,16 @@ the captions and bias attributes mean.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,16 +33,37 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from diffubias.builtin import BUILTIN_NAMES, ensure_builtin
+from diffubias.text_safety import from_csv_cell
 
 SPLITS = ("train", "valid", "test")
 METADATA_FILE = "metadata.csv"
 REQUIRED_COLUMNS = ("path", "split", "label")
 BUILTIN_PREFIX = "builtin:"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Limits on an upload, each refused with a message before anything is written. An archive member
+# is a file to extract; every image is opened (and decoded) once at load time.
+MAX_ARCHIVE_FILES = 300_000  # CelebA, the largest common bias benchmark, has ~203,000 images
+MAX_UNPACKED_BYTES = 64 << 30
+# Images are stored compressed (about 1:1 in a zip), CSVs pack ~10:1 and raw BMP/TIFF masks up
+# to ~100:1; a deflate bomb packs ~1000:1. Files under RATIO_CHECK_BYTES may pack tighter (a
+# blank mask): a bomb has to be big.
+MAX_COMPRESSION_RATIO = 200
+RATIO_CHECK_BYTES = 1 << 20
+MAX_NAME_BYTES = 255  # one path component, as most file systems allow
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".tbz2",
+                    ".txz", ".tar.gz")
+MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; each decode holds 3 bytes per pixel
+_LARGE_IMAGE_PIXELS = 4_000_000  # decoded two at a time at load, however many threads verify
+_LARGE_DECODES = threading.BoundedSemaphore(2)
+_IMAGE_MAGIC = ((b"\x89png", "PNG"), (b"\xff\xd8", "JPEG"), (b"gif8", "GIF"), (b"bm", "BMP"),
+                (b"riff", "WebP"), (b"ii*\x00", "TIFF"), (b"mm\x00*", "TIFF"))  # lower-cased
+_READABLE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                         zipfile.ZIP_LZMA)
 
 _CAPTION_COLUMN = re.compile(r"caption(_\d+)?")
 _DRIVE = re.compile(r"[A-Za-z]:")
@@ -134,45 +159,186 @@ def load_dataset(
 
 
 def extract_zip(zip_path: Path, *, cache_dir: Path) -> Path:
-    """Extract `zip_path` once into `cache_dir/zips/<hash of its bytes>/` and return that folder.
+    """Extract `zip_path` once into `extracted_folder(zip_path, cache_dir)` and return it.
 
-    Member names are checked before anything is written: an absolute path or a `..` component
-    raises. Extraction goes to a temporary folder that is renamed into place, so an interrupted
-    run leaves no half-written dataset behind.
+    Every member is checked before anything is written (`_checked_members`: no absolute paths,
+    `..`, links, special files, encryption, nested archives, duplicate or non-UTF-8 names, and
+    the file-count, size and compression-ratio limits); only regular files and folders are
+    written. Extraction goes to a temporary folder that is renamed into place, so an
+    interrupted or refused run leaves no half-written dataset behind.
     """
     zip_path = Path(zip_path)
     try:
         archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{zip_path} is not a readable zip file: {exc}") from exc
+    except (zipfile.BadZipFile, UnicodeDecodeError, EOFError, OSError) as exc:
+        raise ValueError(
+            f"{zip_path.name} is not a readable zip file ({exc}); it may be truncated or another "
+            "kind of archive: create a .zip and upload it again"
+        ) from exc
     with archive:
-        for member in archive.namelist():
-            if _safe_relative_path(member) is None and member.strip("/") not in ("", "."):
-                raise ValueError(
-                    f"{zip_path.name} has member {member!r} with an absolute path or '..'; "
-                    "expected paths relative to the archive root"
-                )
-        target = Path(cache_dir) / "zips" / _file_digest(zip_path)
+        members = _checked_members(archive, zip_path.name)
+        target = extracted_folder(zip_path, cache_dir=cache_dir)
         if target.is_dir():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         needed, free = (
-            sum(info.file_size for info in archive.infolist()),
+            sum(info.file_size for info, _ in members),
             shutil.disk_usage(target.parent).free,
         )
         if needed > free:
             raise ValueError(
-                f"{zip_path.name} unpacks to {needed:,} bytes but {target.parent} has {free:,} free"
+                f"{zip_path.name} unpacks to {needed:,} bytes but the workspace has {free:,} "
+                "free; free some space or upload a smaller dataset"
             )
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            archive.extractall(tmp)
+            for info, name in members:
+                _extract_member(archive, info, tmp / name, zip_path.name, name)
             tmp.chmod(0o755)
             _rename_into_place(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
+
+
+def extracted_folder(zip_path: Path, *, cache_dir: Path) -> Path:
+    """Where `extract_zip` puts `zip_path`: `cache_dir/zips/<hash of its bytes>/`."""
+    return Path(cache_dir) / "zips" / _file_digest(Path(zip_path))
+
+
+def _checked_members(archive: zipfile.ZipFile, zip_name: str) -> list[tuple[zipfile.ZipInfo, str]]:
+    """(member, its normalised relative path) for every member to extract; ValueError naming
+    the first member that is unsafe or over a limit, and what to do about it."""
+    infos = archive.infolist()
+    files = [info for info in infos if not info.is_dir()]
+    if len(files) > MAX_ARCHIVE_FILES:
+        raise ValueError(
+            f"{zip_name} holds {len(files):,} files; the limit is {MAX_ARCHIVE_FILES:,}: split "
+            "the dataset into smaller uploads, or open it as a folder under --data-root"
+        )
+    total = sum(info.file_size for info in files)
+    if total > MAX_UNPACKED_BYTES:
+        raise ValueError(
+            f"{zip_name} unpacks to {total:,} bytes, over the limit of {MAX_UNPACKED_BYTES:,}: "
+            "split the dataset into smaller uploads, or open it as a folder under --data-root"
+        )
+    members: list[tuple[zipfile.ZipInfo, str]] = []
+    seen: set[str] = set()
+    for info in infos:
+        name = _member_name(info, zip_name)
+        if name is None:
+            continue  # the archive root itself ("/" or ".")
+        where = f"{zip_name}: {name!r}"
+        if info.is_dir():
+            members.append((info, name))
+            continue
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind == stat.S_IFLNK:
+            raise ValueError(
+                f"{where} is a symbolic link; links are not extracted: re-create the zip with "
+                "the files themselves (zip without -y)"
+            )
+        if kind and kind != stat.S_IFREG:
+            raise ValueError(
+                f"{where} is a special file (device, pipe or socket): remove it and re-create "
+                "the zip"
+            )
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{where} is encrypted: re-create the zip without a password")
+        if info.compress_type not in _READABLE_COMPRESSION:
+            raise ValueError(
+                f"{where} uses compression method {info.compress_type} (e.g. Deflate64 or AES), "
+                "which cannot be read: re-create the zip with standard deflate compression"
+            )
+        if name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise ValueError(
+                f"{where} is an archive inside the archive: unpack it and zip its files into "
+                "the one upload"
+            )
+        if name in seen:
+            raise ValueError(f"{zip_name} holds {name!r} twice: keep one copy and re-create the zip")
+        seen.add(name)
+        if info.file_size > RATIO_CHECK_BYTES and (
+            info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+        ):
+            ratio = info.file_size // max(info.compress_size, 1)
+            raise ValueError(
+                f"{where} is compressed {ratio}:1, above the limit of "
+                f"{MAX_COMPRESSION_RATIO}:1 that guards against zip bombs; images and CSVs never "
+                "pack that tightly: remove the file and re-create the zip"
+            )
+        members.append((info, name))
+    packed = sum(info.compress_size for info in files)
+    if total > RATIO_CHECK_BYTES and total > MAX_COMPRESSION_RATIO * max(packed, 1):
+        raise ValueError(
+            f"{zip_name} is compressed {total // max(packed, 1)}:1 overall, above the limit of "
+            f"{MAX_COMPRESSION_RATIO}:1 that guards against zip bombs: re-create the zip from "
+            "the images and metadata.csv only"
+        )
+    folders = {str(PurePosixPath(name).parent) for name in seen} | {
+        name for info, name in members if info.is_dir()
+    }
+    folders |= {str(parent) for folder in list(folders) for parent in PurePosixPath(folder).parents}
+    clash = sorted(seen & folders)
+    if clash:
+        raise ValueError(
+            f"{zip_name}: {clash[0]!r} is both a file and a folder: rename one and re-create "
+            "the zip"
+        )
+    return members
+
+
+def _member_name(info: zipfile.ZipInfo, zip_name: str) -> str | None:
+    """The member's path, normalised and checked; None for the archive root."""
+    raw = info.orig_filename
+    if not info.flag_bits & 0x800:  # no UTF-8 flag: zipfile decoded the bytes as cp437
+        raw_bytes = raw.encode("cp437")
+        try:
+            raw = raw_bytes.decode("utf-8")  # most tools write UTF-8 without setting the flag
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{zip_name}: a member name is not UTF-8 ({raw_bytes!r}); the zip was made with "
+                "a legacy code page: re-create it with UTF-8 names (7-Zip, Info-ZIP zip or "
+                "Python's zipfile write UTF-8 names)"
+            ) from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+        raise ValueError(
+            f"{zip_name}: member name {raw!r} contains a control character: rename the file and "
+            "re-create the zip"
+        )
+    if raw.replace("\\", "/").strip("/") in ("", "."):
+        return None
+    name = _safe_relative_path(raw)
+    if name is None:
+        raise ValueError(
+            f"{zip_name} has member {raw!r} with an absolute path or '..'; expected paths "
+            "relative to the archive root: re-create the zip from inside the dataset folder"
+        )
+    long = [part for part in name.split("/") if len(part.encode()) > MAX_NAME_BYTES]
+    if long:
+        raise ValueError(
+            f"{zip_name}: member {raw[:80]!r}... has a name longer than {MAX_NAME_BYTES} bytes: "
+            "rename the file and re-create the zip"
+        )
+    return name
+
+
+def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
+                    zip_name: str, name: str) -> None:
+    """Write one checked member as a plain file or folder (never a link, never its mode)."""
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # zipfile stops at the declared size and checks the CRC: a member cannot write more
+        with archive.open(info) as source, open(target, "xb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise ValueError(
+            f"{zip_name}: {name!r} is damaged ({exc}): re-create the zip and upload it again"
+        ) from exc
 
 
 def read_images(
@@ -306,20 +472,37 @@ def _load_csv(root: Path, *, name: str, verify: bool) -> ImageDataset:
 
 
 def _read_metadata(csv_path: Path) -> pd.DataFrame:
+    if csv_path.stat().st_size == 0:
+        raise ValueError(f"{METADATA_FILE} is empty; expected a header line "
+                         f"({', '.join(REQUIRED_COLUMNS)}) and one row per image")
     try:
         # utf-8-sig: spreadsheets often write a byte-order mark; keep_default_na: "" stays "".
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{csv_path} is not a readable CSV file: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{METADATA_FILE} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as "
+            "UTF-8 (in a spreadsheet: CSV UTF-8)"
+        ) from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise ValueError(
+            f"{METADATA_FILE} is not a readable CSV file ({exc}); expected comma-separated "
+            f"columns {', '.join(REQUIRED_COLUMNS)}"
+        ) from exc
     table.columns = [str(column).strip().lower() for column in table.columns]
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
         raise ValueError(
             f"{METADATA_FILE} is missing required column(s) {', '.join(missing)}; expected columns "
             f"{', '.join(REQUIRED_COLUMNS)} (optional: bias, caption, caption_2, ..., mask), "
-            f"found {', '.join(table.columns)}"
+            f"found {', '.join(table.columns)[:200]}"
         )
-    return table.apply(lambda column: column.str.strip())
+    table = table.apply(lambda column: column.str.strip())
+    # cells an export guarded against spreadsheet formulas (diffubias.text_safety) read back as
+    # they were written
+    for column in table.columns:
+        if column in ("label", "bias") or _CAPTION_COLUMN.fullmatch(column):
+            table[column] = table[column].map(from_csv_cell)
+    return table
 
 
 def _check_splits(split: np.ndarray, lines: np.ndarray) -> np.ndarray:
@@ -386,17 +569,18 @@ def _drop_duplicates_and_missing(
 def _drop_unreadable(
     root: Path, paths: list[str], masks: list[str | None] | None, rows: list[int]
 ) -> tuple[list[int], list[SkippedFile]]:
-    """Keep the rows whose image (and mask) PIL can open and verify; report the others."""
+    """Keep the rows whose image (and mask) lies inside `root` and decodes; report the others."""
+    inside = root.resolve()
 
     def problem(i: int) -> str | None:
-        image_size, reason = _verify_image(root / paths[i])
+        image_size, reason = _inspect_file(root / paths[i], inside)
         if reason is not None:
-            return f"unreadable image: {reason}"
+            return reason
         if masks is None or masks[i] is None:
             return None
-        mask_size, reason = _verify_image(root / masks[i])
+        mask_size, reason = _inspect_file(root / masks[i], inside)
         if reason is not None:
-            return f"unreadable mask {masks[i]}: {reason}"
+            return f"mask {masks[i]}: {reason}"
         if mask_size != image_size:
             (mw, mh), (iw, ih) = mask_size, image_size
             return f"mask {masks[i]} is {mw}x{mh}, image is {iw}x{ih}"
@@ -413,14 +597,58 @@ def _drop_unreadable(
     return keep, skipped
 
 
+def _inspect_file(path: Path, inside: Path) -> tuple[tuple[int, int], str | None]:
+    """(width, height) and None, or (0, 0) and why the file cannot be used."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(inside):
+        return (0, 0), "a link that leads outside the dataset folder: copy the file in instead"
+    if not resolved.is_file():
+        return (0, 0), "not a file"
+    if resolved.stat().st_size == 0:
+        return (0, 0), "empty file (0 bytes)"
+    return _verify_image(resolved)
+
+
 def _verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
+    """Open and fully decode `path` (JPEGs at 1/8 scale): PIL's `verify` misses truncated JPEGs
+    and image data shorter than the header declares, which would otherwise fail mid-training."""
     try:
         with Image.open(path) as image:
             size = image.size
-            image.verify()
-    except Exception as exc:  # PIL raises many types for bad files; each is reported, not swallowed
-        return (0, 0), f"{type(exc).__name__}: {exc}"
+            pixels = size[0] * size[1]
+            if pixels > MAX_IMAGE_PIXELS:
+                return (0, 0), _too_large(f"{size[0]}x{size[1]} ({pixels / 1e6:.0f} megapixels)")
+            image.verify()  # chunk checksums (PNG); a no-op for most formats
+        gate = _LARGE_DECODES if pixels > _LARGE_IMAGE_PIXELS else contextlib.nullcontext()
+        with gate, Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            image.load()
+    except Image.DecompressionBombError as exc:  # PIL's own, far higher, limit
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = int(found.group(1)) if found else 0
+        return (0, 0), _too_large(f"{pixels:,} pixels ({pixels / 1e6:.0f} megapixels)")
+    except UnidentifiedImageError:
+        with open(path, "rb") as file:
+            head = file.read(1024).lower()
+        if path.suffix.lower() == ".svg" or b"<svg" in head:
+            return (0, 0), "SVG (vector) image; only raster images are read: convert it to PNG"
+        known = next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
+        if known:
+            return (0, 0), f"truncated or damaged image (a {known} whose header cannot be read)"
+        return (0, 0), (
+            "not an image (PNG, JPEG, BMP, GIF, WebP or TIFF): remove the row or the file"
+        )
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files; each is reported
+        return (0, 0), f"truncated or damaged image ({type(exc).__name__}: {exc})"
     return size, None
+
+
+def _too_large(what: str) -> str:
+    return (
+        f"image is {what}, above the limit of {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: "
+        "downscale it"
+    )
 
 
 def _check_anything_left(num_rows: int, keep: list[int], skipped: list[SkippedFile]) -> None:
@@ -470,12 +698,16 @@ def _load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: floa
     )
     if not class_dirs:
         raise ValueError(
-            f"{root} has no {METADATA_FILE} and no class sub-folders; expected {METADATA_FILE} "
+            f"{name} has no {METADATA_FILE} and no class sub-folders; expected {METADATA_FILE} "
             f"(columns {', '.join(REQUIRED_COLUMNS)}) or <class>/<image> folders"
         )
     paths: list[str] = []
     label_names: list[str] = []
-    skipped: list[SkippedFile] = []
+    skipped: list[SkippedFile] = [
+        SkippedFile(d.name, "a link to a folder; links to folders are not followed: copy the "
+                    "folder in instead")
+        for d in class_dirs if d.is_symlink()
+    ]
     for file in sorted(root.rglob("*")):
         relative = file.relative_to(root)
         if (
@@ -499,6 +731,11 @@ def _load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: floa
     keep, unreadable = _drop_unreadable(root, paths, None, list(range(len(paths))))
     skipped += unreadable
     _check_anything_left(len(paths), keep, skipped)
+    found = {label_names[i] for i in keep}
+    skipped += [
+        SkippedFile(f"{d.name}/", "class folder without readable images; the class is left out")
+        for d in class_dirs if d.name not in found and not d.is_symlink()
+    ]
     paths = [paths[i] for i in keep]
     labels, class_names = _index_names(np.array([label_names[i] for i in keep], dtype=object))
     split = _stratified_split(labels, class_names, seed=seed, valid_fraction=valid_fraction)
@@ -522,7 +759,8 @@ def _stratified_split(
 ) -> np.ndarray:
     if len(class_names) < 2:
         raise ValueError(
-            f"only one class folder with images ({class_names[0]!r}); expected at least 2 classes"
+            f"only one class folder with images ({class_names[0]!r}); expected at least 2 "
+            "classes: add a folder of images per class"
         )
     counts = np.bincount(labels, minlength=len(class_names))
     too_small = [f"{class_names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]

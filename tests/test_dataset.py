@@ -112,7 +112,7 @@ def test_missing_corrupt_and_duplicate_files_are_skipped_and_reported(tmp_path):
     assert ds.paths == ("a/1.png", "a/2.png", "b/3.png")
     reasons = {s.path: s.reason for s in ds.skipped}
     assert reasons["a/gone.png"] == "image file not found"
-    assert reasons["a/4.png"].startswith("unreadable image")
+    assert reasons["a/4.png"].startswith("not an image")
     assert "duplicate row (line 7 repeats line 2)" in reasons["a/1.png"]
     assert len(ds.skipped) == 3
 

@@ -102,6 +102,21 @@ def dataset_view(studio: Studio, project_id: int | None) -> DatasetView | None:
                        dict(project.settings.get("summary", {})), rows, headers, tiles)
 
 
+def import_report(view: DatasetView) -> list[tuple[str, str]]:
+    """(path, reason) of each file the import skipped, as stored (the first REPORTED_SKIPS)."""
+    return [(str(item["path"]), str(item["reason"])) for item in view.summary.get("skipped", [])]
+
+
+def opened_message(view: DatasetView) -> str:
+    """What the user reads after opening a dataset: its name, and how many files were skipped."""
+    message = f"✓ Opened **{view.name}**. The other tabs now work on it."
+    skipped = int(view.summary.get("n_skipped", 0))
+    if skipped:
+        message += (f" ⚠ {skipped} file(s) skipped (unreadable, missing or unsafe): see the "
+                    "import report.")
+    return message
+
+
 def majority_bias(pairs: dict[tuple[int, int], int]) -> dict[int, int]:
     """Each class's commonest bias attribute in train (the bias-aligned one); {} if unknown."""
     best: dict[int, tuple[int, int]] = {}

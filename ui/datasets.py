@@ -14,8 +14,11 @@ page can come up before torch has loaded.
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,7 @@ DEMO_NAME = "Demo: colored digits"
 DEMO_SOURCE = "builtin:colored-digits"
 DEMO_CONFLICT_RATIO = 0.01
 LINKS_FOLDER = "links"  # images/links/<name>: folders opened from the data root
+REPORTED_SKIPS = 500  # skipped files listed in the import report (all are counted)
 
 
 def optional(cast, value):
@@ -119,10 +123,17 @@ def import_archive(store: Store, datasets: DatasetCache, zip_path: Path, *, name
     if zip_path.suffix.lower() != ".zip":
         raise ValueError(f"{zip_path.name} is not a .zip file; upload a .zip holding "
                          "metadata.csv and the images, or an ImageFolder")
-    config = RunConfig(dataset=str(zip_path), cache_dir=str(dataset_cache_dir(store.workspace)))
-    # stored_dataset=None: the extracted folder, so a restart needs no copy of the upload
-    return _import(store, datasets, config, name=name, origin=f"upload {zip_path.name}",
-                   stored_dataset=None)
+    from diffubias.dataset import extracted_folder
+
+    cache_dir = dataset_cache_dir(store.workspace)
+    config = RunConfig(dataset=str(zip_path), cache_dir=str(cache_dir))
+    if not zip_path.is_file():
+        raise ValueError(f"{zip_path.name} was not found; upload it again")
+    folder = extracted_folder(zip_path, cache_dir=cache_dir)
+    with removed_on_error(cache_dir, folder.parent, leaf=folder):
+        # stored_dataset=None: the extracted folder, so a restart needs no copy of the upload
+        return _import(store, datasets, config, name=name, origin=f"upload {zip_path.name}",
+                       stored_dataset=None)
 
 
 def import_folder(store: Store, datasets: DatasetCache, folder: Path, *, data_root: Path | None,
@@ -140,14 +151,36 @@ def import_folder(store: Store, datasets: DatasetCache, folder: Path, *, data_ro
     if folder.is_file():
         return import_archive(store, datasets, folder, name=name)
     link = store.workspace.path_for("images", LINKS_FOLDER, _slug(str(folder)))
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.is_symlink():
-        link.symlink_to(folder, target_is_directory=True)
-    elif link.resolve() != folder:
+    if link.is_symlink() and link.resolve() != folder:
         raise ValueError(f"{link} already links to another folder ({link.resolve()})")
-    config = RunConfig(dataset=str(folder), cache_dir=str(dataset_cache_dir(store.workspace)))
-    return _import(store, datasets, config, name=name, origin=str(folder),
-                   stored_dataset=store.workspace.relative(link), sample_root=link)
+    cache_dir = dataset_cache_dir(store.workspace)
+    with removed_on_error(cache_dir, link.parent, leaf=link):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(folder, target_is_directory=True)
+        config = RunConfig(dataset=str(folder), cache_dir=str(cache_dir))
+        return _import(store, datasets, config, name=name, origin=str(folder),
+                       stored_dataset=store.workspace.relative(link), sample_root=link)
+
+
+@contextmanager
+def removed_on_error(*folders: Path, leaf: Path) -> Iterator[None]:
+    """If the block raises, `leaf` (a file, link or folder) and those of `folders` (its parents)
+    that did not exist before are removed again, so a refused import leaves the workspace as it
+    was. A parent is removed only while empty: another import may be writing into it."""
+    new = [path for path in (*folders, leaf) if not path.exists() and not path.is_symlink()]
+    try:
+        yield
+    except BaseException:
+        for path in reversed(new):  # the leaf first, then its parents, deepest first
+            if path.is_symlink() or path.is_file():
+                path.unlink(missing_ok=True)
+            elif path == leaf:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with suppress(OSError):
+                    path.rmdir()
+        raise
 
 
 def unique_project_name(store: Store, name: str) -> str:
@@ -208,7 +241,7 @@ def dataset_summary(ds: ImageDataset, image_size: int) -> dict[str, Any]:
         "captions_per_sample": max((len(c) for c in ds.captions), default=0),
         "has_masks": ds.mask_paths is not None,
         "n_skipped": len(ds.skipped),
-        "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped[:50]],
+        "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped[:REPORTED_SKIPS]],
     }
 
 

@@ -6,13 +6,24 @@ Builds widgets only; the work is in the callbacks passed in (see `DatasetCallbac
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
 
-from ui.dataset_service import BUILTIN_DATASETS, CONFLICT_RATIOS, SAMPLES_PER_CLASS, DatasetView
+from ui.dataset_service import (
+    BUILTIN_DATASETS,
+    CONFLICT_RATIOS,
+    SAMPLES_PER_CLASS,
+    DatasetView,
+    import_report,
+    opened_message,
+)
 from ui.events import shows_errors
+
+_MARKDOWN_SPECIALS = re.compile(r"[\\`*_\[\]()!|~#]")
 
 FORMAT_HELP = """
 **The dataset format.** A `.zip` (or folder) with the images under any sub-folders and a
@@ -83,6 +94,8 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
             status = gr.Markdown("", elem_id="dataset-status")
         with gr.Column(scale=2):
             summary = gr.Markdown("", elem_id="dataset-summary")
+            with gr.Accordion("Import report: files left out", open=False):
+                report = gr.Markdown("", elem_id="import-report")
             counts = gr.Dataframe(label="Images per class and split", interactive=False,
                                   elem_id="class-counts", max_height=360)
             grid = gr.Gallery(label="Training samples, one row per class (label · bias)",
@@ -92,9 +105,11 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
 
     def after_open(project_id: int) -> tuple:
         choices = callbacks.projects()
+        view = callbacks.view(project_id)
         name = next((n for n, i in choices if i == project_id), "")
-        return (gr.Dropdown(choices=choices, value=project_id), project_id,
-                f"✓ Opened **{name}**. The other tabs now work on it.")
+        message = (opened_message(view) if view is not None
+                   else f"✓ Opened **{name}**. The other tabs now work on it.")
+        return gr.Dropdown(choices=choices, value=project_id), project_id, message
 
     @shows_errors
     def on_builtin(source: str, conflict_ratio: float, seed_value: float,
@@ -125,10 +140,11 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
         view = callbacks.view(project_id)
         if view is None:
             waiting = callbacks.demo_status() or "Open a dataset to start."
-            return f"### No project yet\n{waiting}", None, [], folders
-        return summary_markdown(view), counts_table(view), view.tiles, folders
+            return f"### No project yet\n{waiting}", "", None, [], folders
+        return (summary_markdown(view), import_report_markdown(view), counts_table(view),
+                view.tiles, folders)
 
-    return DatasetRefresh(refresh, [project], [summary, counts, grid, folder], events)
+    return DatasetRefresh(refresh, [project], [summary, report, counts, grid, folder], events)
 
 
 def summary_markdown(view: DatasetView) -> str:
@@ -148,9 +164,32 @@ def summary_markdown(view: DatasetView) -> str:
              + " · ".join(f"{split} **{n}**" for split, n in sizes.items()),
              "", "**Metadata found:** " + "; ".join(found) + "."]
     if skipped:
-        examples = "; ".join(f"`{x['path']}`: {x['reason']}" for x in s.get("skipped", [])[:3])
-        lines.append(f"\n⚠ {skipped} file(s) skipped at import, e.g. {examples}")
+        examples = "; ".join(f"{_cell(x['path'])}: {_cell(x['reason'])}"
+                             for x in s.get("skipped", [])[:3])
+        lines.append(f"\n⚠ {skipped} file(s) skipped at import, e.g. {examples} (the import "
+                     "report below lists them)")
     return "\n".join(lines)
+
+
+def import_report_markdown(view: DatasetView) -> str:
+    """Every file the import left out and why, as a table (the first REPORTED_SKIPS)."""
+    rows = import_report(view)
+    if not rows:
+        return "Every file was imported."
+    total = int(view.summary.get("n_skipped", len(rows)))
+    shown = f"the first {len(rows)} of {total}" if total > len(rows) else f"all {total}"
+    intro = (f"{total} file(s) left out ({shown} listed). Fix or remove them and import again "
+             "to use them.")
+    lines = [intro, "", "| file | reason |", "|---|---|"]
+    lines += [f"| {_cell(path)} | {_cell(reason)} |" for path, reason in rows]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """User-made text (file names, reasons) shown as itself in Markdown: one line, with HTML and
+    Markdown markup (links, images, emphasis, table pipes) escaped."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return _MARKDOWN_SPECIALS.sub(r"\\\g<0>", text)
 
 
 def counts_table(view: DatasetView):
