@@ -100,6 +100,17 @@ def _epilog(command: str | None, prog: str) -> str:
     return f"examples:\n{examples.format(prog=prog)}\n\ndocs: {DOCS}/{section}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors (unknown option, missing --out) also name the docs."""
+
+    docs = f"{DOCS}/README.md"
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n"
+                     f"see `{self.prog} --help` for the options and examples, and {self.docs}\n")
+
+
 # (config field, help); the flag is the field name with dashes
 _OPTIONS = (
     ("dataset", "builtin:colored-digits, builtin:shape-scenes, a folder or a .zip"),
@@ -162,7 +173,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = "diffubias") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog, description="DiffuBias: find and fix spurious bias in an image dataset.",
         epilog=_epilog(None, prog), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -172,6 +183,7 @@ def build_parser(prog: str = "diffubias") -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=help_text, description=help_text,
                            epilog=_epilog(command, prog),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.docs = f"{DOCS}/{COMMANDS[command][2]}"
         p.add_argument("--out", required=True, type=Path,
                        help="run folder (config.json, report.json and every artifact)")
         _add_config_options(p)

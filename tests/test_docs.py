@@ -270,6 +270,10 @@ def test_errors_name_the_docs_section(tmp_path, capsys):
     assert cli.main(["detect", "--dataset", str(tmp_path / "missing"), "--out",
                      str(tmp_path / "run")]) == 2
     assert "see docs/guide/dataset-format.md" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["detect", "--dataset", "d"])  # no --out: argparse's usage error
+    assert "see `diffubias detect --help` for the options and examples, and " \
+        "docs/guide/dataset-format.md" in capsys.readouterr().err
     assert cli.docs_section("caption", "model 'x/y' is not in the Hugging Face cache") == \
         "docs/guide/models.md#offline-use-with-a-pre-filled-cache"
     assert cli.docs_section("generate", "something else") == "docs/guide/models.md#diffusion-models"
