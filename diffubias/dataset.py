@@ -212,9 +212,10 @@ def _checked_members(archive: zipfile.ZipFile, zip_name: str) -> list[tuple[zipf
     the first member that is unsafe or over a limit, and what to do about it."""
     infos = archive.infolist()
     files = [info for info in infos if not info.is_dir()]
-    if len(files) > MAX_ARCHIVE_FILES:
+    if len(infos) > MAX_ARCHIVE_FILES:
         raise ValueError(
-            f"{zip_name} holds {len(files):,} files; the limit is {MAX_ARCHIVE_FILES:,}: split "
+            f"{zip_name} holds {len(infos):,} files and folders; the limit is "
+            f"{MAX_ARCHIVE_FILES:,}: split "
             "the dataset into smaller uploads, or open it as a folder under --data-root"
         )
     total = sum(info.file_size for info in files)
@@ -417,6 +418,9 @@ def as_positions(positions: Sequence[int] | np.ndarray | torch.Tensor, length: i
 
 def _load_root(root: Path, *, name: str, seed: int, valid_fraction: float) -> ImageDataset:
     if (root / METADATA_FILE).is_file():
+        if not (root / METADATA_FILE).resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"{name}/{METADATA_FILE} is a link to a file outside the dataset "
+                             "folder; copy the file in instead")
         return _load_csv(root, name=name, verify=True)
     return _load_image_folder(root, name=name, seed=seed, valid_fraction=valid_fraction)
 
@@ -624,6 +628,8 @@ def _verify_image(path: Path) -> tuple[tuple[int, int], str | None]:
             if image.format == "JPEG":
                 image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
             image.load()
+            _upright(image.crop((0, 0, 1, 1)))  # reads the EXIF orientation, as decoding will
+            _to_rgb(image.crop((0, 0, 1, 1)))  # the colour mode converts (decided by mode only)
     except Image.DecompressionBombError as exc:  # PIL's own, far higher, limit
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = int(found.group(1)) if found else 0
