@@ -217,7 +217,9 @@ def serve_workspace_statically(studio: Studio) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n\n")[0],
+    installed = Path(sys.argv[0]).name == "diffubias-studio"
+    parser = argparse.ArgumentParser(prog="diffubias-studio" if installed else "python app.py",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 for every interface; then use "
@@ -238,6 +240,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python app.py` and the installed `diffubias-studio` command."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -262,5 +266,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     main(sys.argv[1:])
