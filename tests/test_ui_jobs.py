@@ -117,3 +117,42 @@ def test_jobs_run_one_at_a_time(store, project_id):
     assert overlaps == [1, 1, 1]
     with store.sessions() as session:
         assert [j.status for j in repo.list_jobs(session, project_id)] == ["done"] * 3
+
+
+def test_failures_of_the_machine_are_described_as_what_to_do():
+    import errno
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from ui.jobs import describe_error
+
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError, without a GPU
+        pass
+
+    full = OSError(errno.ENOSPC, "No space left on device", "generated/3/a.png")
+    assert describe_error(full) == (
+        "could not write to the workspace: the disk is full (generated/3/a.png): free some space "
+        "(or move the workspace with --workspace) and run it again")
+    assert "not writable" in describe_error(PermissionError(errno.EACCES, "Permission denied"))
+    assert describe_error(OutOfMemoryError("CUDA out of memory. Tried")).startswith(
+        "the GPU ran out of memory (CUDA out of memory. Tried): lower the batch size")
+    database_full = OperationalError("INSERT", {}, sqlite3.OperationalError(
+        "database or disk is full"))
+    assert "disk is full" in describe_error(database_full)
+    assert describe_error(ValueError("no prompts")) == "no prompts"
+    assert describe_error(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_a_job_that_cannot_be_recorded_still_reports_its_own_error(store, project_id,
+                                                                    monkeypatch):
+    runner = JobRunner(store)
+
+    def work(progress):
+        monkeypatch.setattr(repo, "finish_job", lambda *a, **k: 1 / 0)  # the store is gone
+        raise ValueError("the real problem")
+
+    with pytest.raises(ValueError, match="the real problem"):
+        runner.run(project_id, "evaluate", {}, work)
+    monkeypatch.undo()  # the store is back: the slot was released, the next job runs
+    assert runner.run(project_id, "evaluate", {}, lambda p: JobOutcome())[1].result == {}

@@ -138,7 +138,7 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
         for image in repo.list_generated_images(session, prompt_ids=[p.id for p in prompts]):
             existing.setdefault(image.prompt_id, []).append(image)
     n_new = n_kept = 0
-    pending: list[tuple[int, list[int], list[tuple[Any, Any]]]] = []  # written, not yet stored
+    pending: list[tuple[int, list, list[tuple[Any, Any]]]] = []  # written, not yet stored
     for i, prompt in enumerate(prompts):
         before = existing.get(prompt.id, [])
         if (len(before) == config.images_per_prompt
@@ -155,7 +155,7 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
                                           f"p{prompt.id}_s{image.seed}.png")
                 atomic_write_bytes(path, _png(image.image))
                 written.append((path, image))
-            pending.append((prompt.id, [img.id for img in before], written))
+            pending.append((prompt.id, before, written))
             n_new += len(written)
         if len(pending) >= 32 or i == len(prompts) - 1:
             progress.check()
@@ -170,17 +170,22 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
 
 
 def _store_images(studio: Studio, job_id: int, request: dict,
-                  pending: list[tuple[int, list[int], list[tuple[Any, Any]]]]) -> None:
-    """One transaction: drop each prompt's images from another request, record the new ones."""
+                  pending: list[tuple[int, list, list[tuple[Any, Any]]]]) -> None:
+    """One transaction: drop each prompt's images from another request, record the new ones;
+    then delete the dropped images' files (after the commit: a crash in between leaves files
+    no row points at, which the next start removes, never a row without its file)."""
     workspace = studio.store.workspace
     with studio.store.sessions.begin() as session:
         for prompt_id, replaced, written in pending:
-            repo.delete_generated_images(session, replaced)
+            repo.delete_generated_images(session, [image.id for image in replaced])
             for path, image in written:
                 repo.add_generated_image(
                     session, job_id=job_id, prompt_id=prompt_id, path=workspace.relative(path),
                     seed=int(image.seed), model=image.model or image.backend,
                     params={"request": request, "backend": image.backend, **dict(image.params)})
+    for _, replaced, _ in pending:
+        for image in replaced:
+            workspace.resolve(image.path).unlink(missing_ok=True)
 
 
 def _png(image) -> bytes:
