@@ -7,15 +7,18 @@ for evaluation only), `caption`, `caption_2`, ... (any number, empty cells allow
 CSV) also loads, with a seeded stratified train/valid split. Built-ins (`builtin:<name>`) are
 generated into the cache on first use by `diffubias.builtin`.
 
-Knows: that format, zip extraction, validation (bad input raises `ValueError` before any
-training; missing, corrupt or duplicate files are skipped and reported), decoding images and
-masks to fixed-size arrays. Does not know: models, training, batching (see `images.py`), or what
+Knows: that format, safe zip extraction (the limits below, checked before anything is
+written), validation (bad input raises `ValueError` before any training; missing, corrupt,
+oversized, linked-out or duplicate files are skipped and reported in `ImageDataset.skipped`; every
+kept image has been decoded once, so training never meets a bad file), decoding images and masks
+to fixed-size arrays. Does not know: models, training, batching (see `images.py`), or what
 the captions and bias attributes mean.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -808,6 +811,12 @@ def _find_data_root(extracted: Path) -> Path:
 
 
 def _file_digest(path: Path) -> str:
+    info = path.stat()  # the app asks twice per upload (where to extract, then extracting)
+    return _digest_of(str(path.resolve()), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
