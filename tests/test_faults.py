@@ -156,7 +156,8 @@ def test_sigkill_during_each_long_job_loses_nothing(tmp_path, builtin_cache):
                 n_prompts = _json(result["result"])["n_prompts"]
                 assert len(rows) == len(set(map(tuple, rows))) == 2 * n_prompts
                 assert len([p for p in (workspace / "generated").rglob("*.png")]) == len(rows)
-        print(f"\nkilled: {[(k['kind'], round(k['progress'], 2)) for k in kills]}")
+                killed["resumed"] = f"{stored_images} kept + {len(rows) - stored_images} new"
+        print("\nkilled:", [(k["kind"], round(k["progress"], 2), k.get("resumed")) for k in kills])
     finally:
         app.stop()
     assert [k["kind"] for k in kills] == ["biased_train", "caption", "generate", "debias"]
