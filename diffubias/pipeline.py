@@ -43,6 +43,7 @@ from diffubias.method import (
 )
 from diffubias.models import load_classifier, save_classifier
 from diffubias.text_filter import Prompt, filter_captions
+from diffubias.text_safety import csv_row, from_csv_cell
 
 STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam")
 Log = Callable[[str], None]
@@ -169,18 +170,20 @@ def _dataset_summary(ds: ImageDataset, image_size: int) -> dict:
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows) -> None:
-    """Writes a CSV atomically (temp file + rename)."""
+    """Writes a CSV atomically (temp file + rename). Text cells that a spreadsheet would run as a
+    formula (=, +, -, @ first) are guarded with a leading quote; `_read_csv` takes it off."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows(csv_row(list(row)) for row in rows)
     os.replace(tmp, path)
 
 
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{k: from_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def _write_scores(path: Path, det: Detection, ds: ImageDataset) -> None:

@@ -178,3 +178,15 @@ def test_baseline_names_match_the_library(capsys):
     assert set(BASELINES) <= set(METHODS) and "diffubias" not in BASELINES
     assert main(["run", "--out", "nowhere", "--baselines", "lff,magic"]) == 2
     assert "unknown baselines ['magic']" in capsys.readouterr().err
+
+
+def test_run_csvs_guard_formulas_and_read_them_back_exactly(tmp_path):
+    from diffubias.pipeline import _read_csv, _write_csv
+
+    texts = ["=HYPERLINK(\"http://x\")", "+1 blue seven", "@cmd", "a plain caption", "'=kept"]
+    _write_csv(tmp_path / "p.csv", ("n", "text"), ([i, t] for i, t in enumerate(texts)))
+    with open(tmp_path / "p.csv", newline="") as f:
+        cells = [row[1] for row in list(csv.reader(f))[1:]]
+    # what a spreadsheet sees: no cell starts with a formula character
+    assert cells[:3] == ["'=HYPERLINK(\"http://x\")", "'+1 blue seven", "'@cmd"]
+    assert [row["text"] for row in _read_csv(tmp_path / "p.csv")] == texts
