@@ -183,11 +183,12 @@ def test_images_to_tensor_resizes_to_the_classifier_size():
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_debias", ROOT / "bench" / "debias.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_debias"] = module
-    spec.loader.exec_module(module)
-    return module
+    """bench/debias.py as the module `debias`, importable by name from bench/ on sys.path, as
+    its spawned worker processes (which get this sys.path) need."""
+    bench_dir = str(ROOT / "bench")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    return importlib.import_module("debias")
 
 
 def test_benchmark_smoke_rows_json_and_report(planted_folder, tmp_path):
@@ -223,3 +224,23 @@ def test_benchmark_reference_scoring_loop_matches_batched_scoring(planted_run):
     reference = bench.score_like_reference(model, data.ds, positions[:50], size=data.image_size)
     ours = score_samples(model, train)[:50]
     assert np.allclose(reference, ours, atol=1e-5)
+
+
+def test_benchmark_worker_processes_give_the_one_process_results(planted_folder, tmp_path):
+    """`--jobs 2` runs settings in spawned workers; the rows are those one process gets."""
+    bench = _load_bench()
+    base = _config(planted_folder, tmp_path, biased_epochs=1, debias_epochs=1)
+    methods = ("vanilla", "oversample-topk")
+    one = bench.run_grid([str(planted_folder)], ratios=(0.01,), seeds=(0, 1), base=base,
+                         methods=methods)
+    two = bench.run_grid([str(planted_folder)], ratios=(0.01,), seeds=(0, 1), base=base,
+                         methods=methods, jobs=2, checkpoint=tmp_path / "partial.json")
+
+    def accuracies(results):
+        return sorted((r["seed"], r["method"], r["unbiased"], r["overall"])
+                      for r in results["rows"])
+
+    assert accuracies(two) == accuracies(one)
+    assert [s["seed"] for s in two["settings"]] == [0, 1]
+    assert two["meta"]["jobs"] == 2
+    assert len(json.loads((tmp_path / "partial.json").read_text())["settings"]) == 2
