@@ -255,7 +255,8 @@ def _init_worker(threads: int) -> None:
 
 def _check_resumable(meta: dict, base: RunConfig, methods: Sequence[str],
                      options: BaselineOptions) -> None:
-    if (meta["config"] != base.to_dict() or meta["methods"] != list(methods)
+    # through RunConfig, so a field added since (with its default) does not block a resume
+    if (RunConfig.from_dict(meta["config"]) != base or meta["methods"] != list(methods)
             or meta["options"] != asdict(options)):
         raise ValueError("the checkpoint was made with another config, methods or options; "
                          "delete it or run with the same settings")
