@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from diffubias.generation import MANIFEST_FIELDS, GeneratedImage, check_generation_inputs
 from diffubias.text_filter import Prompt
+from diffubias.text_safety import csv_cell
 from diffubias.training import ProgressFn
 
 Log = Callable[[str], None]
@@ -319,7 +320,9 @@ class _Folder:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
             writer.writeheader()
-            writer.writerows(rows)
+            # prompts are text from models and users: no cell runs as a spreadsheet formula
+            writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                             for row in rows)
         os.replace(tmp, path)
         return path, len(rows), blocked
 

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from diffubias.text_filter import Prompt
+from diffubias.text_safety import check_prompt_text, from_csv_cell
 from diffubias.training import ProgressFn
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def check_generation_inputs(prompts: Sequence[Prompt], images_per_prompt: int) -
         raise ValueError("no prompts to generate from: keep at least one prompt")
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
+    for i, prompt in enumerate(prompts):
+        check_prompt_text(prompt.text, where=f"prompt {i + 1}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,10 @@ def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str],
 
 
 def read_manifest(manifest: Path) -> list[dict]:
+    """The manifest's rows, text exactly as generated (the formula guard taken off)."""
     with open(manifest, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{k: from_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def load_generated(manifest: Path, *, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,6 +151,11 @@ def test_prompt_edits_are_saved_and_checked(workflow):
         caption_service.save_prompt_edits(studio, pid, [{**edit, "class": "sevn"}])
     with pytest.raises(ValueError, match="no text"):
         caption_service.save_prompt_edits(studio, pid, [{**edit, "text": " "}])
+    pasted = {**edit, "text": "a red seven " * 500}  # a paste accident: 6,000 characters
+    with pytest.raises(ValueError, match=r"row 1 .* is 5,999 characters long; keep it under"):
+        caption_service.save_prompt_edits(studio, pid, [pasted])
+    assert caption_service.captions_view(studio, pid).prompts[0].text == edit["text"].strip() \
+        .replace("  ", " ")  # nothing of the rejected edit was saved
     caption_service.save_prompt_edits(studio, pid, [{**edit, "class": first.label,
                                                      "text": first.original}])
     restored = caption_service.captions_view(studio, pid).prompts[0]

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffubias.text_safety import check_prompt_text
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
 from ui.datasets import optional, project_config, save_project_config
@@ -243,7 +244,7 @@ def save_prompt_edits(studio: Studio, project_id: int,
             if prompt is None:
                 raise ValueError(f"row {line}: prompt {row['id']} is not in the current table; "
                                  "reload the page")
-            text = " ".join(str(row["text"]).split())
+            text = check_prompt_text(row["text"], where=f"row {line} (prompt {prompt.id})")
             label_name = str(row["class"]).strip()
             if label_name not in index:
                 raise ValueError(f"row {line} (prompt {prompt.id}): unknown class "

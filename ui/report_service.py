@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from diffubias.text_safety import csv_cell
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
@@ -118,9 +119,12 @@ def _augmented_zip(studio: Studio, project_id: int, job_id: int) -> tuple[Path |
                          "model": image.model,
                          "review": {True: "accepted", None: "unreviewed"}[image.accepted]})
         table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+        # the default "\r\n" line ending: with "\n" a cell holding a bare "\r" is not quoted
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        # captions come from models and users: guard formulas for whoever opens it in a sheet
+        writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+                         for row in rows)
         archive.writestr("metadata.csv", table.getvalue())
         archive.writestr("README.txt", (
             f"Generated bias-conflicting images for {project.name}, made by DiffuBias Studio.\n"
