@@ -32,7 +32,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from diffubias.generation import MANIFEST_FIELDS, GeneratedImage, check_generation_inputs
+from diffubias.files import atomic_path, atomic_write_text
+from diffubias.generation import (
+    MANIFEST_FIELDS,
+    GeneratedImage,
+    check_generation_inputs,
+)
 from diffubias.text_filter import Prompt
 from diffubias.text_safety import csv_cell
 from diffubias.training import ProgressFn
@@ -263,15 +268,12 @@ class GenerationOutput:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=1)
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -316,14 +318,12 @@ class _Folder:
             else:
                 rows.append(row)
         path = self.root / "manifest.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
             writer.writeheader()
             # prompts are text from models and users: no cell runs as a spreadsheet formula
             writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
                              for row in rows)
-        os.replace(tmp, path)
         return path, len(rows), blocked
 
 

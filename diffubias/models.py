@@ -129,24 +129,14 @@ def save_classifier(model: Classifier, path: Path) -> None:
     hidden temp file in the same folder, flushed to disk, then renamed over `path`, so a crash
     or a full disk leaves the old file or the new one, never half of one."""
     import json
-    import os
-    import tempfile
 
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    from diffubias.files import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={"spec": json.dumps(model.spec.to_dict())})
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_classifier(path: Path) -> Classifier:

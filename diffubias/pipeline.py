@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from diffubias import __version__
 from diffubias.captions import Caption, Captioner, make_captioner
 from diffubias.config import BASELINES, RunConfig
 from diffubias.dataset import SPLITS, ImageDataset, read_images
+from diffubias.files import atomic_path, atomic_write_text
 from diffubias.generation import load_generated, make_generator, read_manifest
 from diffubias.method import (
     Detection,
@@ -50,9 +50,7 @@ Log = Callable[[str], None]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -172,12 +170,10 @@ def _dataset_summary(ds: ImageDataset, image_size: int) -> dict:
 def _write_csv(path: Path, header: tuple[str, ...], rows) -> None:
     """Writes a CSV atomically (temp file + rename). Text cells that a spreadsheet would run as a
     formula (=, +, -, @ first) are guarded with a leading quote; `_read_csv` takes it off."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(csv_row(list(row)) for row in rows)
-    os.replace(tmp, path)
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -21,6 +20,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from diffubias.files import atomic_path
 
 ACCURACY_ORDER: tuple[str, ...] = ("overall", "aligned", "conflicting", "unbiased")
 _ALIGNED_COLOR = "#4C78A8"
@@ -217,16 +218,8 @@ def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
 
 
 def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the target, so os.replace is a rename on one filesystem.
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as file:
+        write(file)
     return path
 
 
