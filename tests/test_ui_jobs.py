@@ -156,3 +156,13 @@ def test_a_job_that_cannot_be_recorded_still_reports_its_own_error(store, projec
         runner.run(project_id, "evaluate", {}, work)
     monkeypatch.undo()  # the store is back: the slot was released, the next job runs
     assert runner.run(project_id, "evaluate", {}, lambda p: JobOutcome())[1].result == {}
+
+
+def test_the_banner_shows_why_a_job_was_interrupted_and_escapes_it():
+    from ui.header import banner_html
+    from ui.studio import JobStatusView
+
+    view = JobStatusView(7, "Generate images", "interrupted", 0.4, "", "the app stopped <b>; "
+                         "run it again", None, None)
+    page = banner_html(view)
+    assert "interrupted" in page and "run it again" in page and "<b>;" not in page

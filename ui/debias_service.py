@@ -105,30 +105,32 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
     runs = [("debiased", result.debiased, result.n_train + result.n_generated)]
     if train_vanilla:
         runs.insert(0, ("vanilla", result.vanilla, result.n_train))
+    # weights and metrics first, then the rows in one short transaction: evaluating a model
+    # must not hold SQLite's write lock while other sessions wait to write
+    models = []  # (role, weights path, arch, metrics)
+    for role, run, n_train in runs:
+        weights = workspace.path_for("weights", progress.job_id, f"{role}.safetensors")
+        save_classifier(run.model, weights)
+        models.append((role, weights, run.model.spec.arch, {
+            "test": test_accuracy(data, run.model, config).to_dict(),
+            "valid_accuracy": run.valid_accuracy, "best_epoch": run.best_epoch,
+            "epochs": config.debias_epochs, "n_train": n_train,
+            "n_generated": result.n_generated if role == "debiased" else 0,
+            "history": [vars(epoch) for epoch in run.history]}))
+    for name, run in baseline_results.items():
+        weights = workspace.path_for("weights", progress.job_id, f"{name}.safetensors")
+        save_classifier(run.model, weights)
+        models.append((name, weights, run.model.spec.arch, {
+            "test": run.test.to_dict(), "valid_accuracy": run.training.valid_accuracy,
+            "best_epoch": run.training.best_epoch, "epochs": config.debias_epochs,
+            "n_train": run.n_train, "seconds": run.seconds, "info": dict(run.info),
+            "history": [vars(epoch) for epoch in run.training.history]}))
+    progress.check()
     with studio.store.sessions.begin() as session:
-        for role, run, n_train in runs:
-            weights = workspace.path_for("weights", progress.job_id, f"{role}.safetensors")
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            save_classifier(run.model, weights)
-            test = test_accuracy(data, run.model, config).to_dict()
-            metrics = {"test": test, "valid_accuracy": run.valid_accuracy,
-                       "best_epoch": run.best_epoch, "epochs": config.debias_epochs,
-                       "n_train": n_train, "n_generated": result.n_generated
-                       if role == "debiased" else 0,
-                       "history": [vars(epoch) for epoch in run.history]}
+        for role, weights, arch, metrics in models:
             repo.add_model(session, project_id, role=role, weights_path=workspace.relative(weights),
-                           arch=run.model.spec.arch, job_id=progress.job_id, metrics=metrics)
-            stored[role] = test
-        for name, run in baseline_results.items():
-            weights = workspace.path_for("weights", progress.job_id, f"{name}.safetensors")
-            save_classifier(run.model, weights)
-            metrics = {"test": run.test.to_dict(), "valid_accuracy": run.training.valid_accuracy,
-                       "best_epoch": run.training.best_epoch, "epochs": config.debias_epochs,
-                       "n_train": run.n_train, "seconds": run.seconds, "info": dict(run.info),
-                       "history": [vars(epoch) for epoch in run.training.history]}
-            repo.add_model(session, project_id, role=name, weights_path=workspace.relative(weights),
-                           arch=run.model.spec.arch, job_id=progress.job_id, metrics=metrics)
-            stored[name] = metrics["test"]
+                           arch=arch, job_id=progress.job_id, metrics=metrics)
+            stored[role] = metrics["test"]
     return JobOutcome({"test": stored, "n_train": result.n_train,
                        "n_generated": result.n_generated},
                       {"load_images": loaded - start, "train": trained - loaded,

@@ -101,6 +101,6 @@ def banner_html(status: JobStatusView) -> str:
               "interrupted": "interrupted (the app stopped while it ran)"}.get(status.status,
                                                                                  status.status)
     error = (f'<div class="job-error">{html.escape(status.error[:300])}</div>'
-             if status.error and status.status == "failed" else "")
+             if status.error and status.status in ("failed", "interrupted") else "")
     return (f'<div class="job-banner {status.status}">{word} Last job: <b>{title}</b> '
             f"{detail}.{error}</div>")
