@@ -626,3 +626,28 @@ def test_importing_storage_loads_no_torch_gradio_or_numpy():
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert output.stdout.strip() == "[]"
+
+
+def test_head_revision_is_alembics_head_and_an_up_to_date_start_skips_alembic(tmp_path: Path):
+    """open_store recognises an up-to-date database from HEAD_REVISION alone; a new migration
+    must update it, or every start would take the database for an old one."""
+    import subprocess
+    import sys
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from storage.db import HEAD_REVISION, MIGRATIONS_DIR, current_revision
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+    store = open_store(tmp_path / "ws")
+    assert current_revision(store.engine) == HEAD_REVISION
+    store.close()
+    code = ("import sys; from pathlib import Path; from storage import open_store; "
+            f"open_store(Path({str(tmp_path / 'ws')!r})).close(); "
+            "print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
