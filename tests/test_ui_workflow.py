@@ -337,3 +337,15 @@ def test_every_baseline_can_be_stored_as_a_model_role():
     from storage.models import ModelRole
 
     assert set(BASELINES) <= {role.value for role in ModelRole}
+
+
+def test_a_count_k_larger_than_a_class_says_the_class_is_taken_whole():
+    from ui.tab_bias import metrics_markdown
+
+    labels = np.array([0] * 30 + [1] * 80)
+    assert bias_service.whole_classes(labels, 50, ["cat", "dog"]) == {"cat": 30}
+    assert bias_service.whole_classes(labels, 0.5, ["cat", "dog"]) == {}
+    view = bias_service.DetectionView(1, {}, {}, {"top_k": 50}, 110, 80, 0, 1.0, None,
+                                      whole_classes={"cat": 30})
+    text = metrics_markdown(view)
+    assert "K = 50 is not smaller than these classes" in text and "cat (30)" in text

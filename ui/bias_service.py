@@ -41,6 +41,9 @@ class DetectionView:
     threshold: float | None
     seconds: float | None
     histogram: go.Figure | None = field(default=None, repr=False)
+    # classes whose every training sample is a candidate because K (a count) is not smaller
+    # than the class: {class name: class size}
+    whole_classes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,18 @@ def _detect(studio: Studio, project_id: int, config, progress: JobProgress) -> J
                                 "history": history})
     result = {"detection": _finite(detection.metrics), "test": test,
               "threshold": detection.threshold, "n_scored": len(detection.positions),
-              "n_candidates": len(detection.selected), "config": config.to_dict()}
+              "n_candidates": len(detection.selected), "config": config.to_dict(),
+              "whole_classes": whole_classes(labels, config.top_k, data.ds.class_names)}
     return JobOutcome(result, {"train_and_score": trained - start,
                                "evaluate_and_store": time.perf_counter() - trained})
+
+
+def whole_classes(labels: np.ndarray, top_k: float, class_names) -> dict[str, int]:
+    """{class name: size} of the classes a count K takes whole (K >= the class size)."""
+    if top_k < 1:
+        return {}
+    names, sizes = np.unique(labels, return_counts=True)
+    return {class_names[int(c)]: int(n) for c, n in zip(names, sizes) if top_k >= n}
 
 
 def _finite(value: Any) -> Any:
@@ -188,7 +200,8 @@ def detection_view(studio: Studio, project_id: int | None, *, label: int | None 
     return DetectionView(job.id, result.get("detection", {}), result.get("test", {}),
                          dict(job.params), result.get("n_scored", 0),
                          result.get("n_candidates", 0), n_excluded, result.get("threshold"),
-                         job.timings.get("total"), histogram)
+                         job.timings.get("total"), histogram,
+                         dict(result.get("whole_classes", {})))
 
 
 def loss_histogram_figure(session, job_id: int, class_names: list[str],

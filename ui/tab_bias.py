@@ -230,6 +230,13 @@ def metrics_markdown(view: DetectionView) -> str:
     m, t = view.metrics, view.test
     lines = [f"**{view.n_candidates} candidates** (top-K per class) of {view.n_scored} scored "
              f"training samples; {view.n_excluded} excluded."]
+    if view.whole_classes:
+        k = view.params.get("top_k")
+        listed = ", ".join(f"{name} ({size})" for name, size in view.whole_classes.items())
+        lines.append(f"⚠ K = {k:g} is not smaller than these classes, so each is a candidate "
+                     f"whole: {listed}. Use a smaller K or a fraction (e.g. 0.02) to rank within "
+                     "them." if isinstance(k, (int, float)) else
+                     f"⚠ Taken whole (K is not smaller than the class): {listed}.")
     if m.get("precision_at_k") is not None:
         lines.append(
             "Detection (the bias is known): "
