@@ -156,6 +156,28 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     page.wait_for_selector("#report-file a[download='report.html']")
     page.wait_for_selector("#job-banner .done:has-text('Export report')")
     page.screenshot(path=screenshots / "6-gradcam.png", full_page=True)
+    check_the_report_renders_offline(page, screenshots)
+
+
+def check_the_report_renders_offline(page, screenshots) -> None:
+    """What a stakeholder opens: the downloaded report.html, from disk, with its charts drawn by
+    the plotly.js it carries and every image inline; it asks nothing of the network or the app."""
+    with page.expect_download() as download:
+        page.click("#report-file a[download='report.html']")
+    saved = screenshots.parent / "downloaded" / download.value.suggested_filename
+    download.value.save_as(saved)  # with its .html name: Chromium types a file:// page by it
+    report = page.context.new_page()
+    requests = []
+    report.on("request", lambda request: requests.append(request.url))
+    report.goto(saved.as_uri())
+    report.wait_for_selector(".plotly .main-svg")  # plotly.js ran and drew a chart
+    assert report.locator(".js-plotly-plot").count() >= 2  # loss histogram, accuracy bars
+    images = report.locator("img")
+    assert images.count() > 0
+    assert report.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    assert [url for url in requests if not url.startswith("data:")] == [requests[0]]
+    report.screenshot(path=screenshots / "7-report.png")  # the top of the report
+    report.close()
 
 
 def test_a_refresh_and_a_second_tab_show_the_same_state(served, page):

@@ -177,9 +177,10 @@ def render_report(studio: Studio, project_id: int) -> str:
         parts.append("<p>Not run.</p>")
     else:
         parts.append(f"<p>A deliberately biased classifier (GCE, settings below) scored "
-                     f"{detection.n_scored} training samples; the {detection.n_candidates} "
-                     "highest-loss samples per class are the bias-conflicting candidates"
-                     f" ({detection.n_excluded} excluded by the reviewer).</p>")
+                     f"{detection.n_scored} training samples; the highest-loss samples of each "
+                     f"class (top-K per class, {detection.n_candidates} in all) are the "
+                     f"bias-conflicting candidates ({detection.n_excluded} excluded by the "
+                     "reviewer).</p>")
         metrics = {k: v for k, v in detection.metrics.items() if isinstance(v, (int, float))}
         if metrics:
             parts.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()]))

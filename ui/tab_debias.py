@@ -58,8 +58,9 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
             vanilla = gr.Checkbox(True, label="also train the vanilla model (for comparison)")
             baselines = gr.CheckboxGroup(
                 [(BASELINE_LABELS[name], name) for name in BASELINES], value=[],
-                label="also train baselines (each runs its own method on this dataset with the "
-                      "project's settings; LfF and JTT take about twice the debiased model's time)",
+                label="also train baselines for comparison",
+                info="each runs its own method on this dataset with the project's settings; "
+                     "LfF and JTT take about twice as long as the debiased model",
                 elem_id="debias-baselines")
             with gr.Row():
                 train = gr.Button("Train debiased model", variant="primary",
