@@ -134,6 +134,10 @@ def test_sigkill_during_each_long_job_loses_nothing(tmp_path, builtin_cache):
             ("debias", "/train_debiased", (),
              {"project_id": project, "n_epochs": 1, "with_vanilla": True},
              lambda job: job["progress"] > 0.05),
+            # short jobs: killed as soon as they run (every conflicting test image is explained)
+            ("gradcam", "/run_gradcam", (project, "gradcam", "conflicting", 2000), {},
+             lambda job: True),
+            ("export", "/export_report", (project,), {}, lambda job: True),
         ]
         for kind, api, args, kwargs, ready in stages:
             before, counts = referenced_files(workspace), row_counts(workspace)
@@ -160,7 +164,8 @@ def test_sigkill_during_each_long_job_loses_nothing(tmp_path, builtin_cache):
         print("\nkilled:", [(k["kind"], round(k["progress"], 2), k.get("resumed")) for k in kills])
     finally:
         app.stop()
-    assert [k["kind"] for k in kills] == ["biased_train", "caption", "generate", "debias"]
+    assert [k["kind"] for k in kills] == ["biased_train", "caption", "generate", "debias",
+                                          "gradcam", "export"]
     assert "database is locked" not in app.log()
 
 
