@@ -116,7 +116,10 @@ class SharedStages:
     """Stages more than one method uses, each computed at most once for one dataset and config.
 
     `captioner` and `generator` default to the ones `config` names; tests, and hosts that have
-    already loaded a model, pass their own. `seconds` holds each computed stage's wall time.
+    already loaded a model, pass their own. `candidates` (dataset positions) replaces the GCE
+    detection's top-K where a person has reviewed it (the app: candidates not excluded), so the
+    oversampling and DiffuBias baselines start from the same samples as the user's run.
+    `seconds` holds each computed stage's wall time.
     """
 
     data: PreparedDataset
@@ -124,6 +127,7 @@ class SharedStages:
     options: BaselineOptions = DEFAULT_OPTIONS
     captioner: Captioner | None = None
     generator: Generator | None = None
+    candidates: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     _done: dict[object, object] = field(default_factory=dict, repr=False)
 
@@ -148,8 +152,20 @@ class SharedStages:
     def jtt_epochs(self) -> int:
         return self.options.jtt_epochs or self.config.biased_epochs
 
+    def candidate_positions(self, progress: ProgressFn | None = None) -> np.ndarray:
+        """The given `candidates`, else the GCE detection's top-K per class."""
+        if self.candidates is not None:
+            return np.asarray(self.candidates, dtype=np.int64)
+        return self.detection(progress).candidates
+
+    def candidate_info(self) -> dict:
+        if self.candidates is not None:
+            return {"n_candidates": len(self.candidates), "candidate_precision": None,
+                    "candidates": "given"}
+        return _detection_info(self.detection())
+
     def captions(self, progress: ProgressFn | None = None) -> tuple[Caption, ...]:
-        candidates = self.detection(progress).candidates  # outside, so it is timed on its own
+        candidates = self.candidate_positions(progress)  # outside, so it is timed on its own
 
         def compute() -> tuple[Caption, ...]:
             captioner = self.captioner or captioner_for(self.config)
@@ -353,8 +369,7 @@ def oversample_top_k(data: PreparedDataset, config: RunConfig, *,
     """DiffuBias's top-K candidates repeated instead of generated: what is left of DiffuBias
     without generation. Each candidate gets the same number of copies."""
     shared = _check_shared(shared, data, config, options)
-    detection = shared.detection(_span(progress, 0.0, 0.3))
-    candidates = detection.candidates
+    candidates = shared.candidate_positions(_span(progress, 0.0, 0.3))
     copies = options.oversample_copies or config.captions_per_image * config.images_per_prompt
     if config.max_images:
         copies = max(1, min(copies, config.max_images // max(len(candidates), 1)))
@@ -363,9 +378,9 @@ def oversample_top_k(data: PreparedDataset, config: RunConfig, *,
     trained = train_debiased(data, config, images, labels, progress=_span(progress, 0.3, 1.0),
                              train_vanilla=False)
     return _result("oversample-topk", data, config, trained.debiased,
-                   seconds=trained.debiased.seconds + shared.seconds["detection"],
+                   seconds=trained.debiased.seconds + shared.seconds.get("detection", 0.0),
                    n_added=len(labels),
-                   info={"copies_per_candidate": copies, **_detection_info(detection)},
+                   info={"copies_per_candidate": copies, **shared.candidate_info()},
                    added_from=np.repeat(candidates, copies))
 
 
@@ -392,13 +407,13 @@ def _diffubias(name: str, data: PreparedDataset, config: RunConfig, options: Bas
     prompts = shared.prompts(text_filter=text_filter, progress=_span(progress, 0.0, 0.3))
     augmented = shared.augmented_training(prompts, progress=_span(progress, 0.3, 1.0))
     n_captions = len(shared.captions())
-    seconds = (shared.seconds["detection"] + shared.seconds["captions"]
+    seconds = (shared.seconds.get("detection", 0.0) + shared.seconds["captions"]
                + augmented.generation_seconds + augmented.training.seconds)
     return _result(name, data, config, augmented.training, seconds=seconds,
                    n_added=len(augmented.added_from),
                    info={"text_filter": text_filter, "n_captions": n_captions,
                          "n_prompts": len(prompts), "n_generated": len(augmented.added_from),
-                         **_detection_info(shared.detection())},
+                         **shared.candidate_info()},
                    added_from=augmented.added_from)
 
 

@@ -372,15 +372,17 @@ def stage_debias(run: Run) -> dict:
 
 
 def _train_baselines(run: Run) -> dict:
-    """The baselines `config.baselines` names, each run as `diffubias.baselines` runs it (its own
-    GCE detection and captions from the config, not this run's edited prompts), with the same
-    seeded initialisation, schedule and checkpoint selection as the debiased model."""
+    """The baselines `config.baselines` names, each run as `diffubias.baselines` runs it (from
+    this run's top-K candidates, with captions from the config, not this run's edited prompts),
+    with the same seeded initialisation, schedule and checkpoint selection as the debiased
+    model."""
     cfg, data = run.config, run.data
     if not cfg.baselines:
         return {}
     from diffubias.baselines import SharedStages, run_method
 
-    shared = SharedStages(data, cfg)
+    # the run's own top-K (scores.csv): the same the detection would recompute, without training
+    shared = SharedStages(data, cfg, candidates=np.asarray(read_candidates(run), dtype=np.int64))
     models = {}
     for name in cfg.baselines:
         run.log(f"== baseline {name}")

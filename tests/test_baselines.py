@@ -140,6 +140,20 @@ def test_oversampling_repeats_exactly_the_candidates(planted_run):
     assert result.info["copies_per_candidate"] == 5
 
 
+def test_reviewed_candidates_replace_the_detection_and_skip_its_training(planted_run):
+    """The app passes the candidates a person kept: oversampling repeats exactly those, and no
+    GCE model is trained for it."""
+    cfg, data, _ = planted_run
+    positions, _ = data.split("train")
+    reviewed = np.asarray(positions[:7])
+    shared = SharedStages(data, cfg, BaselineOptions(oversample_copies=3), candidates=reviewed)
+    result = oversample_top_k(data, cfg, options=shared.options, shared=shared)
+    repeated, counts = np.unique(result.added_from, return_counts=True)
+    assert np.array_equal(repeated, np.sort(reviewed)) and (counts == 3).all()
+    assert "detection" not in shared.seconds
+    assert result.info["candidates"] == "given" and result.info["n_candidates"] == 7
+
+
 def test_diffubias_variants_share_detection_and_differ_only_in_prompts(planted_run):
     cfg, data, is_conflict = planted_run
     shared = SharedStages(data, cfg, generator=PlantedGenerator(data.ds.class_names))

@@ -163,8 +163,11 @@ def test_debias_trains_the_chosen_baselines_next_to_diffubias(digits_run, tmp_pa
         entry = report["models"][name]
         assert set(entry["test"]) >= {"overall", "aligned", "conflicting", "unbiased"}
         assert (out / f"{name}.safetensors").exists()
-    # oversampling adds copies of the top-K candidates: more training samples than vanilla
-    assert report["models"]["oversample-topk"]["n_train"] > report["models"]["vanilla"]["n_train"]
+    # oversampling repeats this run's top-K candidates (scores.csv), 3 captions x 1 image each
+    oversampled = report["models"]["oversample-topk"]
+    assert oversampled["info"]["candidates"] == "given"
+    n_candidates = report["detection"]["n_selected"]
+    assert oversampled["n_train"] == report["models"]["vanilla"]["n_train"] + 3 * n_candidates
     assert report["config"]["baselines"] == ["oversample-topk", "jtt"]
     assert main(["debias", "--out", str(out), "--baselines", ""]) == 0
     report = json.loads((out / "report.json").read_text())

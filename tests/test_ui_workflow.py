@@ -322,8 +322,10 @@ def test_debias_tab_trains_the_chosen_baselines_and_forgets_dropped_ones(workflo
     rows = {r.role: r for r in view.rows}
     assert {"biased", "vanilla", "debiased", "oversample-topk"} <= set(rows)
     assert set(rows["oversample-topk"].test) >= {"overall", "aligned", "conflicting", "unbiased"}
-    # the oversampled candidates are extra training samples
-    assert rows["oversample-topk"].n_train > rows["vanilla"].n_train
+    # oversampling repeats the candidates the reviewer kept (one copy each: max_images caps it)
+    detection = bias_service.detection_view(studio, pid, with_histogram=False)
+    kept = detection.n_candidates - detection.n_excluded
+    assert rows["oversample-topk"].n_train == rows["vanilla"].n_train + kept
     assert studio.store.workspace.resolve(rows["oversample-topk"].weights).is_file()
     assert "oversample-topk" in [trace.name for trace in view.figure.data]
     with pytest.raises(ValueError, match="unknown baselines"):

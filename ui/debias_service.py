@@ -5,7 +5,8 @@ overall / bias-aligned / bias-conflicting / unbiased test accuracy of all three 
 `train_debiased_models` runs `diffubias.method.train_debiased` as a job and stores both models'
 weights and metrics; with `baselines` it then trains each named baseline of `diffubias.baselines`
 (LfF, JTT, oversampled top-K, DiffuBias without the text filter) the way that method works on its
-own: its own GCE detection and captions from the project's settings, not the edited prompts.
+own with the project's settings: the candidates the user kept in tab 2, captions from the
+project's captioner (not the edited prompts).
 `debias_view` reads them back.
 """
 
@@ -62,6 +63,11 @@ def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None
         prompts, images = current_images(session, project_id)
         images = [im for im in images if im.accepted is not False]
         settings = project.settings
+        reviewed = []  # the candidates the user kept in tab 2, for the baselines that use them
+        if baselines:
+            detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
+            reviewed = [c.position for c in repo.top_candidates(
+                session, detection.id, limit=None, include_excluded=False)]
     if not images:
         raise ValueError("no generated images to train on: generate some in tab 4 (rejected "
                          "images are left out)")
@@ -75,7 +81,7 @@ def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None
     def work(progress: JobProgress) -> JobOutcome:
         return _train(studio, project_id, config, [(studio.store.workspace.resolve(im.path),
                                                     labels[im.prompt_id]) for im in images],
-                      bool(train_vanilla), progress)
+                      bool(train_vanilla), reviewed, progress)
 
     studio.datasets.get(project_id)
     studio.jobs.run(project_id, JobKind.DEBIAS, params, work, ui=ui)
@@ -83,7 +89,7 @@ def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None
 
 
 def _train(studio: Studio, project_id: int, config, generated: list, train_vanilla: bool,
-           progress: JobProgress) -> JobOutcome:
+           reviewed: list[int], progress: JobProgress) -> JobOutcome:
     from diffubias.method import test_accuracy, train_debiased
     from diffubias.models import save_classifier
 
@@ -96,7 +102,7 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
     main_end = 0.95 / (1 + 0.8 * len(config.baselines))
     result = train_debiased(data, config, images, labels, progress=progress.part(0.02, main_end),
                             train_vanilla=train_vanilla)
-    baseline_results = _train_baselines(data, config, progress, main_end, 0.95)
+    baseline_results = _train_baselines(data, config, reviewed, progress, main_end, 0.95)
     trained = time.perf_counter()
     progress(0.96, "evaluating on the test split")
     progress.check()
@@ -137,13 +143,15 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
                        "evaluate_and_store": time.perf_counter() - trained})
 
 
-def _train_baselines(data, config, progress: JobProgress, start: float, end: float) -> dict:
-    """Each of `config.baselines`, sharing one GCE detection / captions between them."""
+def _train_baselines(data, config, reviewed: list[int], progress: JobProgress, start: float,
+                     end: float) -> dict:
+    """Each of `config.baselines`, sharing their captions; oversampling and DiffuBias without
+    the filter start from `reviewed`, the candidates the user kept in tab 2."""
     if not config.baselines:
         return {}
     from diffubias.baselines import SharedStages, run_method
 
-    shared = SharedStages(data, config)
+    shared = SharedStages(data, config, candidates=np.asarray(reviewed, dtype=np.int64))
     step = (end - start) / len(config.baselines)
     results = {}
     for i, name in enumerate(config.baselines):

@@ -59,8 +59,9 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
             baselines = gr.CheckboxGroup(
                 [(BASELINE_LABELS[name], name) for name in BASELINES], value=[],
                 label="also train baselines for comparison",
-                info="each runs its own method on this dataset with the project's settings; "
-                     "LfF and JTT take about twice as long as the debiased model",
+                info="same schedule as the debiased model; oversampling and the no-filter "
+                     "variant start from the candidates kept in tab 2; LfF and JTT find their "
+                     "own and take about twice as long",
                 elem_id="debias-baselines")
             with gr.Row():
                 train = gr.Button("Train debiased model", variant="primary",
