@@ -27,8 +27,15 @@ from diffubias.config import RunConfig
 from diffubias.dataset import ImageDataset, read_images
 from diffubias.evaluation import GroupAccuracy, predict
 from diffubias.generation import Generator, make_generator
-from diffubias.method import (Detection, PreparedDataset, detect_bias, new_classifier,
-                              test_accuracy, train_config, train_debiased)
+from diffubias.method import (
+    Detection,
+    PreparedDataset,
+    detect_bias,
+    new_classifier,
+    test_accuracy,
+    train_config,
+    train_debiased,
+)
 from diffubias.scoring import score_samples
 from diffubias.text_filter import Prompt, filter_captions
 from diffubias.training import ProgressFn, TrainResult, gce_loss, train_classifier
