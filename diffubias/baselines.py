@@ -460,6 +460,24 @@ def run_method(name: str, data: PreparedDataset, config: RunConfig, *,
     return METHODS[name].run(data, config, options=options, shared=shared, progress=progress)
 
 
+def run_baselines(names: Sequence[str], data: PreparedDataset, config: RunConfig, *,
+                  candidates: np.ndarray | None = None, progress: ProgressFn | None = None,
+                  before_each: Callable[[str], None] | None = None) -> dict[str, MethodResult]:
+    """Several methods of `METHODS` on one dataset, sharing their stages (one `SharedStages`,
+    with `candidates` if given), each on an equal share of `progress`. `before_each(name)` runs
+    before each method: a log line, or a check that the job was not stopped."""
+    shared = SharedStages(data, config, candidates=candidates)
+    results = {}
+    for i, name in enumerate(names):
+        if before_each is not None:
+            before_each(name)
+        part = _span(progress, i / len(names), (i + 1) / len(names))
+        if part is not None:
+            part(0.0, f"baseline {name} ({i + 1} of {len(names)})")
+        results[name] = run_method(name, data, config, shared=shared, progress=part)
+    return results
+
+
 # -- shared helpers -------------------------------------------------------------------------------
 
 def _check_shared(shared: SharedStages | None, data: PreparedDataset, config: RunConfig,

@@ -49,10 +49,6 @@ STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam")
 Log = Callable[[str], None]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def library_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -116,7 +112,7 @@ class Run:
                 report.setdefault(key, {}).update(value)
             else:
                 report[key] = value
-        _atomic_write_text(self.report_path, json.dumps(report, indent=2, sort_keys=True))
+        atomic_write_text(self.report_path, json.dumps(report, indent=2, sort_keys=True))
         return report
 
     def require(self, name: str, stage: str) -> Path:
@@ -379,20 +375,16 @@ def _train_baselines(run: Run) -> dict:
     cfg, data = run.config, run.data
     if not cfg.baselines:
         return {}
-    from diffubias.baselines import SharedStages, run_method
+    from diffubias.baselines import run_baselines
 
     # the run's own top-K (scores.csv): the same the detection would recompute, without training
-    shared = SharedStages(data, cfg, candidates=np.asarray(read_candidates(run), dtype=np.int64))
+    results = run_baselines(cfg.baselines, data, cfg,
+                            candidates=np.asarray(read_candidates(run), dtype=np.int64),
+                            before_each=lambda name: run.log(f"== baseline {name}"))
     models = {}
-    for name in cfg.baselines:
-        run.log(f"== baseline {name}")
-        result = run_method(name, data, cfg, shared=shared)
+    for name, result in results.items():
         save_classifier(result.model, run.out_dir / f"{name}.safetensors")
-        models[name] = {"test": result.test.to_dict(),
-                        "valid_accuracy": result.training.valid_accuracy,
-                        "best_epoch": result.training.best_epoch, "epochs": cfg.debias_epochs,
-                        "n_train": result.n_train, "seconds": result.seconds,
-                        "info": dict(result.info)}
+        models[name] = {**result.to_dict(), "epochs": cfg.debias_epochs}
     return models
 
 

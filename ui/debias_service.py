@@ -127,9 +127,7 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
         weights = workspace.path_for("weights", progress.job_id, f"{name}.safetensors")
         save_classifier(run.model, weights)
         models.append((name, weights, run.model.spec.arch, {
-            "test": run.test.to_dict(), "valid_accuracy": run.training.valid_accuracy,
-            "best_epoch": run.training.best_epoch, "epochs": config.debias_epochs,
-            "n_train": run.n_train, "seconds": run.seconds, "info": dict(run.info),
+            **run.to_dict(), "epochs": config.debias_epochs,
             "history": [vars(epoch) for epoch in run.training.history]}))
     progress.check()
     with studio.store.sessions.begin() as session:
@@ -149,17 +147,12 @@ def _train_baselines(data, config, reviewed: list[int], progress: JobProgress, s
     the filter start from `reviewed`, the candidates the user kept in tab 2."""
     if not config.baselines:
         return {}
-    from diffubias.baselines import SharedStages, run_method
+    from diffubias.baselines import run_baselines
 
-    shared = SharedStages(data, config, candidates=np.asarray(reviewed, dtype=np.int64))
-    step = (end - start) / len(config.baselines)
-    results = {}
-    for i, name in enumerate(config.baselines):
-        progress.check()
-        part = progress.part(start + i * step, start + (i + 1) * step)
-        part(0.0, f"baseline {name} ({i + 1} of {len(config.baselines)})")
-        results[name] = run_method(name, data, config, shared=shared, progress=part)
-    return results
+    return run_baselines(config.baselines, data, config,
+                         candidates=np.asarray(reviewed, dtype=np.int64),
+                         progress=progress.part(start, end),
+                         before_each=lambda _: progress.check())
 
 
 def load_images(items: list, *, size: int):
