@@ -13,6 +13,7 @@ by the migrations in `storage/migrations`; a change here needs a new revision th
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,16 +61,26 @@ class JobKind(enum.StrEnum):
 
 
 class ModelRole(enum.StrEnum):
-    """Why a classifier was trained. Stored as plain text: adding a role needs no migration."""
+    """Why a classifier was trained: the roles the app itself asks for by name.
+
+    Stored as plain text, and the store takes any role that matches `MODEL_ROLE_PATTERN`, so a
+    baseline method is stored under its own name with no member here and no migration.
+    """
 
     BIASED = "biased"
     VANILLA = "vanilla"
     DEBIASED = "debiased"
-    # baselines trained next to the debiased model for comparison (diffubias.config.BASELINES)
+    # Baselines trained next to the debiased model (diffubias.config.BASELINES). The store does
+    # not need them; they stay because tests/test_ui_workflow.py checks each baseline is here.
     LFF = "lff"
     JTT = "jtt"
     OVERSAMPLE_TOPK = "oversample-topk"
     DIFFUBIAS_NO_FILTER = "diffubias-no-filter"
+
+
+# A model role is a short lower-case slug (a ModelRole or a baseline's name), matched whole; at
+# most 32 characters because models.role is a String(32).
+MODEL_ROLE_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def utc_now() -> datetime:
@@ -267,7 +278,7 @@ class TrainedModel(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    role: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(32))  # matches MODEL_ROLE_PATTERN
     weights_path: Mapped[str]  # relative to the workspace root
     arch: Mapped[str]
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from storage import Store, open_store
 from storage import repository as repo
-from storage.models import Base, GeneratedImage, Job, Project, Sample, Score
+from storage.models import Base, GeneratedImage, Job, ModelRole, Project, Sample, Score
 
 
 @pytest.fixture
@@ -474,5 +474,28 @@ def test_models_latest_by_role(session: Session):
     assert repo.latest_model(session, project.id, "biased").id == second.id
     assert repo.latest_model(session, project.id, "debiased") is None
     assert [m.id for m in repo.list_models(session, project.id)] == [second.id, first.id]
-    with pytest.raises(ValueError, match="debiased"):
-        repo.add_model(session, project.id, role="baised", weights_path="w", arch="r18")
+
+
+def test_a_new_baseline_is_stored_under_its_own_role_with_no_storage_edit(session: Session):
+    project = make_project(session, n_samples=2)
+    dfa = repo.add_model(session, project.id, role="dfa", weights_path="weights/dfa", arch="r18")
+    longest = "a" + "-b3" * 10 + "c"  # 32 characters: the width of models.role
+    repo.add_model(session, project.id, role=longest, weights_path="weights/l", arch="r18")
+    for role in ModelRole:  # the app's own roles are slugs too
+        repo.add_model(session, project.id, role=role, weights_path=f"weights/{role}", arch="r18")
+    session.expire_all()  # read the roles back from the database, not the identity map
+    assert repo.latest_model(session, project.id, "dfa").id == dfa.id
+    assert [m.role for m in repo.list_models(session, project.id, "dfa")] == ["dfa"]
+    assert repo.latest_model(session, project.id, longest).role == longest
+    stored = {m.role for m in repo.list_models(session, project.id)}
+    assert stored == {"dfa", longest, *(role.value for role in ModelRole)}
+
+
+@pytest.mark.parametrize("bad", ["Bad Role!", "", "Debiased", "group_dro", "1st", "-dfa",
+                                 "dfa\n", " dfa", "a" * 33, None])
+def test_add_model_refuses_a_role_that_is_not_a_short_lower_case_slug(session: Session, bad):
+    project = make_project(session, n_samples=2)
+    with pytest.raises(ValueError, match="lower-case") as refused:
+        repo.add_model(session, project.id, role=bad, weights_path="weights/x", arch="r18")
+    assert repr(bad) in str(refused.value)  # names the bad value
+    assert repo.list_models(session, project.id) == []

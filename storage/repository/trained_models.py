@@ -1,8 +1,9 @@
-"""Trained models: a project's classifiers by role (one of `ModelRole`), with their weights'
-workspace path and metrics.
+"""Trained models: a project's classifiers by role (biased, vanilla, debiased, each baseline),
+with their weights' workspace path and metrics.
 
-Reads skip models of jobs that did not end done. This module knows nothing of the weights'
-format or of how a model was trained.
+A role is any short lower-case slug (`storage.models.MODEL_ROLE_PATTERN`), so a new baseline
+method needs no edit here. Reads skip models of jobs that did not end done. This module knows
+nothing of the weights' format or of how a model was trained.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import Job, JobStatus, ModelRole, TrainedModel
-
-_MODEL_ROLES = frozenset(role.value for role in ModelRole)
+from storage.models import MODEL_ROLE_PATTERN, Job, JobStatus, TrainedModel
 
 
 def add_model(
@@ -28,10 +27,15 @@ def add_model(
     job_id: int | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> TrainedModel:
-    """Record a classifier whose weights are at `weights_path` (relative to the workspace)."""
-    if role not in _MODEL_ROLES:
-        expected = [known.value for known in ModelRole]
-        raise ValueError(f"unknown model role {role!r}; expected one of {expected}")
+    """Record a classifier whose weights are at `weights_path` (relative to the workspace).
+
+    `role` is a `ModelRole` or a baseline's name: any short lower-case slug.
+    """
+    if not isinstance(role, str) or MODEL_ROLE_PATTERN.fullmatch(role) is None:
+        raise ValueError(
+            f"model role {role!r} is not a short lower-case slug; expected a lower-case letter "
+            "then up to 31 lower-case letters, digits or hyphens, like 'debiased' or "
+            f"'oversample-topk' (pattern {MODEL_ROLE_PATTERN.pattern})")
     model = TrainedModel(
         project_id=project_id,
         job_id=job_id,
