@@ -41,7 +41,7 @@ from diffubias.config import RunConfig  # noqa: E402
 from diffubias.generation import Generator  # noqa: E402
 from diffubias.dataset import ImageDataset  # noqa: E402
 from diffubias.images import open_images  # noqa: E402
-from diffubias.method import (PreparedDataset, new_classifier, test_accuracy,  # noqa: E402
+from diffubias.prepared import (PreparedDataset, new_classifier, test_accuracy,  # noqa: E402
                               train_config)
 from diffubias.scoring import detection_metrics, score_samples  # noqa: E402
 from diffubias.training import to_float, train_classifier  # noqa: E402

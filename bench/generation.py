@@ -28,10 +28,11 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests"), str(ROOT)]
 from markdown import machine_line, write_section  # noqa: E402
 from tiny_models import build_tiny_blip, build_tiny_sd, write_tiny_dataset  # noqa: E402
 
-from diffubias.captions import make_captioner  # noqa: E402
+from diffubias.backends import make_captioner  # noqa: E402
 from diffubias.dataset import load_dataset  # noqa: E402
 from diffubias.diffusion import (DiffusersGenerator, DiffusionSettings,  # noqa: E402
                                  load_diffusers_generator)
+from diffubias.generation import plan_images  # noqa: E402
 from diffubias.hf_captioners import CaptionSettings, ModelCaptioner  # noqa: E402
 from diffubias.text_filter import Prompt  # noqa: E402
 
@@ -61,16 +62,19 @@ def bench_generation(work: Path, args) -> str:
     n = args.prompts * args.images_per_prompt
     out = {}
 
+    def draw(generator, some, per_prompt):
+        items = plan_images(some, images_per_prompt=per_prompt, seed=0)
+        return [image for _, image in generator.generate_items(items)]
+
     def run(name, generator):
         def go():
-            out[name] = generator.generate(prompts, images_per_prompt=args.images_per_prompt,
-                                           seed=0)
+            out[name] = draw(generator, prompts, args.images_per_prompt)
         return go
 
-    loop.generate(prompts[:1], images_per_prompt=1, seed=0)  # warm-up, both shapes
-    batched.generate(prompts[:1], images_per_prompt=args.batch, seed=0)
+    draw(loop, prompts[:1], 1)  # warm-up, both shapes
+    draw(batched, prompts[:1], args.batch)
     t = best_of(args.repeats, {"loop": run("loop", loop), "batched": run("batched", batched)})
-    diff = max(np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image)).max()
+    diff = max(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b)).max()
                for a, b in zip(out["loop"], out["batched"]))
     return "\n".join([
         "## Generation: batched vs one prompt per call (CPU, tiny pipeline)", "",

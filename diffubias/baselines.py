@@ -19,26 +19,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from diffubias.captions import Caption, Captioner, make_captioner
+from diffubias.backends import captioner_for, generator_for
+from diffubias.captions import Caption, Captioner
 from diffubias.config import RunConfig
-from diffubias.dataset import ImageDataset, read_images
+from diffubias.dataset import read_images
 from diffubias.evaluation import GroupAccuracy, predict
-from diffubias.generation import Generator, make_generator
-from diffubias.method import (
-    Detection,
+from diffubias.generation import Generator
+from diffubias.images import stack_images
+from diffubias.prepared import (
     PreparedDataset,
-    detect_bias,
     new_classifier,
     test_accuracy,
     train_config,
-    train_debiased,
+    train_evaluated,
 )
+from diffubias.progress import ProgressFn, part
 from diffubias.scoring import score_samples
-from diffubias.text_filter import Prompt, filter_captions
-from diffubias.training import ProgressFn, TrainResult, gce_loss, train_classifier
+from diffubias.stages.detect import Detection, detect_bias
+from diffubias.stages.generate import MemorySink, generate_images, prompts_to_generate
+from diffubias.stages.prompts import filter_prompts
+from diffubias.text_filter import Prompt
+from diffubias.training import TrainResult, gce_loss, train_classifier
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,7 @@ class SharedStages:
         (each distinct caption of a sample once), capped as `max_images` requires."""
         cfg, ds = self.config, self.data.ds
         captions = self.captions(progress)
-        result = filter_captions(captions, ds.labels, top_f=cfg.top_f or 2 * ds.num_classes,
-                                 extra_stop_words=cfg.extra_stop_words)
+        result = filter_prompts(captions, ds.labels, cfg, num_classes=ds.num_classes)
         if text_filter:
             prompts = list(result.kept)
         else:
@@ -196,8 +198,7 @@ class SharedStages:
             prompts = sorted((Prompt(p.text, p.label, p.source, p.matched_words)
                               for p in result.kept + result.dropped),
                              key=lambda p: order[(p.source, p.text.lower())])
-        if cfg.max_images:
-            prompts = prompts[: max(1, cfg.max_images // cfg.images_per_prompt)]
+        prompts = prompts_to_generate(prompts, cfg)
         if not prompts:
             raise ValueError("no prompts left to generate from: the text filter dropped every "
                              "caption; raise top_f or review the captions")
@@ -215,49 +216,19 @@ class SharedStages:
                          progress: ProgressFn | None) -> AugmentedTraining:
         cfg, ds = self.config, self.data.ds
         start = time.perf_counter()
-        generator = self.generator or generator_for(cfg, ds)
-        generated = generator.generate(list(prompts), images_per_prompt=cfg.images_per_prompt,
-                                       seed=cfg.seed)
-        images = images_to_tensor([g.image for g in generated], size=self.data.image_size)
-        labels = torch.tensor([g.label for g in generated], dtype=torch.int64)
+        generator = self.generator or generator_for(cfg, dataset_name=ds.name,
+                                                    class_names=ds.class_names)
+        sink = MemorySink()
+        generate_images(generator, prompts, cfg, sink=sink)  # the app's and the CLI's images
+        images = stack_images([image for _, image in sink.images], size=self.data.image_size)
+        labels = torch.tensor([item.prompt.label for item, _ in sink.images], dtype=torch.int64)
         generation_seconds = time.perf_counter() - start
-        trained = train_debiased(self.data, cfg, images, labels, progress=progress,
-                                 train_vanilla=False)
-        return AugmentedTraining(trained.debiased, prompts,
-                                 np.array([g.source for g in generated], dtype=np.int64),
+        training = train_evaluated(self.data, cfg, desc="DiffuBias", added=(images, labels),
+                                   progress=progress)
+        return AugmentedTraining(training, prompts,
+                                 np.array([item.prompt.source for item, _ in sink.images],
+                                          dtype=np.int64),
                                  generation_seconds)
-
-
-def captioner_for(config: RunConfig) -> Captioner:
-    """The captioner `config` names, built as the pipeline's caption stage builds it."""
-    return make_captioner(config.captioner, per_image=config.captions_per_image,
-                          instruction=config.caption_instruction,
-                          batch_size=config.caption_batch_size,
-                          max_new_tokens=config.caption_max_new_tokens, seed=config.seed,
-                          device=config.device, dtype=config.model_dtype)
-
-
-def generator_for(config: RunConfig, ds: ImageDataset) -> Generator:
-    """The generator `config` names, built as the pipeline's generate stage builds it."""
-    from diffubias.diffusion import DiffusionSettings
-
-    settings = DiffusionSettings(steps=config.gen_steps, guidance_scale=config.guidance_scale,
-                                 negative_prompt=config.negative_prompt,
-                                 batch_size=config.gen_batch_size, width=config.gen_width,
-                                 height=config.gen_height)
-    return make_generator(config.generator, dataset_name=ds.name, class_names=ds.class_names,
-                          settings=settings, device=config.device, dtype=config.model_dtype,
-                          offload=config.offload, compile_mode=config.compile_mode)
-
-
-def images_to_tensor(images: Sequence[Image.Image], *, size: int) -> torch.Tensor:
-    """PIL images -> uint8 (N, 3, size, size), resized bilinearly where needed."""
-    arrays = [np.asarray((im if im.size == (size, size) else
-                          im.resize((size, size), Image.Resampling.BILINEAR)).convert("RGB"))
-              for im in images]
-    if not arrays:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
 
 
 def identify_errors(data: PreparedDataset, config: RunConfig, *, epochs: int,
@@ -270,7 +241,7 @@ def identify_errors(data: PreparedDataset, config: RunConfig, *, epochs: int,
     training = train_classifier(new_classifier(data, config), train, valid=valid,
                                 config=train_config(config, epochs=epochs, loss="ce",
                                                     selection="last"),
-                                progress=_span(progress, 0.0, 0.9), desc="JTT ERM (CE)")
+                                progress=part(progress, 0.0, 0.9), desc="JTT ERM (CE)")
     losses = score_samples(training.model, train, device=device)
     predictions, _ = predict(training.model, train, device=device)
     return ErrorSet(training, positions, losses, predictions != train.labels.numpy())
@@ -334,7 +305,7 @@ def vanilla(data: PreparedDataset, config: RunConfig, *,
             progress: ProgressFn | None = None) -> MethodResult:
     """ERM: plain cross entropy on the training split."""
     _check_shared(shared, data, config, options)
-    training = _train_ce(data, config, desc="vanilla", progress=progress)
+    training = train_evaluated(data, config, desc="vanilla", progress=progress)
     return _result("vanilla", data, config, training, seconds=training.seconds)
 
 
@@ -347,7 +318,7 @@ def lff(data: PreparedDataset, config: RunConfig, *, options: BaselineOptions = 
     weighting = LfFLoss(new_classifier(data, config), train.labels,
                         num_classes=data.ds.num_classes, q=config.gce_q, ema=options.lff_ema,
                         lr=config.lr, device=config.resolved_device())
-    training = _train_ce(data, config, desc="LfF", progress=progress, step_loss=weighting)
+    training = train_evaluated(data, config, desc="LfF", progress=progress, step_loss=weighting)
     return _result("lff", data, config, training, seconds=training.seconds,
                    info={"ema": options.lff_ema, "gce_q": config.gce_q},
                    weights=weighting.weights.numpy())
@@ -358,10 +329,10 @@ def jtt(data: PreparedDataset, config: RunConfig, *, options: BaselineOptions = 
     """Just Train Twice: ERM for T epochs, then retrain with its error set's loss weighted by
     lambda (the expectation of repeating each error lambda times, at the cost of one epoch)."""
     shared = _check_shared(shared, data, config, options)
-    errors = shared.error_set(_span(progress, 0.0, 0.3))
+    errors = shared.error_set(part(progress, 0.0, 0.3))
     weights = torch.ones(len(errors.errors))
     weights[torch.from_numpy(errors.errors)] = options.jtt_upweight
-    training = _train_ce(data, config, desc="JTT", progress=_span(progress, 0.3, 1.0),
+    training = train_evaluated(data, config, desc="JTT", progress=part(progress, 0.3, 1.0),
                          sample_weights=weights)
     return _result("jtt", data, config, training,
                    seconds=training.seconds + shared.seconds["error_set"],
@@ -376,16 +347,16 @@ def oversample_top_k(data: PreparedDataset, config: RunConfig, *,
     """DiffuBias's top-K candidates repeated instead of generated: what is left of DiffuBias
     without generation. Each candidate gets the same number of copies."""
     shared = _check_shared(shared, data, config, options)
-    candidates = shared.candidate_positions(_span(progress, 0.0, 0.3))
+    candidates = shared.candidate_positions(part(progress, 0.0, 0.3))
     copies = options.oversample_copies or config.captions_per_image * config.images_per_prompt
     if config.max_images:
         copies = max(1, min(copies, config.max_images // max(len(candidates), 1)))
     images = read_images(data.ds, candidates, size=data.image_size).repeat_interleave(copies, 0)
     labels = torch.from_numpy(data.ds.labels[candidates].astype(np.int64)).repeat_interleave(copies)
-    trained = train_debiased(data, config, images, labels, progress=_span(progress, 0.3, 1.0),
-                             train_vanilla=False)
-    return _result("oversample-topk", data, config, trained.debiased,
-                   seconds=trained.debiased.seconds + shared.seconds.get("detection", 0.0),
+    training = train_evaluated(data, config, desc="oversampled top-K", added=(images, labels),
+                               progress=part(progress, 0.3, 1.0))
+    return _result("oversample-topk", data, config, training,
+                   seconds=training.seconds + shared.seconds.get("detection", 0.0),
                    n_added=len(labels),
                    info={"copies_per_candidate": copies, **shared.candidate_info()},
                    added_from=np.repeat(candidates, copies))
@@ -411,8 +382,8 @@ def _diffubias(name: str, data: PreparedDataset, config: RunConfig, options: Bas
                shared: SharedStages | None, progress: ProgressFn | None, *,
                text_filter: bool) -> MethodResult:
     shared = _check_shared(shared, data, config, options)
-    prompts = shared.prompts(text_filter=text_filter, progress=_span(progress, 0.0, 0.3))
-    augmented = shared.augmented_training(prompts, progress=_span(progress, 0.3, 1.0))
+    prompts = shared.prompts(text_filter=text_filter, progress=part(progress, 0.0, 0.3))
+    augmented = shared.augmented_training(prompts, progress=part(progress, 0.3, 1.0))
     n_captions = len(shared.captions())
     seconds = (shared.seconds.get("detection", 0.0) + shared.seconds["captions"]
                + augmented.generation_seconds + augmented.training.seconds)
@@ -471,10 +442,10 @@ def run_baselines(names: Sequence[str], data: PreparedDataset, config: RunConfig
     for i, name in enumerate(names):
         if before_each is not None:
             before_each(name)
-        part = _span(progress, i / len(names), (i + 1) / len(names))
-        if part is not None:
-            part(0.0, f"baseline {name} ({i + 1} of {len(names)})")
-        results[name] = run_method(name, data, config, shared=shared, progress=part)
+        span = part(progress, i / len(names), (i + 1) / len(names))
+        if span is not None:
+            span(0.0, f"baseline {name} ({i + 1} of {len(names)})")
+        results[name] = run_method(name, data, config, shared=shared, progress=span)
     return results
 
 
@@ -490,19 +461,6 @@ def _check_shared(shared: SharedStages | None, data: PreparedDataset, config: Ru
     return shared
 
 
-def _train_ce(data: PreparedDataset, config: RunConfig, *, desc: str,
-              progress: ProgressFn | None, sample_weights: torch.Tensor | None = None,
-              step_loss=None) -> TrainResult:
-    """The schedule every evaluated model gets (as in `train_debiased`): the run's seeded
-    initialisation, `debias_epochs` of CE, checkpoint chosen on the validation split."""
-    _, train = data.split("train")
-    _, valid = data.split("valid")
-    return train_classifier(new_classifier(data, config), train, valid=valid,
-                            config=train_config(config, epochs=config.debias_epochs, loss="ce"),
-                            sample_weights=sample_weights, step_loss=step_loss,
-                            progress=progress, desc=desc)
-
-
 def _result(method: str, data: PreparedDataset, config: RunConfig, training: TrainResult, *,
             seconds: float, n_added: int = 0, info: Mapping[str, object] | None = None,
             weights: np.ndarray | None = None,
@@ -515,10 +473,3 @@ def _result(method: str, data: PreparedDataset, config: RunConfig, training: Tra
 def _detection_info(detection: Detection) -> dict:
     return {"n_candidates": int(len(detection.selected)),
             "candidate_precision": detection.metrics.get("precision_at_k")}
-
-
-def _span(progress: ProgressFn | None, start: float, end: float) -> ProgressFn | None:
-    """Maps a sub-task's progress in [0, 1] onto [start, end] of the caller's bar."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (end - start) * fraction, message)

@@ -2,7 +2,8 @@
 
 A captioner returns, for each requested dataset position, one or more captions. The `metadata`
 backend reads the captions stored with the dataset (CSV columns caption, caption_2, ...); model
-backends (BLIP, VLMs) live in their own module and follow the same protocol.
+backends (BLIP, VLMs) live in `diffubias.hf_captioners` and follow the same protocol;
+`diffubias.backends` builds either by name.
 """
 
 from __future__ import annotations
@@ -45,24 +46,3 @@ class MetadataCaptioner:
                 "caption_2, ...); add them or choose a model captioner")
         return [Caption(int(p), text, self.backend, params={"per_image": self.per_image})
                 for p in positions for text in ds.captions[int(p)][: self.per_image]]
-
-
-CAPTIONERS = ("metadata",)
-
-
-def make_captioner(name: str, *, per_image: int = 3, instruction: str | None = None,
-                   batch_size: int = 16, max_new_tokens: int = 40, seed: int = 0,
-                   device: str = "auto", dtype: str = "auto") -> Captioner:
-    """A captioner by name: `metadata`, or a BLIP / image-text-to-text VLM by hub id, local
-    folder or short name (blip, blip-base, llava, llava-llama3); see diffubias.hf_captioners.
-
-    `instruction` is the VLM prompt (None: the default); the other options apply to models only.
-    """
-    if name == "metadata":
-        return MetadataCaptioner(per_image=per_image)
-    from diffubias.hf_captioners import CaptionSettings, load_captioner
-
-    settings = CaptionSettings(per_image=per_image, batch_size=batch_size,
-                               max_new_tokens=max_new_tokens, seed=seed,
-                               **({"instruction": instruction} if instruction else {}))
-    return load_captioner(name, settings=settings, device=device, dtype=dtype)

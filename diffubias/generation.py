@@ -1,58 +1,60 @@
-"""Generation: new images from the kept prompts, each labelled with its source sample's class.
+"""Generation's shared vocabulary: the plan of work items, the Generator protocol, and the demo
+renderer.
 
-A generator turns prompts into images; every image keeps its provenance (prompt, source sample,
-label, seed, backend, model, parameters) so nothing loses its label the way the reference code's
-flat output folder did. The `demo` backend is the OFFLINE STAND-IN for a diffusion model: it
-renders prompts for the built-in datasets procedurally (reads the class and attribute words and
-draws that image). Real text-to-image pipelines (diffusers) follow the same protocol.
+Every generated image is one `WorkItem`: a prompt, the prompt's stable id (a hash of its text,
+source sample and label), the image's index under that prompt, and its seed. The seed depends on
+nothing but (run seed, prompt id, image index), so the command line and the app draw the same
+image for the same prompt, a resumed run redraws nothing that exists, and editing one prompt
+changes no other prompt's images. A generator turns items into images; the `demo` backend is the
+OFFLINE STAND-IN for a diffusion model: it renders prompts for the built-in datasets
+procedurally (reads the class and attribute words and draws that image). Real text-to-image
+pipelines (diffusers, `diffubias.diffusion`) follow the same protocol.
+
+Knows nothing of where images are written (`diffubias.stages.generate` and its sinks do that).
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+import hashlib
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from diffubias.progress import ProgressFn, report
 from diffubias.text_filter import Prompt
-from diffubias.text_safety import check_prompt_text, from_csv_cell
-from diffubias.training import ProgressFn
-
-if TYPE_CHECKING:
-    from diffubias.diffusion import DiffusionSettings
-
-MANIFEST_FIELDS = ("file", "prompt", "source", "label", "label_name", "seed", "backend", "model",
-                   "params")
+from diffubias.text_safety import check_prompt_text
 
 
 @dataclass(frozen=True)
-class GeneratedImage:
-    image: Image.Image = field(repr=False)
-    prompt: str
-    source: int  # dataset position of the sample whose caption became the prompt
-    label: int
+class WorkItem:
+    """One output image: which prompt, which of its images, and the seed that draws it."""
+
+    prompt: Prompt
+    prompt_id: str
+    image_index: int  # 0 .. images_per_prompt - 1
     seed: int
-    backend: str
-    model: str | None = None
-    params: Mapping = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The image's name in every store: unique per (prompt, seed)."""
+        return f"{self.prompt_id}_s{self.seed}"
 
 
-class Generator(Protocol):
-    backend: str
+def prompt_id(prompt: Prompt) -> str:
+    """A stable id of (text, source sample, label): editing other prompts never changes it."""
+    key = f"{prompt.label}\x1f{prompt.source}\x1f{prompt.text}".encode()
+    return hashlib.sha1(key).hexdigest()[:12]
 
-    def generate(self, prompts: Sequence[Prompt], *, images_per_prompt: int, seed: int,
-                 progress: ProgressFn | None = None) -> list[GeneratedImage]: ...
 
-
-def image_seed(base_seed: int, prompt_index: int, image_index: int, images_per_prompt: int) -> int:
-    """One seed per output image, so any single image can be regenerated on its own."""
-    return base_seed * 1_000_003 + prompt_index * images_per_prompt + image_index
+def item_seed(base_seed: int, pid: str, image_index: int) -> int:
+    """The seed of image `image_index` of prompt `pid`: a hash of the run seed, the prompt id and
+    the index, so it is stable when prompts are added, removed, reordered or given more images."""
+    digest = hashlib.sha256(f"{base_seed}:{pid}:{image_index}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFF_FFFF
 
 
 def check_generation_inputs(prompts: Sequence[Prompt], images_per_prompt: int) -> None:
@@ -64,6 +66,36 @@ def check_generation_inputs(prompts: Sequence[Prompt], images_per_prompt: int) -
         check_prompt_text(prompt.text, where=f"prompt {i + 1}")
 
 
+def plan_images(prompts: Sequence[Prompt], *, images_per_prompt: int, seed: int
+                ) -> list[WorkItem]:
+    """One item per output image, prompt-major; a prompt repeated verbatim is planned once."""
+    check_generation_inputs(prompts, images_per_prompt)
+    items, seen = [], set()
+    for prompt in prompts:
+        pid = prompt_id(prompt)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        items += [WorkItem(prompt, pid, j, item_seed(seed, pid, j))
+                  for j in range(images_per_prompt)]
+    return items
+
+
+class Generator(Protocol):
+    """Draws the image of each work item with the item's seed alone."""
+
+    backend: str
+
+    def describe(self) -> dict:
+        """{"backend", "model", "params"}: what produced an image, recorded with every image."""
+        ...
+
+    def generate_items(self, items: Sequence[WorkItem], *, progress: ProgressFn | None = None
+                       ) -> Iterator[tuple[WorkItem, Image.Image | None]]:
+        """(item, image) per item, in order; None where a safety checker blacked it out."""
+        ...
+
+
 @dataclass(frozen=True)
 class DemoGenerator:
     """Renders prompts for a built-in dataset (offline stand-in for a latent diffusion model)."""
@@ -72,64 +104,23 @@ class DemoGenerator:
     class_names: tuple[str, ...]
     backend: str = "demo"
 
-    def generate(self, prompts: Sequence[Prompt], *, images_per_prompt: int = 1, seed: int = 0,
-                 progress: ProgressFn | None = None) -> list[GeneratedImage]:
+    def describe(self) -> dict:
+        return {"backend": self.backend, "model": f"builtin:{self.dataset}", "params": {}}
+
+    def generate_items(self, items: Sequence[WorkItem], *, progress: ProgressFn | None = None
+                       ) -> Iterator[tuple[WorkItem, Image.Image | None]]:
         from diffubias.builtin import get_renderer
 
-        check_generation_inputs(prompts, images_per_prompt)
         renderer = get_renderer(self.dataset)
-        out = []
-        for i, prompt in enumerate(tqdm(prompts, desc="generate", leave=False)):
-            for j in range(images_per_prompt):
-                s = image_seed(seed, i, j, images_per_prompt)
-                image = renderer.render(prompt.text, label_name=self.class_names[prompt.label],
-                                        seed=s)
-                out.append(GeneratedImage(image, prompt.text, prompt.source, prompt.label, s,
-                                          self.backend, f"builtin:{self.dataset}",
-                                          {"images_per_prompt": images_per_prompt}))
-            if progress is not None:
-                progress((i + 1) / len(prompts), "generating images")
-        return out
+        for i, item in enumerate(tqdm(items, desc="generate", leave=False)):
+            yield item, renderer.render(item.prompt.text,
+                                        label_name=self.class_names[item.prompt.label],
+                                        seed=item.seed)
+            report(progress, (i + 1) / len(items), "generating images")
 
 
-def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str],
-                   settings: DiffusionSettings | None = None, device: str = "auto",
-                   dtype: str = "auto", offload: str = "none", compile_mode: str = "",
-                   log: Callable[[str], None] | None = None) -> Generator:
-    """A generator by name: `demo` (built-in datasets only), or any diffusers text-to-image
-    pipeline by hub id, local folder or short name (sd15, sdxl, sd35); the keyword options
-    apply to diffusers only (see diffubias.diffusion.load_diffusers_generator)."""
-    if name == "demo":
-        builtin = dataset_name.removeprefix("builtin:")
-        if not dataset_name.startswith("builtin:"):
-            raise ValueError(
-                f"the demo generator renders only the built-in datasets, not {dataset_name!r}; "
-                "use a diffusion model generator, or run `detect` for detection only")
-        return DemoGenerator(builtin, tuple(class_names))
-    from diffubias.diffusion import load_diffusers_generator
-
-    return load_diffusers_generator(name, settings=settings, device=device, dtype=dtype,
-                                    offload=offload, compile_mode=compile_mode, log=log)
-
-
-def read_manifest(manifest: Path) -> list[dict]:
-    """The manifest's rows, text exactly as generated (the formula guard taken off)."""
-    with open(manifest, newline="", encoding="utf-8") as f:
-        return [{k: from_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
-def load_generated(manifest: Path, *, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images (N, 3, size, size), int64 labels (N,)) from a manifest written above."""
-    rows = read_manifest(manifest)
-    if not rows:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    arrays = []
-    for row in rows:
-        image = Image.open(manifest.parent / row["file"]).convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
-        arrays.append(np.asarray(image))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-    labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)
-    return images, labels
+def encode_png(image: Image.Image) -> bytes:
+    """The one PNG encoding of a generated image, so every store holds the same bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from diffubias.dataset import ImageDataset, as_positions, read_images
@@ -230,3 +232,20 @@ def _stream(
         _TakeBatches(source), batch_size=None, sampler=order, num_workers=num_workers
     )
     yield from loader
+
+
+def stack_images(images: Sequence[Image.Image | Path | str], *, size: int) -> torch.Tensor:
+    """PIL images or image files -> uint8 (N, 3, size, size), resized bilinearly where needed:
+    how generated images (in memory, in a run folder, in the app's store) join the training data."""
+    arrays = []
+    for image in images:
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        arrays.append(np.asarray(image))
+    if not arrays:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW

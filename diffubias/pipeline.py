@@ -1,8 +1,9 @@
-"""The DiffuBias pipeline over one run folder: every stage of the method, or one at a time.
+"""The command line's adapter: every stage of the method over one run folder, or one at a time.
 
-Each stage computes with `diffubias.method`, writes its artifacts into the run folder and
-records its part of `report.json`, so the CLI can run the whole method or a single stage, and a
-person can edit `prompts.csv` between the filter and generation stages. Stages:
+Each `stage_*` reads its inputs from the run folder, calls the stage function of
+`diffubias.stages` (the same one the app calls), writes the artifacts and records its part of
+`report.json`, so the CLI can run the whole method or a single stage, and a person can edit
+`prompts.csv` between the filter and generation stages. No stage logic lives here. Stages:
 
   detect   1-3  biased classifier (GCE), per-sample CE scores, top-K candidates per class
   caption  4    captions of the candidates
@@ -27,22 +28,20 @@ import numpy as np
 import torch
 
 from diffubias import __version__
-from diffubias.captions import Caption, Captioner, make_captioner
+from diffubias.backends import captioner_for, generator_for
+from diffubias.captions import Caption
 from diffubias.config import BASELINES, RunConfig
 from diffubias.dataset import SPLITS, ImageDataset, read_images
 from diffubias.files import atomic_path, atomic_write_text
-from diffubias.generation import load_generated, make_generator, read_manifest
-from diffubias.method import (
-    Detection,
-    PreparedDataset,
-    cam_positions,
-    detect_bias,
-    gradcam_comparison,
-    test_accuracy,
-    train_debiased,
-)
+from diffubias.generated_folder import generate_to_folder, load_generated, read_manifest
 from diffubias.models import load_classifier, save_classifier
-from diffubias.text_filter import Prompt, filter_captions
+from diffubias.prepared import PreparedDataset
+from diffubias.stages.caption import ScoredSamples, caption_candidates
+from diffubias.stages.debias import train_debiased
+from diffubias.stages.detect import Detection, detect_bias
+from diffubias.stages.explain import cam_positions, explain_models
+from diffubias.stages.prompts import filter_prompts, resolved_top_f
+from diffubias.text_filter import Prompt
 from diffubias.text_safety import csv_row, from_csv_cell
 
 STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam")
@@ -149,18 +148,10 @@ def stage_detect(run: Run) -> dict:
     run.log("detection: " + ", ".join(f"{k}={v:.3f}" for k, v in det.metrics.items()
                                      if isinstance(v, float)))
     return run.update_report(
-        dataset=_dataset_summary(ds, data.image_size),
-        detection=det.metrics,
-        models={"biased": {"test": test_accuracy(data, det.training.model, cfg).to_dict(),
-                           "epochs": cfg.biased_epochs, "arch": det.training.model.spec.arch}},
+        dataset=data.summary(), detection=det.metrics,
+        models={"biased": {"test": det.test.to_dict(), "epochs": cfg.biased_epochs,
+                           "arch": det.training.model.spec.arch}},
         timings_s={"biased_model_and_scoring": t1 - t0})
-
-
-def _dataset_summary(ds: ImageDataset, image_size: int) -> dict:
-    return {"name": ds.name, "root": str(ds.root), "image_size": image_size,
-            "class_names": list(ds.class_names), "bias_names": list(ds.bias_names),
-            "split_sizes": {s: len(ds.indices(s)) for s in SPLITS},
-            "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped]}
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows) -> None:
@@ -188,65 +179,45 @@ def _write_scores(path: Path, det: Detection, ds: ImageDataset) -> None:
                 for i, p in enumerate(det.positions)))
 
 
+def read_scores(run: Run) -> ScoredSamples:
+    """scores.csv as the caption stage takes it."""
+    rows = _read_csv(run.require("scores.csv", "detect"))
+    return ScoredSamples(np.array([int(r["position"]) for r in rows], dtype=np.int64),
+                         np.array([float(r["loss"]) for r in rows]),
+                         np.array([r["candidate"] == "1" for r in rows]))
+
+
 def read_candidates(run: Run) -> list[int]:
     """Dataset positions of the top-K candidates, from scores.csv."""
-    rows = _read_csv(run.require("scores.csv", "detect"))
-    return [int(r["position"]) for r in rows if r["candidate"] == "1"]
+    scores = read_scores(run)
+    return scores.positions[scores.is_candidate].tolist()
 
 
 def stage_caption(run: Run) -> dict:
     """Stage 4: caption every candidate; then bias keywords from candidate vs aligned captions."""
     cfg, ds = run.config, run.data.ds
-    positions = read_candidates(run)
+    scores = read_scores(run)
     t0 = time.perf_counter()
-    captioner = make_captioner(cfg.captioner, per_image=cfg.captions_per_image,
-                               instruction=cfg.caption_instruction,
-                               batch_size=cfg.caption_batch_size,
-                               max_new_tokens=cfg.caption_max_new_tokens, seed=cfg.seed,
-                               device=cfg.device, dtype=cfg.model_dtype)
-    captions = captioner.caption(ds, positions)
-    _write_caption_csv(run.out_dir / "captions.csv", captions, ds)
-    run.log(f"captions: {len(captions)} for {len(positions)} candidates ({captioner.backend})")
-    timings = {"captioning": time.perf_counter() - t0}
-    keywords = None  # written as null when keyword discovery is off
-    if cfg.keywords_top_n:
-        t1 = time.perf_counter()
-        keywords = _caption_keywords(run, captioner, captions)
-        timings["keywords"] = time.perf_counter() - t1
-    return run.update_report(
-        captions={"backend": captioner.backend,
-                  "model": captions[0].model if captions else None,
-                  "n_captions": len(captions), "n_images": len(positions),
-                  "params": dict(captions[0].params) if captions else {}},
-        keywords=keywords, timings_s=timings)
-
-
-def _write_caption_csv(path: Path, captions: list[Caption], ds: ImageDataset) -> None:
-    _write_csv(path, ("position", "path", "text", "backend", "model", "params"),
-               ([c.position, ds.paths[c.position], c.text, c.backend, c.model or "",
-                 json.dumps(dict(c.params), sort_keys=True)] for c in captions))
-
-
-def _caption_keywords(run: Run, captioner: Captioner, captions: list[Caption]) -> dict:
-    """Captions the bottom-K aligned samples of each candidate class (aligned_captions.csv) and
-    ranks the words that set the candidates apart: {class name: [keyword, ...]}."""
-    from diffubias.keywords import aligned_counterparts, bias_keywords
-
-    ds = run.data.ds
-    rows = _read_csv(run.require("scores.csv", "detect"))
-    positions = np.array([int(r["position"]) for r in rows], dtype=np.int64)
-    aligned = positions[aligned_counterparts(
-        np.array([float(r["loss"]) for r in rows]), ds.labels[positions],
-        np.array([r["candidate"] == "1" for r in rows]))]
-    aligned_captions = captioner.caption(ds, aligned.tolist())
-    _write_caption_csv(run.out_dir / "aligned_captions.csv", aligned_captions, ds)
-    found = bias_keywords(captions, aligned_captions, ds.labels, top_n=run.config.keywords_top_n,
-                          extra_stop_words=run.config.extra_stop_words)
-    for cls, keywords in found.items():
+    result = caption_candidates(ds, cfg, scores.positions[scores.is_candidate].tolist(),
+                                captioner=captioner_for(cfg), scores=scores)
+    _write_caption_csv(run.out_dir / "captions.csv", result.captions, ds)
+    if result.aligned_captions:
+        _write_caption_csv(run.out_dir / "aligned_captions.csv", result.aligned_captions, ds)
+    run.log(f"captions: {len(result.captions)} for {result.n_images} candidates "
+            f"({result.backend})")
+    for cls, keywords in (result.keywords or {}).items():
         run.log(f"bias keywords, {ds.class_names[cls]}: "
                 + (", ".join(f"{k.term} ({k.n_candidates}/{k.n_aligned})" for k in keywords[:5])
                    or "none"))
-    return {ds.class_names[cls]: [k.to_dict() for k in keywords] for cls, keywords in found.items()}
+    return run.update_report(captions=result.summary(),
+                             keywords=result.keywords_by_class(ds.class_names),
+                             timings_s={"captioning": time.perf_counter() - t0})
+
+
+def _write_caption_csv(path: Path, captions, ds: ImageDataset) -> None:
+    _write_csv(path, ("position", "path", "text", "backend", "model", "params"),
+               ([c.position, ds.paths[c.position], c.text, c.backend, c.model or "",
+                 json.dumps(dict(c.params), sort_keys=True)] for c in captions))
 
 
 def read_captions(run: Run) -> list[Caption]:
@@ -260,16 +231,15 @@ PROMPT_FIELDS = ("keep", "label", "text", "source", "source_path", "matched_word
 def stage_filter(run: Run) -> dict:
     """Stage 5: the text filter; writes prompts.csv, which a person may edit before generation."""
     cfg, ds = run.config, run.data.ds
-    top_f = cfg.top_f or 2 * ds.num_classes
-    result = filter_captions(read_captions(run), ds.labels, top_f=top_f,
-                             extra_stop_words=cfg.extra_stop_words)
+    result = filter_prompts(read_captions(run), ds.labels, cfg, num_classes=ds.num_classes)
     _write_csv(run.out_dir / "prompts.csv", PROMPT_FIELDS,
                ([int(p.keep), ds.class_names[p.label], p.text, p.source, ds.paths[p.source],
                  " ".join(p.matched_words)] for p in result.kept + result.dropped))
     run.log(f"filter: kept {len(result.kept)} of {len(result.kept) + len(result.dropped)} "
             f"captions; top words: {', '.join(w for w, _ in result.top_words)}")
     return run.update_report(filter={
-        "top_f": top_f, "top_words": [[w, c] for w, c in result.top_words],
+        "top_f": resolved_top_f(cfg, ds.num_classes),
+        "top_words": [[w, c] for w, c in result.top_words],
         "n_kept": len(result.kept), "n_dropped": len(result.dropped)})
 
 
@@ -296,24 +266,14 @@ def stage_generate(run: Run) -> dict:
     Resumable: images already in generated/ (same generator settings) are kept, not redone.
     Under `accelerate launch` each process generates its share; the main process reports.
     """
-    from diffubias.diffusion import DiffusionSettings, generate_to_folder
     from diffubias.plots import contact_sheet, save_png
 
     cfg, data = run.config, run.data
     prompts = read_prompts(run)
-    if cfg.max_images:
-        prompts = prompts[: max(1, cfg.max_images // cfg.images_per_prompt)]
     t0 = time.perf_counter()
-    settings = DiffusionSettings(steps=cfg.gen_steps, guidance_scale=cfg.guidance_scale,
-                                 negative_prompt=cfg.negative_prompt,
-                                 batch_size=cfg.gen_batch_size, width=cfg.gen_width,
-                                 height=cfg.gen_height)
-    generator = make_generator(cfg.generator, dataset_name=data.ds.name,
-                               class_names=data.ds.class_names, settings=settings,
-                               device=cfg.device, dtype=cfg.model_dtype, offload=cfg.offload,
-                               compile_mode=cfg.compile_mode, log=run.log)
-    out = generate_to_folder(generator, prompts, run.out_dir / "generated",
-                             images_per_prompt=cfg.images_per_prompt, seed=cfg.seed,
+    generator = generator_for(cfg, dataset_name=data.ds.name, class_names=data.ds.class_names,
+                              log=run.log)
+    out = generate_to_folder(generator, prompts, run.out_dir / "generated", cfg,
                              class_names=data.ds.class_names, log=run.log)
     if not out.is_main_process:
         return run.read_report()
@@ -324,10 +284,11 @@ def stage_generate(run: Run) -> dict:
         save_png(contact_sheet(tiles[shown], captions=[rows[i]["prompt"] for i in shown],
                                columns=6, tile=128, title="generated samples (prompt under each)"),
                  run.out_dir / "generated_samples.png")
-    run.log(f"generated {out.n_images} images from {len(prompts)} prompts ({out.backend}; "
+    n_prompts = len({r["prompt_id"] for r in rows})
+    run.log(f"generated {out.n_images} images from {n_prompts} prompts ({out.backend}; "
             f"{out.n_new} new, {out.n_existing} resumed, {out.n_blocked} blocked)")
     return run.update_report(
-        generation={"backend": out.backend, "model": out.model, "n_prompts": len(prompts),
+        generation={"backend": out.backend, "model": out.model, "n_prompts": n_prompts,
                     "n_images": out.n_images, "n_new": out.n_new, "n_existing": out.n_existing,
                     "n_blocked": out.n_blocked, "params": out.params,
                     "manifest": str(out.manifest.relative_to(run.out_dir))},
@@ -335,57 +296,32 @@ def stage_generate(run: Run) -> dict:
 
 
 def stage_debias(run: Run) -> dict:
-    """Stages 7-8: vanilla and debiased models; test accuracies of all three models."""
+    """Stages 7-8: vanilla, debiased and baseline models; test accuracies of all of them. The
+    baselines start from this run's top-K (scores.csv) with captions from the config, not the
+    edited prompts."""
     cfg, data = run.config, run.data
     manifest = run.require("generated/manifest.csv", "generate")
     biased = load_classifier(run.require("biased.safetensors", "detect"))
     gen_images, gen_labels = load_generated(manifest, size=data.image_size)
     t0 = time.perf_counter()
-    result = train_debiased(data, cfg, gen_images, gen_labels)
-    t1 = time.perf_counter()
-    save_classifier(result.vanilla.model, run.out_dir / "vanilla.safetensors")
-    save_classifier(result.debiased.model, run.out_dir / "debiased.safetensors")
+    candidates = np.asarray(read_candidates(run), dtype=np.int64) if cfg.baselines else None
+    result = train_debiased(data, cfg, gen_images, gen_labels, candidates=candidates,
+                            before_each=lambda name: run.log(f"== {name}"))
+    from diffubias.prepared import test_accuracy
+
     models = {"biased": {"test": test_accuracy(data, biased, cfg).to_dict()}}
-    for role, trained, n_train in (("vanilla", result.vanilla, result.n_train),
-                                   ("debiased", result.debiased,
-                                    result.n_train + result.n_generated)):
-        models[role] = {"test": test_accuracy(data, trained.model, cfg).to_dict(),
-                        "valid_accuracy": trained.valid_accuracy,
-                        "best_epoch": trained.best_epoch, "epochs": cfg.debias_epochs,
-                        "n_train": n_train}
-    t2 = time.perf_counter()
-    models.update(_train_baselines(run))
-    for role, entry in models.items():
+    for role, trained in result.models.items():
+        entry = trained.metrics(cfg)
+        entry.pop("history")
+        models[role] = entry
+        save_classifier(trained.model, run.out_dir / f"{role}.safetensors")
         t = entry["test"]
         run.log(f"{role:>8}: overall {t['overall']:.3f}"
                 + (f", unbiased {t['unbiased']:.3f}, conflicting {t['conflicting']:.3f}"
                    if t["unbiased"] is not None else ""))
-    timings = {"vanilla_and_debiased_training": t1 - t0}
-    if cfg.baselines:
-        timings["baselines"] = time.perf_counter() - t2
     stale = tuple(name for name in BASELINES if name not in cfg.baselines)
-    return run.update_report(models=models, timings_s=timings, drop_models=stale)
-
-
-def _train_baselines(run: Run) -> dict:
-    """The baselines `config.baselines` names, each run as `diffubias.baselines` runs it (from
-    this run's top-K candidates, with captions from the config, not this run's edited prompts),
-    with the same seeded initialisation, schedule and checkpoint selection as the debiased
-    model."""
-    cfg, data = run.config, run.data
-    if not cfg.baselines:
-        return {}
-    from diffubias.baselines import run_baselines
-
-    # the run's own top-K (scores.csv): the same the detection would recompute, without training
-    results = run_baselines(cfg.baselines, data, cfg,
-                            candidates=np.asarray(read_candidates(run), dtype=np.int64),
-                            before_each=lambda name: run.log(f"== baseline {name}"))
-    models = {}
-    for name, result in results.items():
-        save_classifier(result.model, run.out_dir / f"{name}.safetensors")
-        models[name] = {**result.to_dict(), "epochs": cfg.debias_epochs}
-    return models
+    return run.update_report(models=models, drop_models=stale,
+                             timings_s={"vanilla_and_debiased_training": time.perf_counter() - t0})
 
 
 def stage_gradcam(run: Run) -> dict:
@@ -398,15 +334,14 @@ def stage_gradcam(run: Run) -> dict:
     debiased = load_classifier(run.require("debiased.safetensors", "debias"))
     t0 = time.perf_counter()
     positions = cam_positions(data, cfg)
-    images, masks, comparison = gradcam_comparison(data, cfg, biased, debiased, positions)
+    explained = explain_models(data, cfg, biased, debiased, positions)
     labels = data.ds.labels[positions].tolist()
-    save_png(comparison_sheet(comparison, images, class_names=data.ds.class_names,
-                              labels=labels, max_rows=min(cfg.cam_sheet_rows, len(positions))),
+    save_png(comparison_sheet(explained.comparison, explained.images,
+                              class_names=data.ds.class_names, labels=labels,
+                              max_rows=min(cfg.cam_sheet_rows, len(positions))),
              run.out_dir / "gradcam.png")
-    mass = {"object_mass_before": comparison.mean_object_mass_before,
-            "object_mass_after": comparison.mean_object_mass_after,
-            "object_area": float(masks.mean()) if masks is not None else None}
-    if masks is not None:
+    mass = explained.mass_summary()
+    if explained.masks is not None:
         run.log(f"Grad-CAM mass inside the object: biased {mass['object_mass_before']:.3f}, "
                 f"debiased {mass['object_mass_after']:.3f} (object area {mass['object_area']:.3f})")
     return run.update_report(

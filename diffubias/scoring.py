@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffubias.images import ImageSource
-from diffubias.training import ProgressFn, to_float
+from diffubias.progress import ProgressFn
+from diffubias.training import to_float
 
 
 @torch.no_grad()

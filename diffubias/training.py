@@ -19,11 +19,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffubias.images import ImageSource
+from diffubias.progress import ProgressFn
 
 LOSSES = ("ce", "gce")
 SELECTIONS = ("valid_accuracy", "last")
 
-ProgressFn = Callable[[float, str], None]
 # (logits (B, C), labels (B,), positions (B,) into the training source, float images (B, 3, H, W))
 # -> per-sample loss (B,). Replaces the configured loss; it may train a model of its own on the
 # same batch (LfF's biased model does).

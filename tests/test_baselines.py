@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from conftest import make_bar_images
-from diffubias.baselines import (METHODS, BaselineOptions, SharedStages, images_to_tensor,
-                                 jtt, lff, oversample_top_k, run_method)
+from diffubias.baselines import (METHODS, BaselineOptions, SharedStages, jtt, lff,
+                                 oversample_top_k, run_method)
 from diffubias.config import RunConfig
-from diffubias.generation import GeneratedImage
-from diffubias.method import PreparedDataset
+from diffubias.prepared import PreparedDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ("vertical", "horizontal")  # make_bar_images' class 0 and 1
@@ -76,19 +75,16 @@ class PlantedGenerator:
     def __init__(self, class_names: tuple[str, ...]):
         self.class_names = class_names
 
-    def generate(self, prompts, *, images_per_prompt=1, seed=0, progress=None):
-        rng = np.random.default_rng(seed)
-        out = []
-        for prompt in prompts:
-            shape = SHAPES.index(self.class_names[prompt.label])
-            colour = next((i for i, c in enumerate(COLOURS) if c in prompt.text.split()), 0)
-            tiles = make_bar_images(np.full(images_per_prompt, shape),
-                                    np.full(images_per_prompt, colour), rng)
-            for j, tile in enumerate(tiles):
-                out.append(GeneratedImage(Image.fromarray(tile.permute(1, 2, 0).numpy()),
-                                          prompt.text, prompt.source, prompt.label, seed + j,
-                                          self.backend))
-        return out
+    def describe(self):
+        return {"backend": self.backend, "model": None, "params": {}}
+
+    def generate_items(self, items, *, progress=None):
+        for item in items:
+            rng = np.random.default_rng(item.seed)
+            shape = SHAPES.index(self.class_names[item.prompt.label])
+            colour = next((i for i, c in enumerate(COLOURS) if c in item.prompt.text.split()), 0)
+            tile = make_bar_images(np.full(1, shape), np.full(1, colour), rng)[0]
+            yield item, Image.fromarray(tile.permute(1, 2, 0).numpy())
 
 
 def _config(folder: Path, tmp_path: Path, **changes) -> RunConfig:
@@ -189,13 +185,6 @@ def test_bad_names_and_mismatched_shared_stages_are_named(planted_run, tmp_path)
         BaselineOptions(jtt_upweight=0.5)
 
 
-def test_images_to_tensor_resizes_to_the_classifier_size():
-    images = [Image.new("RGB", (5, 7), (255, 0, 0)), Image.new("L", (12, 12), 128)]
-    out = images_to_tensor(images, size=12)
-    assert out.shape == (2, 3, 12, 12) and out.dtype.is_floating_point is False
-    assert out[0, 0].min() == 255 and out[1].float().mean() == 128
-
-
 def _load_bench():
     """bench/debias.py as the module `debias`, importable by name from bench/ on sys.path, as
     its spawned worker processes (which get this sys.path) need."""
@@ -229,7 +218,7 @@ def test_benchmark_smoke_rows_json_and_report(planted_folder, tmp_path):
 def test_benchmark_reference_scoring_loop_matches_batched_scoring(planted_run):
     """The efficiency section's stand-in for the reference code scores exactly like ours."""
     bench = _load_bench()
-    from diffubias.method import new_classifier
+    from diffubias.prepared import new_classifier
     from diffubias.scoring import score_samples
 
     cfg, data, _ = planted_run

@@ -18,11 +18,14 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from PIL import Image
 
 from diffubias import cli
-from diffubias.diffusion import (DiffusersGenerator, DiffusionSettings, GenerationOutput,
-                                 generate_to_folder, item_seed, load_diffusers_generator,
-                                 plan_images, prompt_id)
-from diffubias.generation import DemoGenerator, load_generated, make_generator, read_manifest
+from diffubias.backends import make_generator
+from diffubias.config import RunConfig
+from diffubias.diffusion import DiffusersGenerator, DiffusionSettings, load_diffusers_generator
+from diffubias.generated_folder import (GenerationOutput, generate_to_folder, load_generated,
+                                        read_manifest)
+from diffubias.generation import DemoGenerator, item_seed, plan_images, prompt_id
 from diffubias.pipeline import Run, read_prompts
+from diffubias.stages.generate import MemorySink, generate_images
 from diffubias.text_filter import Prompt
 from tiny_models import build_tiny_sd, make_run_folder, write_tiny_dataset
 
@@ -75,6 +78,19 @@ def _wrapped(generator, hook, logs=None, batch_size=2):
                               log=(logs.append if logs is not None else print))
 
 
+def _generate(generator, prompts, *, images_per_prompt=1, seed=0):
+    """(item, image) pairs through the generate stage, in memory."""
+    sink = MemorySink()
+    generate_images(generator, prompts, RunConfig(images_per_prompt=images_per_prompt, seed=seed),
+                    sink=sink)
+    return sink.images
+
+
+def _to_folder(generator, prompts, out_dir, *, images_per_prompt, seed, **kwargs):
+    return generate_to_folder(generator, prompts, out_dir,
+                              RunConfig(images_per_prompt=images_per_prompt, seed=seed), **kwargs)
+
+
 def _pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
@@ -105,38 +121,39 @@ def test_prompt_id_depends_on_text_source_and_label():
 # -- the pipeline ------------------------------------------------------------------------------
 
 def test_generate_carries_labels_sources_seeds_and_provenance(generator, tiny_sd):
-    images = generator.generate(PROMPTS, images_per_prompt=2, seed=0)
+    images = _generate(generator, PROMPTS, images_per_prompt=2, seed=0)
     assert len(images) == 6
-    assert [(g.label, g.source) for g in images] == [(p.label, p.source) for p in PROMPTS
-                                                      for _ in range(2)]
-    assert all(g.image.size == (32, 32) and g.image.mode == "RGB" for g in images)
-    assert len({g.seed for g in images}) == 6
-    assert all(g.backend == "diffusers" and g.model == tiny_sd for g in images)
-    params = images[0].params
+    assert [(it.prompt.label, it.prompt.source) for it, _ in images] == [
+        (p.label, p.source) for p in PROMPTS for _ in range(2)]
+    assert all(image.size == (32, 32) and image.mode == "RGB" for _, image in images)
+    assert len({it.seed for it, _ in images}) == 6
+    described = generator.describe()
+    assert described["backend"] == "diffusers" and described["model"] == tiny_sd
+    params = described["params"]
     assert params["steps"] == 2 and params["scheduler"] == "DPMSolverMultistepScheduler"
     assert params["pipeline"] == "StableDiffusionPipeline" and params["dtype"] == "float32"
 
 
 def test_identical_seeds_give_identical_images_whatever_the_batch(generator):
-    first = generator.generate(PROMPTS[:2], images_per_prompt=2, seed=7)
-    again = generator.generate(PROMPTS[:2], images_per_prompt=2, seed=7)
-    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image))
-               for a, b in zip(first, again))
+    first = _generate(generator, PROMPTS[:2], images_per_prompt=2, seed=7)
+    again = _generate(generator, PROMPTS[:2], images_per_prompt=2, seed=7)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for (_, a), (_, b) in zip(first, again))
     one_by_one = DiffusersGenerator(generator.pipe, generator.model,
                                     DiffusionSettings(steps=2, batch_size=1))
-    singles = one_by_one.generate(PROMPTS[:2], images_per_prompt=2, seed=7)
+    singles = _generate(one_by_one, PROMPTS[:2], images_per_prompt=2, seed=7)
     # the same latents per seed; batching may move a pixel by float rounding at most
-    assert max(np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image)).max()
-               for a, b in zip(first, singles)) <= 2
-    other = generator.generate(PROMPTS[:1], images_per_prompt=1, seed=8)
-    assert not np.array_equal(np.asarray(other[0].image), np.asarray(first[0].image))
+    assert max(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b)).max()
+               for (_, a), (_, b) in zip(first, singles)) <= 2
+    other = _generate(generator, PROMPTS[:1], images_per_prompt=1, seed=8)
+    assert not np.array_equal(np.asarray(other[0][1]), np.asarray(first[0][1]))
 
 
 def test_size_and_negative_prompt_reach_the_pipeline(generator):
     g = DiffusersGenerator(generator.pipe, generator.model, DiffusionSettings(
         steps=2, width=48, height=40, negative_prompt="blurry"))
-    images = g.generate(PROMPTS[:1], images_per_prompt=1, seed=0)
-    assert images[0].image.size == (48, 40) and images[0].params["negative_prompt"] == "blurry"
+    images = _generate(g, PROMPTS[:1], images_per_prompt=1, seed=0)
+    assert images[0][1].size == (48, 40) and g.describe()["params"]["negative_prompt"] == "blurry"
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"batch_size": 0}, {"width": 30},
@@ -159,7 +176,7 @@ def test_offload_needs_cuda_and_unknown_models_fail_fast(tiny_sd, monkeypatch):
 # -- the resumable folder ----------------------------------------------------------------------
 
 def test_folder_has_one_manifest_row_per_image_and_loads_resized(generator, tmp_path):
-    out = generate_to_folder(generator, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
+    out = _to_folder(generator, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
                              class_names=CLASSES)
     assert isinstance(out, GenerationOutput)
     assert (out.n_images, out.n_new, out.n_existing, out.n_blocked) == (6, 6, 0, 0)
@@ -186,12 +203,12 @@ def test_interrupted_run_resumes_without_duplicates(generator, tmp_path):
             raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):
-        generate_to_folder(_wrapped(generator, power_cut), PROMPTS, tmp_path / "gen",
+        _to_folder(_wrapped(generator, power_cut), PROMPTS, tmp_path / "gen",
                            images_per_prompt=2, seed=0, class_names=CLASSES)
     assert len(list((tmp_path / "gen" / "rows").glob("*.json"))) == 2  # the first batch
 
     resumed_gen = _wrapped(generator, lambda call, prompts: None)
-    resumed = generate_to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=2,
+    resumed = _to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=2,
                                  seed=0, class_names=CLASSES)
     assert (resumed.n_existing, resumed.n_new, resumed.n_images) == (2, 4, 6)
     assert resumed_gen.pipe.batch_sizes == [2, 2]
@@ -199,7 +216,7 @@ def test_interrupted_run_resumes_without_duplicates(generator, tmp_path):
     assert len({(r["prompt_id"], r["seed"]) for r in rows}) == 6
     assert len(list((tmp_path / "gen").glob("*/*.png"))) == 6
 
-    straight = generate_to_folder(generator, PROMPTS, tmp_path / "straight", images_per_prompt=2,
+    straight = _to_folder(generator, PROMPTS, tmp_path / "straight", images_per_prompt=2,
                                   seed=0, class_names=CLASSES)
     for a, b in zip(rows, read_manifest(straight.manifest)):
         assert a["file"] == b["file"]
@@ -207,25 +224,25 @@ def test_interrupted_run_resumes_without_duplicates(generator, tmp_path):
                               _pixels(straight.manifest.parent / b["file"]))
 
     # a complete rerun generates nothing; a lost row (crash between PNG and row) is redone
-    assert generate_to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=2,
+    assert _to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=2,
                               seed=0, class_names=CLASSES).n_new == 0
     next((tmp_path / "gen" / "rows").glob("*.json")).unlink()
-    again = generate_to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=2,
+    again = _to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=2,
                                seed=0, class_names=CLASSES)
     assert (again.n_new, again.n_images) == (1, 6)
     # more images per prompt keeps the existing ones
-    more = generate_to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=3,
+    more = _to_folder(resumed_gen, PROMPTS, tmp_path / "gen", images_per_prompt=3,
                               seed=0, class_names=CLASSES)
     assert (more.n_existing, more.n_new, more.n_images) == (6, 3, 9)
 
 
 def test_other_settings_start_the_folder_afresh(generator, tmp_path):
-    generate_to_folder(generator, PROMPTS[:1], tmp_path / "gen", images_per_prompt=1, seed=0,
+    _to_folder(generator, PROMPTS[:1], tmp_path / "gen", images_per_prompt=1, seed=0,
                        class_names=CLASSES)
     logs = []
     other = DiffusersGenerator(generator.pipe, generator.model,
                                DiffusionSettings(steps=3, batch_size=2))
-    out = generate_to_folder(other, PROMPTS[:1], tmp_path / "gen", images_per_prompt=1, seed=0,
+    out = _to_folder(other, PROMPTS[:1], tmp_path / "gen", images_per_prompt=1, seed=0,
                              class_names=CLASSES, log=logs.append)
     assert (out.n_existing, out.n_new) == (0, 1)
     assert any("afresh" in m for m in logs)
@@ -238,7 +255,7 @@ def test_cuda_out_of_memory_halves_the_batch_and_says_so(generator, tmp_path):
 
     logs = []
     g = _wrapped(generator, small_gpu, logs, batch_size=4)
-    out = generate_to_folder(g, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
+    out = _to_folder(g, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
                              class_names=CLASSES)
     assert out.n_images == 6
     assert g.pipe.batch_sizes == [4, 2, 1, 1, 1, 1, 1, 1]  # halved twice, then kept at 1
@@ -248,7 +265,7 @@ def test_cuda_out_of_memory_halves_the_batch_and_says_so(generator, tmp_path):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
     with pytest.raises(ValueError, match="even with 1 image"):
-        _wrapped(generator, no_gpu, []).generate(PROMPTS[:1], images_per_prompt=1, seed=0)
+        _generate(_wrapped(generator, no_gpu, []), PROMPTS[:1], images_per_prompt=1, seed=0)
 
 
 def test_safety_checker_blackouts_are_dropped_counted_and_not_redone(generator, tmp_path):
@@ -256,11 +273,11 @@ def test_safety_checker_blackouts_are_dropped_counted_and_not_redone(generator, 
         return ["dog" in p for p in prompts]
 
     g = _wrapped(generator, checker)
-    out = generate_to_folder(g, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
+    out = _to_folder(g, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
                              class_names=CLASSES)
     assert (out.n_images, out.n_blocked) == (4, 2)
     assert all(r["label_name"] == "cat" for r in read_manifest(out.manifest))
-    again = generate_to_folder(g, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
+    again = _to_folder(g, PROMPTS, tmp_path / "gen", images_per_prompt=2, seed=0,
                                class_names=CLASSES)
     assert (again.n_new, again.n_blocked, again.n_images) == (0, 2, 4)
 
@@ -271,12 +288,12 @@ def test_demo_generator_goes_through_the_same_writer(tmp_path):
     demo = DemoGenerator("colored-digits", tuple(CLASS_NAMES))
     prompts = [Prompt(f"a {name} digit on a red background", i, i, ())
                for i, name in enumerate(CLASS_NAMES[:3])]
-    out = generate_to_folder(demo, prompts, tmp_path / "gen", images_per_prompt=2, seed=0,
+    out = _to_folder(demo, prompts, tmp_path / "gen", images_per_prompt=2, seed=0,
                              class_names=CLASS_NAMES)
     assert (out.backend, out.n_images, out.n_new) == ("demo", 6, 6)
     rows = read_manifest(out.manifest)
     assert [int(r["label"]) for r in rows] == [0, 0, 1, 1, 2, 2]
-    assert generate_to_folder(demo, prompts, tmp_path / "gen", images_per_prompt=2, seed=0,
+    assert _to_folder(demo, prompts, tmp_path / "gen", images_per_prompt=2, seed=0,
                               class_names=CLASS_NAMES).n_existing == 6
 
 

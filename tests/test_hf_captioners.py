@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from diffubias.captions import MetadataCaptioner, make_captioner
+from diffubias.backends import make_captioner
+from diffubias.captions import MetadataCaptioner
 from diffubias.dataset import load_dataset
 from diffubias.hf_captioners import CaptionSettings, ModelCaptioner
 from diffubias.hf_loading import pick_device, pick_dtype
@@ -177,7 +178,7 @@ def test_a_cached_hub_id_loads_offline_through_the_same_code(tmp_path, tiny_blip
     shutil.copytree(tiny_blip, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    code = ("from diffubias.captions import make_captioner; "
+    code = ("from diffubias.backends import make_captioner; "
             "c = make_captioner('tiny-org/tiny-blip', per_image=1, max_new_tokens=3); "
             "print(c.kind, c.model_name)")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}

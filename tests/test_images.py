@@ -132,3 +132,17 @@ def test_bad_sources_and_batch_sizes_raise(coded):
         )
     with pytest.raises(ValueError, match="position 99 is out of range"):
         StreamingImages(coded, [99], 6)
+
+
+def test_stack_images_resizes_pil_images_and_files_to_the_classifier_size(tmp_path):
+    from PIL import Image
+
+    from diffubias.images import stack_images
+
+    red = Image.new("RGB", (5, 7), (255, 0, 0))
+    grey = tmp_path / "grey.png"
+    Image.new("L", (12, 12), 128).save(grey)
+    out = stack_images([red, grey], size=12)
+    assert out.shape == (2, 3, 12, 12) and out.dtype == torch.uint8
+    assert out[0, 0].min() == 255 and out[0, 1].max() == 0 and out[1].float().mean() == 128
+    assert stack_images([], size=4).shape == (0, 3, 4, 4)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffubias.stages.detect import whole_classes
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
 from tests.ui_support import (
@@ -345,8 +346,8 @@ def test_a_count_k_larger_than_a_class_says_the_class_is_taken_whole():
     from ui.tab_bias import metrics_markdown
 
     labels = np.array([0] * 30 + [1] * 80)
-    assert bias_service.whole_classes(labels, 50, ["cat", "dog"]) == {"cat": 30}
-    assert bias_service.whole_classes(labels, 0.5, ["cat", "dog"]) == {}
+    assert whole_classes(labels, 50, ["cat", "dog"]) == {"cat": 30}
+    assert whole_classes(labels, 0.5, ["cat", "dog"]) == {}
     view = bias_service.DetectionView(1, {}, {}, {"top_k": 50}, 110, 80, 0, 1.0, None,
                                       whole_classes={"cat": 30})
     text = metrics_markdown(view)

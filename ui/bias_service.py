@@ -1,7 +1,7 @@
 """Tab 2, Bias: train the biased classifier (GCE), score every train sample, pick the top-K per
 class, and browse them.
 
-`train_biased` runs `diffubias.method.detect_bias` as a job and stores the scores, the weights
+`train_biased` runs the detect stage (`diffubias.stages.detect`) as a job and stores the scores, the weights
 and the metrics; the views read only the store (plus the loss histogram from
 `diffubias.plots`), so they stay fast at hundreds of thousands of scores.
 """
@@ -121,25 +121,20 @@ def _top_k(value: float) -> float:
 
 
 def _detect(studio: Studio, project_id: int, config, progress: JobProgress) -> JobOutcome:
-    from diffubias.method import detect_bias, test_accuracy
+    """The detect stage, stored: scores, the biased model's weights and metrics."""
     from diffubias.models import save_classifier
+    from diffubias.stages.detect import detect_bias
 
     data = studio.datasets.get(project_id)
     start = time.perf_counter()
-    detection = detect_bias(data, config, progress=progress.part(0.0, 0.95))
+    detection = detect_bias(data, config, progress=progress.part(0.0, 0.97))
     trained = time.perf_counter()
-    test = test_accuracy(data, detection.training.model, config).to_dict()
     progress(0.97, "saving scores")
     progress.check()
     weights = studio.store.workspace.path_for("weights", progress.job_id, "biased.safetensors")
-    weights.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(detection.training.model, weights)
-
-    labels = data.ds.labels[detection.positions]
-    rank = np.full(len(detection.positions), -1, dtype=np.int64)
-    for label in np.unique(labels[detection.selected]):
-        in_class = detection.selected[labels[detection.selected] == label]  # highest loss first
-        rank[in_class] = np.arange(len(in_class))
+    rank = detection.rank_in_class()
+    test = detection.test.to_dict()
     with studio.store.sessions.begin() as session:
         ids = repo.sample_ids_by_position(session, project_id)
         repo.add_scores(session, progress.job_id, (
@@ -155,17 +150,9 @@ def _detect(studio: Studio, project_id: int, config, progress: JobProgress) -> J
     result = {"detection": _finite(detection.metrics), "test": test,
               "threshold": detection.threshold, "n_scored": len(detection.positions),
               "n_candidates": len(detection.selected), "config": config.to_dict(),
-              "whole_classes": whole_classes(labels, config.top_k, data.ds.class_names)}
+              "whole_classes": detection.whole_classes(config.top_k, data.ds.class_names)}
     return JobOutcome(result, {"train_and_score": trained - start,
                                "evaluate_and_store": time.perf_counter() - trained})
-
-
-def whole_classes(labels: np.ndarray, top_k: float, class_names) -> dict[str, int]:
-    """{class name: size} of the classes a count K takes whole (K >= the class size)."""
-    if top_k < 1:
-        return {}
-    names, sizes = np.unique(labels, return_counts=True)
-    return {class_names[int(c)]: int(n) for c, n in zip(names, sizes) if top_k >= n}
 
 
 def _finite(value: Any) -> Any:

@@ -22,8 +22,6 @@ from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
 
-CAPTION_BATCH = 16  # candidates per captioner call between progress updates
-
 
 @dataclass(frozen=True)
 class PromptRow:
@@ -59,14 +57,9 @@ class CaptionsView:
 
 def captioner_choices() -> list[str]:
     """Every captioning backend the library offers: `metadata`, plus its model short names."""
-    from diffubias.captions import CAPTIONERS
+    from diffubias.backends import captioner_names
 
-    names = list(CAPTIONERS)
-    if importlib.util.find_spec("diffubias.hf_captioners") is not None:
-        from diffubias.hf_captioners import CAPTION_MODELS
-
-        names += [name for name in CAPTION_MODELS if name not in names]
-    return names
+    return captioner_names()
 
 
 def keywords_available() -> bool:
@@ -115,76 +108,40 @@ def run_captioner(studio: Studio, project_id: int, *, captioner: str = "metadata
 
 def _caption(studio: Studio, project_id: int, config, detection_id: int, candidates,
              progress: JobProgress) -> JobOutcome:
-    from diffubias.captions import make_captioner
+    """The caption stage on the kept candidates, stored (candidate and aligned captions)."""
+    import numpy as np
+
+    from diffubias.backends import captioner_for
+    from diffubias.stages.caption import ScoredSamples, caption_candidates
 
     data = studio.datasets.get(project_id)
     start = time.perf_counter()
     progress(0.0, f"loading captioner {config.captioner}")
-    captioner = make_captioner(config.captioner, per_image=config.captions_per_image,
-                               instruction=config.caption_instruction,
-                               batch_size=config.caption_batch_size,
-                               max_new_tokens=config.caption_max_new_tokens, seed=config.seed,
-                               device=config.device, dtype=config.model_dtype)
+    captioner = captioner_for(config)
     loaded = time.perf_counter()
-    positions = [c.position for c in candidates]
-    ids = {c.position: c.sample_id for c in candidates}
-    with_keywords = keywords_available() and config.keywords_top_n > 0
-    share = 0.7 if with_keywords else 1.0
-    captions = _caption_in_batches(captioner, data.ds, positions, progress, 0.0, share,
-                                   "captioning candidates")
-    result: dict[str, Any] = {"backend": captioner.backend,
-                              "model": captions[0].model if captions else None,
-                              "n_captions": len(captions), "n_images": len(positions),
-                              "params": dict(captions[0].params) if captions else {}}
-    timings = {"load_captioner": loaded - start, "captioning": time.perf_counter() - loaded}
-    aligned_captions = []
-    if with_keywords:
-        t0 = time.perf_counter()
-        aligned_captions, keywords = _keywords(studio, data, captioner, captions, detection_id,
-                                               config, progress.part(share, 1.0))
-        result["keywords"] = {data.ds.class_names[c]: [k.to_dict() for k in found]
-                              for c, found in keywords.items()}
-        timings["keywords"] = time.perf_counter() - t0
+    with studio.store.sessions() as session:
+        columns = repo.score_columns(session, detection_id)
+        positions = {sample_id: position for position, sample_id
+                     in repo.sample_ids_by_position(session, project_id).items()}
+    scores = ScoredSamples(
+        np.array([positions[i] for i in columns.sample_ids], dtype=np.int64),
+        np.asarray(columns.losses), np.asarray(columns.is_candidate) & ~np.asarray(columns.excluded))
+    result = caption_candidates(data.ds, config, [c.position for c in candidates],
+                                captioner=captioner, scores=scores, progress=progress)
+    summary = result.summary()
+    if result.keywords is not None:
+        summary["keywords"] = result.keywords_by_class(data.ds.class_names)
     progress.check()
     with studio.store.sessions.begin() as session:
-        sample_ids = repo.sample_ids_by_position(session, project_id) if aligned_captions else ids
+        sample_ids = repo.sample_ids_by_position(session, project_id)
         repo.add_captions(session, progress.job_id, (
             {"sample_id": sample_ids[c.position], "text": c.text, "source": c.model or c.backend,
              "params": {**dict(c.params), "set": role}}
-            for role, group in (("candidate", captions), ("aligned", aligned_captions))
+            for role, group in (("candidate", result.captions),
+                                ("aligned", result.aligned_captions))
             for c in group))
-    return JobOutcome(result, timings)
-
-
-def _caption_in_batches(captioner, ds, positions: list[int], progress: JobProgress,
-                        start: float, end: float, message: str) -> list:
-    out = []
-    for i in range(0, len(positions), CAPTION_BATCH):
-        out += captioner.caption(ds, positions[i:i + CAPTION_BATCH])
-        done = min(i + CAPTION_BATCH, len(positions)) / len(positions)
-        progress(start + (end - start) * done, f"{message} ({done:.0%})")
-    return out
-
-
-def _keywords(studio: Studio, data, captioner, captions, detection_id: int, config, progress):
-    """Caption each class's lowest-loss (most bias-aligned) samples, as many as it has
-    candidates, and rank the terms that describe the candidates more (B2T-style)."""
-    import numpy as np
-
-    from diffubias.keywords import aligned_counterparts, bias_keywords
-
-    with studio.store.sessions() as session:
-        scores = repo.score_columns(session, detection_id)
-    candidate = np.asarray(scores.is_candidate) & ~np.asarray(scores.excluded)
-    picked = aligned_counterparts(np.asarray(scores.losses), np.asarray(scores.labels), candidate)
-    with studio.store.sessions() as session:
-        samples = repo.samples_by_ids(session, [scores.sample_ids[i] for i in picked])
-    positions = [samples[scores.sample_ids[i]].position for i in picked]
-    aligned = _caption_in_batches(captioner, data.ds, positions, progress, 0.0, 1.0,
-                                  "captioning bias-aligned samples for keywords")
-    found = bias_keywords(captions, aligned, data.ds.labels, top_n=config.keywords_top_n,
-                          extra_stop_words=config.extra_stop_words)
-    return aligned, found
+    return JobOutcome(summary, {"load_captioner": loaded - start,
+                                "captioning": time.perf_counter() - loaded})
 
 
 def apply_filter(studio: Studio, project_id: int, *, top_f: int = 0, extra_stop_words: str = "",

@@ -30,7 +30,7 @@ from storage.models import JobKind, JobStatus
 
 if TYPE_CHECKING:
     from diffubias.dataset import ImageDataset
-    from diffubias.method import PreparedDataset
+    from diffubias.prepared import PreparedDataset
 
 DEMO_NAME = "Demo: colored digits"
 DEMO_SOURCE = "builtin:colored-digits"
@@ -89,7 +89,7 @@ class DatasetCache:
         with self._lock:
             if project_id in self._loaded:
                 return self._loaded[project_id]
-        from diffubias.method import PreparedDataset
+        from diffubias.prepared import PreparedDataset
 
         with self.store.sessions() as session:
             project = repo.get_project(session, project_id)
@@ -194,7 +194,7 @@ def unique_project_name(store: Store, name: str) -> str:
 
 def _import(store: Store, datasets: DatasetCache, config: RunConfig, *, name: str, origin: str,
             stored_dataset: str | None, sample_root: Path | None = None) -> int:
-    from diffubias.method import PreparedDataset
+    from diffubias.prepared import PreparedDataset
 
     start = time.perf_counter()
     data = PreparedDataset.load(config)  # every ValueError is raised here, before any write
@@ -203,7 +203,7 @@ def _import(store: Store, datasets: DatasetCache, config: RunConfig, *, name: st
     prefix = store.workspace.relative(root)
     if stored_dataset is None:
         stored_dataset = store.workspace.relative(ds.root)
-    summary = dataset_summary(ds, data.image_size)
+    summary = dataset_summary(data)
     settings = {"config": config.with_overrides(dataset=stored_dataset, cache_dir="").to_dict(),
                 "summary": summary}
     bias = ds.bias.tolist() if ds.bias is not None else [None] * len(ds.paths)
@@ -227,22 +227,12 @@ def _import(store: Store, datasets: DatasetCache, config: RunConfig, *, name: st
     return project_id
 
 
-def dataset_summary(ds: ImageDataset, image_size: int) -> dict[str, Any]:
-    """What the import found, for the Dataset tab and the report."""
-    from diffubias.dataset import SPLITS
-
-    return {
-        "name": ds.name,
-        "image_size": image_size,
-        "n_samples": len(ds.paths),
-        "split_sizes": {s: int((ds.split == s).sum()) for s in SPLITS},
-        "has_bias": ds.bias is not None,
-        "n_captioned": sum(1 for c in ds.captions if c),
-        "captions_per_sample": max((len(c) for c in ds.captions), default=0),
-        "has_masks": ds.mask_paths is not None,
-        "n_skipped": len(ds.skipped),
-        "skipped": [{"path": s.path, "reason": s.reason} for s in ds.skipped[:REPORTED_SKIPS]],
-    }
+def dataset_summary(data: PreparedDataset) -> dict[str, Any]:
+    """What the import found, for the Dataset tab and the report (skipped files listed up to
+    REPORTED_SKIPS, all counted)."""
+    summary = data.summary()
+    summary["skipped"] = summary["skipped"][:REPORTED_SKIPS]
+    return summary
 
 
 def list_data_root(data_root: Path | None) -> list[str]:

@@ -2,7 +2,7 @@
 were not rejected (and, for comparison, the vanilla one on the train split alone), then compare
 overall / bias-aligned / bias-conflicting / unbiased test accuracy of all three models.
 
-`train_debiased_models` runs `diffubias.method.train_debiased` as a job and stores both models'
+`train_debiased_models` runs the debias stage (`diffubias.stages.debias`) as a job and stores both models'
 weights and metrics; with `baselines` it then trains each named baseline of `diffubias.baselines`
 (LfF, JTT, oversampled top-K, DiffuBias without the text filter) the way that method works on its
 own with the project's settings: the candidates the user kept in tab 2, captions from the
@@ -90,86 +90,42 @@ def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None
 
 def _train(studio: Studio, project_id: int, config, generated: list, train_vanilla: bool,
            reviewed: list[int], progress: JobProgress) -> JobOutcome:
-    from diffubias.method import test_accuracy, train_debiased
+    """The debias stage on the accepted images, stored: weights first, then the rows in one
+    short transaction (evaluating a model must not hold SQLite's write lock)."""
+    import torch
+
+    from diffubias.images import stack_images
     from diffubias.models import save_classifier
+    from diffubias.stages.debias import train_debiased
 
     data = studio.datasets.get(project_id)
     start = time.perf_counter()
     progress(0.0, f"loading {len(generated)} generated images")
-    images, labels = load_images(generated, size=data.image_size)
+    images = stack_images([path for path, _ in generated], size=data.image_size)
+    labels = torch.tensor([label for _, label in generated], dtype=torch.int64)
     loaded = time.perf_counter()
-    # with baselines, the debiased/vanilla pair gets a share of the bar by its rough cost
-    main_end = 0.95 / (1 + 0.8 * len(config.baselines))
-    result = train_debiased(data, config, images, labels, progress=progress.part(0.02, main_end),
-                            train_vanilla=train_vanilla)
-    baseline_results = _train_baselines(data, config, reviewed, progress, main_end, 0.95)
+    result = train_debiased(data, config, images, labels, train_vanilla=train_vanilla,
+                            candidates=np.asarray(reviewed, dtype=np.int64),
+                            before_each=lambda _: progress.check(),
+                            progress=progress.part(0.02, 0.95))
     trained = time.perf_counter()
-    progress(0.96, "evaluating on the test split")
+    progress(0.96, "saving the models")
     progress.check()
     workspace = studio.store.workspace
-    stored = {}
-    runs = [("debiased", result.debiased, result.n_train + result.n_generated)]
-    if train_vanilla:
-        runs.insert(0, ("vanilla", result.vanilla, result.n_train))
-    # weights and metrics first, then the rows in one short transaction: evaluating a model
-    # must not hold SQLite's write lock while other sessions wait to write
     models = []  # (role, weights path, arch, metrics)
-    for role, run, n_train in runs:
+    for role, model in result.models.items():
         weights = workspace.path_for("weights", progress.job_id, f"{role}.safetensors")
-        save_classifier(run.model, weights)
-        models.append((role, weights, run.model.spec.arch, {
-            "test": test_accuracy(data, run.model, config).to_dict(),
-            "valid_accuracy": run.valid_accuracy, "best_epoch": run.best_epoch,
-            "epochs": config.debias_epochs, "n_train": n_train,
-            "n_generated": result.n_generated if role == "debiased" else 0,
-            "history": [vars(epoch) for epoch in run.history]}))
-    for name, run in baseline_results.items():
-        weights = workspace.path_for("weights", progress.job_id, f"{name}.safetensors")
-        save_classifier(run.model, weights)
-        models.append((name, weights, run.model.spec.arch, {
-            **run.to_dict(), "epochs": config.debias_epochs,
-            "history": [vars(epoch) for epoch in run.training.history]}))
+        save_classifier(model.model, weights)
+        models.append((role, weights, model.model.spec.arch, model.metrics(config)))
     progress.check()
     with studio.store.sessions.begin() as session:
         for role, weights, arch, metrics in models:
             repo.add_model(session, project_id, role=role, weights_path=workspace.relative(weights),
                            arch=arch, job_id=progress.job_id, metrics=metrics)
-            stored[role] = metrics["test"]
-    return JobOutcome({"test": stored, "n_train": result.n_train,
-                       "n_generated": result.n_generated},
+    return JobOutcome({"test": {role: metrics["test"] for role, _, _, metrics in models},
+                       "n_train": result.n_train, "n_generated": result.n_generated},
                       {"load_images": loaded - start, "train": trained - loaded,
                        "evaluate_and_store": time.perf_counter() - trained})
-
-
-def _train_baselines(data, config, reviewed: list[int], progress: JobProgress, start: float,
-                     end: float) -> dict:
-    """Each of `config.baselines`, sharing their captions; oversampling and DiffuBias without
-    the filter start from `reviewed`, the candidates the user kept in tab 2."""
-    if not config.baselines:
-        return {}
-    from diffubias.baselines import run_baselines
-
-    return run_baselines(config.baselines, data, config,
-                         candidates=np.asarray(reviewed, dtype=np.int64),
-                         progress=progress.part(start, end),
-                         before_each=lambda _: progress.check())
-
-
-def load_images(items: list, *, size: int):
-    """(uint8 (N, 3, size, size), int64 (N,)) from (path, label) pairs, resized like
-    `diffubias.generation.load_generated` resizes a manifest's images."""
-    import torch
-    from PIL import Image
-
-    arrays = []
-    for path, _ in items:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.Resampling.BILINEAR)
-            arrays.append(np.asarray(image))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-    return images, torch.tensor([label for _, label in items], dtype=torch.int64)
 
 
 def debias_view(studio: Studio, project_id: int | None, *,

@@ -9,13 +9,14 @@ model and parameters. Every image counts for training unless a person rejects it
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from diffubias.generation import encode_png
+from diffubias.stages.generate import ImageSink
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind
@@ -25,7 +26,6 @@ from ui.studio import Studio
 from ui.thumbnails import LARGE_PX, thumbnail
 
 PROMPTS_PER_PAGE = 12
-SEED_STRIDE = 100_003  # prompt seeds: base * stride + prompt id, distinct across prompts
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,9 @@ class ImageDetail:
 
 def generator_choices() -> list[str]:
     """`demo` (built-in datasets) plus the library's diffusion model short names."""
-    names = ["demo"]
-    if importlib.util.find_spec("diffubias.diffusion") is not None:
-        from diffubias.diffusion import GENERATOR_MODELS
+    from diffubias.backends import generator_names
 
-        names += list(GENERATOR_MODELS)
-    return names
+    return generator_names()
 
 
 def run_generation(studio: Studio, project_id: int, *, generator: str = "demo",
@@ -111,87 +108,107 @@ def run_generation(studio: Studio, project_id: int, *, generator: str = "demo",
 
 def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[int, int],
               progress: JobProgress) -> JobOutcome:
-    from diffubias.diffusion import DiffusionSettings
-    from diffubias.generation import make_generator
-    from diffubias.text_filter import Prompt
+    """The generate stage into the store: the same plan, seeds and images as the command line."""
+    from diffubias.backends import generator_for
+    from diffubias.stages.generate import generate_images
 
     data = studio.datasets.get(project_id)
-    class_names = data.ds.class_names
     start = time.perf_counter()
     progress(0.0, f"loading generator {config.generator}")
-    settings = DiffusionSettings(steps=config.gen_steps, guidance_scale=config.guidance_scale,
-                                 negative_prompt=config.negative_prompt,
-                                 batch_size=config.gen_batch_size, width=config.gen_width,
-                                 height=config.gen_height)
-    generator = make_generator(config.generator, dataset_name=data.ds.name,
-                               class_names=class_names, settings=settings, device=config.device,
-                               dtype=config.model_dtype, offload=config.offload,
-                               compile_mode=config.compile_mode)
+    generator = generator_for(config, dataset_name=data.ds.name,
+                              class_names=data.ds.class_names)
     loaded = time.perf_counter()
-    request = {"generator": config.generator, "seed": config.seed,
-               "images_per_prompt": config.images_per_prompt,
-               **({} if config.generator == "demo" else asdict(settings))}
-    request.pop("batch_size", None)  # speed only
-    workspace = studio.store.workspace
-    with studio.store.sessions() as session:
-        existing: dict[int, list] = {}
-        for image in repo.list_generated_images(session, prompt_ids=[p.id for p in prompts]):
-            existing.setdefault(image.prompt_id, []).append(image)
-    n_new = n_kept = 0
-    pending: list[tuple[int, list, list[tuple[Any, Any]]]] = []  # written, not yet stored
-    for i, prompt in enumerate(prompts):
-        before = existing.get(prompt.id, [])
-        if (len(before) == config.images_per_prompt
-                and all(img.params.get("request") == request for img in before)):
-            n_kept += len(before)
-        else:
-            prompt_seed = config.seed * SEED_STRIDE + prompt.id
-            images = generator.generate(
-                [Prompt(prompt.text, prompt.label, positions[prompt.id], ())],
-                images_per_prompt=config.images_per_prompt, seed=prompt_seed)
-            written = []
-            for image in images:
-                path = workspace.path_for("generated", progress.job_id, class_names[prompt.label],
-                                          f"p{prompt.id}_s{image.seed}.png")
-                atomic_write_bytes(path, _png(image.image))
-                written.append((path, image))
-            pending.append((prompt.id, before, written))
-            n_new += len(written)
-        if len(pending) >= 32 or i == len(prompts) - 1:
-            progress.check()
-            _store_images(studio, progress.job_id, request, pending)
-            pending = []
-        progress((i + 1) / len(prompts), f"prompt {i + 1}/{len(prompts)}: {n_new} new images")
-    result = {"backend": generator.backend, "model": getattr(generator, "model", None)
-              or f"builtin:{getattr(generator, 'dataset', '')}", "n_prompts": len(prompts),
-              "n_new": n_new, "n_kept": n_kept, "n_images": n_new + n_kept, "request": request}
-    return JobOutcome(result, {"load_generator": loaded - start,
-                               "generation": time.perf_counter() - loaded})
+    description = generator.describe()
+    request = {"generator": config.generator, **description}
+    sink = StoreSink(studio, progress, request, prompts, positions, data.ds.class_names)
+    result = generate_images(generator, sink.library_prompts, config, sink=sink,
+                             progress=progress.part(0.02, 1.0))
+    sink.drop_stale()
+    outcome = {"backend": description["backend"], "model": description.get("model"),
+               "n_prompts": len({item.prompt_id for item in result.items}),
+               "n_new": result.n_new - result.n_blocked, "n_kept": result.n_existing,
+               "n_blocked": result.n_blocked,
+               "n_images": result.n_new - result.n_blocked + result.n_existing,
+               "request": request}
+    return JobOutcome(outcome, {"load_generator": loaded - start,
+                                "generation": time.perf_counter() - loaded})
 
 
-def _store_images(studio: Studio, job_id: int, request: dict,
-                  pending: list[tuple[int, list, list[tuple[Any, Any]]]]) -> None:
-    """One transaction: drop each prompt's images from another request, record the new ones;
-    then delete the dropped images' files (after the commit: a crash in between leaves files
-    no row points at, which the next start removes, never a row without its file)."""
-    workspace = studio.store.workspace
-    with studio.store.sessions.begin() as session:
-        for prompt_id, replaced, written in pending:
+class StoreSink(ImageSink):
+    """The generate stage's images in the app's store: a PNG under workspace/generated/<job>/
+    and a row per image, committed in one transaction per batch. A prompt's images from another
+    request (generator settings, seed, or an edited text) are replaced in the transaction that
+    adds its new ones, so a crash never leaves a prompt with neither."""
+
+    def __init__(self, studio: Studio, progress: JobProgress, request: dict, prompts,
+                 positions: dict[int, int], class_names) -> None:
+        from diffubias.generation import prompt_id
+        from diffubias.text_filter import Prompt
+
+        self.studio, self.progress, self.request = studio, progress, request
+        self.class_names = class_names
+        self.library_prompts = [Prompt(p.text, p.label, positions[p.id], ()) for p in prompts]
+        self.row_of: dict[str, int] = {}  # library prompt id -> first stored prompt row with it
+        for row, prompt in zip(prompts, self.library_prompts):
+            self.row_of.setdefault(prompt_id(prompt), row.id)
+        with studio.store.sessions() as session:
+            self.stored = repo.list_generated_images(session, prompt_ids=[p.id for p in prompts])
+        self.stale: dict[int, Any] = {}  # image id -> stored image no planned image keeps
+        self.pending: list[tuple[Any, Path]] = []
+
+    def existing(self, items) -> set[str]:
+        planned = {item.key for item in items}
+        kept = set()
+        for image in self.stored:
+            key = image.params.get("key")
+            if image.params.get("request") == self.request and key in planned and key not in kept:
+                kept.add(key)
+            else:
+                self.stale[image.id] = image
+        return kept
+
+    def add(self, item, image) -> None:
+        if image is None:
+            return
+        path = self.studio.store.workspace.path_for(
+            "generated", self.progress.job_id, self.class_names[item.prompt.label],
+            f"{item.key}.png")
+        atomic_write_bytes(path, encode_png(image))
+        self.pending.append((item, path))
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        self.progress.check()
+        workspace = self.studio.store.workspace
+        rows = {self.row_of[item.prompt_id] for item, _ in self.pending}
+        replaced = [image for image in self.stale.values() if image.prompt_id in rows]
+        with self.studio.store.sessions.begin() as session:
             repo.delete_generated_images(session, [image.id for image in replaced])
-            for path, image in written:
+            for item, path in self.pending:
                 repo.add_generated_image(
-                    session, job_id=job_id, prompt_id=prompt_id, path=workspace.relative(path),
-                    seed=int(image.seed), model=image.model or image.backend,
-                    params={"request": request, "backend": image.backend, **dict(image.params)})
-    for _, replaced, _ in pending:
-        for image in replaced:
-            workspace.resolve(image.path).unlink(missing_ok=True)
+                    session, job_id=self.progress.job_id, prompt_id=self.row_of[item.prompt_id],
+                    path=workspace.relative(path), seed=item.seed,
+                    model=self.request.get("model") or self.request["backend"],
+                    params={"request": self.request, "key": item.key,
+                            "image_index": item.image_index, "backend": self.request["backend"]})
+        self._forget(replaced)
+        self.pending = []
 
+    def drop_stale(self) -> None:
+        """Removes the stale images no commit replaced: of prompts now left out by a lower cap,
+        or beyond a smaller number of images per prompt."""
+        if self.stale:
+            with self.studio.store.sessions.begin() as session:
+                repo.delete_generated_images(session, list(self.stale))
+            self._forget(list(self.stale.values()))
 
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    def _forget(self, images) -> None:
+        # files after the commit: a crash in between leaves files no row points at, which the
+        # next start removes, never a row without its file
+        for image in images:
+            self.stale.pop(image.id, None)
+            self.studio.store.workspace.resolve(image.path).unlink(missing_ok=True)
 
 
 def current_images(session, project_id: int):

@@ -1,9 +1,9 @@
 """Tab 6, Grad-CAM: where the biased and the debiased model look, side by side, and (when the
 dataset has object masks) how much of each map falls on the object.
 
-`run_gradcam` is a job: it picks samples (by default the bias-conflicting test samples, via
-`diffubias.method.cam_positions`), runs `diffubias.method.gradcam_comparison`, and writes each
-image and both overlays under workspace/gradcam/<job>/. The job result holds per-sample
+`run_gradcam` is a job: it picks samples and runs Grad-CAM with the explain stage
+(`diffubias.stages.explain`), and writes each image and both overlays under
+workspace/gradcam/<job>/. The job result holds per-sample
 predictions, confidences and object masses, so the view needs no model.
 """
 
@@ -27,7 +27,7 @@ from ui.studio import Studio
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-SAMPLE_SETS = {
+SAMPLE_SETS = {  # as diffubias.stages.explain.SAMPLE_SETS (a test checks), without torch
     "conflicting": "bias-conflicting test samples",
     "all": "random test samples",
     "candidates": "top-K candidates (train)",
@@ -96,34 +96,25 @@ def run_gradcam(studio: Studio, project_id: int, *, method: str | None = None,
     return gradcam_view(studio, project_id)
 
 
-def choose_positions(data, config, sample_set: str, candidates: list[int]) -> np.ndarray:
-    """Dataset positions to explain: a seeded sample of at most `config.cam_samples`."""
-    from diffubias.method import cam_positions
-
-    if sample_set == "conflicting":
-        return cam_positions(data, config)
-    pool = (np.asarray(candidates, dtype=np.int64) if sample_set == "candidates"
-            else data.evaluation_split()[0])
-    rng = np.random.default_rng(config.seed)
-    return np.sort(rng.permutation(pool)[: config.cam_samples])
-
-
 def _explain(studio: Studio, project_id: int, config, sample_set: str, candidates: list[int],
              weights, progress: JobProgress) -> JobOutcome:
+    """The explain stage, stored: each image and both overlays as PNGs, per-sample figures in
+    the job result (so the view needs no model)."""
     from diffubias.gradcam import overlay
-    from diffubias.method import gradcam_comparison
     from diffubias.models import load_classifier
+    from diffubias.stages.explain import cam_positions, explain_models
 
     data = studio.datasets.get(project_id)
     start = time.perf_counter()
     progress(0.05, "loading models")
     before, after = (load_classifier(path) for path in weights)
-    positions = choose_positions(data, config, sample_set, candidates)
+    positions = cam_positions(data, config, sample_set, candidates)
     if len(positions) == 0:
         raise ValueError(f"no {SAMPLE_SETS[sample_set]} to explain in this dataset; "
                          "choose another sample set")
-    progress(0.2, f"Grad-CAM of both models on {len(positions)} images")
-    images, masks, comparison = gradcam_comparison(data, config, before, after, positions)
+    explained = explain_models(data, config, before, after, positions,
+                               progress=progress.part(0.2, 0.8))
+    images, comparison = explained.images, explained.comparison
     computed = time.perf_counter()
     progress(0.8, "writing overlays")
     progress.check()
@@ -150,10 +141,11 @@ def _explain(studio: Studio, project_id: int, config, sample_set: str, candidate
                          "confidence": float(comparison.after.confidences[i]),
                          "object_mass": _mass(comparison.object_mass_after, i)},
             "files": files})
+    mass = explained.mass_summary()
     result = {"method": config.cam_method, "sample_set": sample_set, "samples": samples,
-              "mean_object_mass_before": _number(comparison.mean_object_mass_before),
-              "mean_object_mass_after": _number(comparison.mean_object_mass_after),
-              "object_area": float(masks.mean()) if masks is not None else None}
+              "mean_object_mass_before": mass["object_mass_before"],
+              "mean_object_mass_after": mass["object_mass_after"],
+              "object_area": mass["object_area"]}
     return JobOutcome(result, {"gradcam": computed - start,
                                "write": time.perf_counter() - computed})
 

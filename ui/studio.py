@@ -109,8 +109,8 @@ class Studio:
 def _warm_up() -> None:
     """Import the library (torch and friends, a few seconds) while the page is already up, so
     the first click does not wait for it."""
-    for module in ("diffubias.method", "diffubias.plots", "diffubias.captions",
-                   "diffubias.generation", "diffubias.gradcam"):
+    for module in ("diffubias.stages.detect", "diffubias.plots", "diffubias.backends",
+                   "diffubias.stages.generate", "diffubias.gradcam"):
         importlib.import_module(module)
 
 

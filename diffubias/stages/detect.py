@@ -1,0 +1,100 @@
+"""Stages 1-3, detect: the deliberately biased model (GCE), every training sample's loss under
+it, and the top-K highest-loss samples of each class: the bias-conflicting candidates.
+
+Knows nothing of where the scores are stored; the bias column is read only to measure the
+ranking (precision@K, AUROC) when the dataset has one, never to rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diffubias.config import RunConfig
+from diffubias.evaluation import GroupAccuracy
+from diffubias.prepared import PreparedDataset, new_classifier, test_accuracy, train_config
+from diffubias.progress import ProgressFn, part
+from diffubias.scoring import detection_metrics, score_samples, top_k_per_class
+from diffubias.training import TrainResult, train_classifier
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """The biased model, every train sample's loss, and the top-K candidates."""
+
+    training: TrainResult = field(repr=False)
+    positions: np.ndarray  # dataset positions of the train samples, in score order
+    losses: np.ndarray  # float32, CE under the biased model, aligned with positions
+    labels: np.ndarray  # int64, class of each scored sample, aligned with positions
+    selected: np.ndarray  # indices into positions: top-K per class, highest loss first
+    is_conflict: np.ndarray | None  # known bias only: to measure, never to rank
+    metrics: dict  # detection_metrics(...).to_dict(), or counts only when bias is unknown
+    test: GroupAccuracy  # the biased model on the evaluation split
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Dataset positions of the candidates."""
+        return self.positions[self.selected]
+
+    @property
+    def threshold(self) -> float | None:
+        """The lowest candidate loss (K is per class: the lowest of the class thresholds)."""
+        return float(self.losses[self.selected].min()) if len(self.selected) else None
+
+    def rank_in_class(self) -> np.ndarray:
+        """Per scored sample, its rank among its class's candidates (0: highest loss), -1 for
+        samples that are not candidates."""
+        rank = np.full(len(self.positions), -1, dtype=np.int64)
+        for label in np.unique(self.labels[self.selected]):
+            in_class = self.selected[self.labels[self.selected] == label]  # highest loss first
+            rank[in_class] = np.arange(len(in_class))
+        return rank
+
+    def whole_classes(self, top_k: float, class_names) -> dict[str, int]:
+        return whole_classes(self.labels, top_k, class_names)
+
+
+def whole_classes(labels: np.ndarray, top_k: float, class_names) -> dict[str, int]:
+    """{class name: size} of the classes a count K takes whole (K >= the class size)."""
+    if top_k < 1:
+        return {}
+    names, sizes = np.unique(labels, return_counts=True)
+    return {class_names[int(c)]: int(n) for c, n in zip(names, sizes) if top_k >= n}
+
+
+def detect_bias(data: PreparedDataset, config: RunConfig, *,
+                progress: ProgressFn | None = None) -> Detection:
+    """Trains the biased model with GCE, scores every train sample with CE, picks top-K.
+
+    1. train `biased_epochs` of GCE (q = `gce_q`), keeping the last epoch;
+    2. score: each train sample's cross entropy under that model;
+    3. select: the `top_k` highest-loss samples of each class;
+    4. evaluate the biased model, and the ranking where the bias is known.
+    """
+    positions, train = data.split("train")
+    _, valid = data.split("valid")
+    # selection="last": the best checkpoint on an unbiased validation split would be the
+    # least biased one, the opposite of what this model is for.
+    result = train_classifier(new_classifier(data, config), train, valid=valid,
+                              config=train_config(config, epochs=config.biased_epochs,
+                                                  loss="gce", gce_q=config.gce_q,
+                                                  selection="last"),
+                              progress=part(progress, 0.0, 0.85), desc="biased model (GCE)")
+    losses = score_samples(result.model, train, device=config.resolved_device(),
+                           progress=part(progress, 0.85, 0.95))
+    labels = data.ds.labels[positions].astype(np.int64)
+    selected = top_k_per_class(losses, labels, k=config.top_k)
+    is_conflict = data.conflicts(positions)
+    if is_conflict is not None:
+        metrics = detection_metrics(losses, labels, is_conflict, k=config.top_k).to_dict()
+    else:
+        metrics = {"k_per_class": {str(c): int((labels[selected] == c).sum())
+                                   for c in range(data.ds.num_classes)},
+                   "n_selected": int(len(selected)), "n_conflicts": None,
+                   "precision_at_k": None, "recall_at_k": None, "r_precision": None,
+                   "auroc": None}
+    if progress is not None:
+        progress(0.95, "evaluating the biased model")
+    test = test_accuracy(data, result.model, config)
+    return Detection(result, positions, losses, labels, selected, is_conflict, metrics, test)
