@@ -24,7 +24,8 @@ from torch import nn
 
 from diffubias.captions import Caption, Captioner, make_captioner
 from diffubias.config import RunConfig
-from diffubias.dataset import ImageDataset, read_images
+from diffubias.dataset import ImageDataset
+from diffubias.decoding import read_images
 from diffubias.evaluation import GroupAccuracy, predict
 from diffubias.generation import Generator, make_generator
 from diffubias.method import (

@@ -29,7 +29,8 @@ import torch
 from diffubias import __version__
 from diffubias.captions import Caption, Captioner, make_captioner
 from diffubias.config import BASELINES, RunConfig
-from diffubias.dataset import SPLITS, ImageDataset, read_images
+from diffubias.dataset import SPLITS, ImageDataset
+from diffubias.decoding import read_images
 from diffubias.files import atomic_path, atomic_write_text
 from diffubias.generation import load_generated, make_generator, read_manifest
 from diffubias.method import (

@@ -10,14 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffubias.dataset import (
-    ImageDataset,
-    as_positions,
-    infer_image_size,
-    load_dataset,
-    read_images,
-    read_masks,
-)
+from diffubias.dataset import ImageDataset, as_positions
+from diffubias.dataset_sources import load_dataset
+from diffubias.decoding import infer_image_size, read_images, read_masks
 
 
 def _png(path: Path, color=(200, 30, 40), size=(8, 8), mode="RGB") -> None:

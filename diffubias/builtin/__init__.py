@@ -4,7 +4,7 @@ Each built-in is written into `cache_dir/builtin/<name>-rho<ratio>-seed<seed>/` 
 on-disk format (see `diffubias.dataset`): same (name, ratio, seed), byte-identical files. Each
 also has a `PromptRenderer`, the offline stand-in for a diffusion model: it reads the class and
 attribute words in a prompt and draws that image. Knows: the registry and the cache layout.
-Does not know: loading or validating datasets (that is `diffubias.dataset`).
+Does not know: loading or validating datasets (that is `diffubias.dataset_sources`).
 """
 
 from __future__ import annotations
