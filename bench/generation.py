@@ -29,7 +29,7 @@ from markdown import machine_line, write_section  # noqa: E402
 from tiny_models import build_tiny_blip, build_tiny_sd, write_tiny_dataset  # noqa: E402
 
 from diffubias.backends import make_captioner  # noqa: E402
-from diffubias.dataset import load_dataset  # noqa: E402
+from diffubias.dataset_sources import load_dataset  # noqa: E402
 from diffubias.diffusion import (DiffusersGenerator, DiffusionSettings,  # noqa: E402
                                  load_diffusers_generator)
 from diffubias.generation import plan_images  # noqa: E402

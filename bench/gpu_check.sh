@@ -41,7 +41,7 @@ if cuda and not torch.cuda.is_available():
 
 from tiny_models import build_tiny_blip, build_tiny_llava, build_tiny_sd, write_tiny_dataset
 from diffubias.captions import make_captioner
-from diffubias.dataset import load_dataset
+from diffubias.dataset_sources import load_dataset
 from diffubias.diffusion import (DiffusersGenerator, DiffusionSettings, generate_to_folder,
                                  load_diffusers_generator)
 from diffubias.hf_captioners import CaptionSettings, ModelCaptioner

@@ -24,7 +24,7 @@ from torch import nn
 from diffubias.backends import captioner_for, generator_for
 from diffubias.captions import Caption, Captioner
 from diffubias.config import RunConfig
-from diffubias.dataset import read_images
+from diffubias.decoding import read_images
 from diffubias.evaluation import GroupAccuracy, predict
 from diffubias.generation import Generator
 from diffubias.images import stack_images

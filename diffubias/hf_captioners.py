@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from diffubias.captions import Caption
-from diffubias.dataset import ImageDataset, read_images
+from diffubias.dataset import ImageDataset
+from diffubias.decoding import read_images
 
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
 # Short names for the models the paper and the reference code use.

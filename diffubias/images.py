@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from diffubias.dataset import ImageDataset, as_positions, read_images
+from diffubias.dataset import ImageDataset, as_positions
+from diffubias.decoding import read_images
 
 # images uint8 (B, 3, H, W), labels int64 (B,), positions int64 (B,) into the source
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

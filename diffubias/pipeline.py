@@ -31,7 +31,8 @@ from diffubias import __version__
 from diffubias.backends import captioner_for, generator_for
 from diffubias.captions import Caption
 from diffubias.config import BASELINES, RunConfig
-from diffubias.dataset import SPLITS, ImageDataset, read_images
+from diffubias.dataset import SPLITS, ImageDataset
+from diffubias.decoding import read_images
 from diffubias.files import atomic_path, atomic_write_text
 from diffubias.generated_folder import generate_to_folder, load_generated, read_manifest
 from diffubias.models import load_classifier, save_classifier

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from diffubias.config import RunConfig
-from diffubias.dataset import SPLITS, ImageDataset, infer_image_size, load_dataset
+from diffubias.dataset import SPLITS, ImageDataset
+from diffubias.dataset_sources import load_dataset
+from diffubias.decoding import infer_image_size
 from diffubias.evaluation import GroupAccuracy, aligned_bias_per_class, conflict_mask, evaluate
 from diffubias.images import ImageSource, InMemoryImages, concat_sources, open_images
 from diffubias.models import Classifier, build_classifier

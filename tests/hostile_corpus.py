@@ -38,7 +38,7 @@ class UploadCase:
     build: Callable[[Path], Path] = field(repr=False)  # writes the upload into a folder
     member: str = ""  # converted / skipped: the dataset path of the file under test
     rgb: tuple[int, int, int] | None = None  # converted: the colour it must decode to
-    limits: dict = field(default_factory=dict)  # diffubias.dataset constants lowered for the case
+    limits: dict = field(default_factory=dict)  # "module.CONSTANT" lowered for the case
     classes: tuple[str, ...] = ("cat", "dog")  # accepted: the class names it must load with
 
 
@@ -316,7 +316,7 @@ ARCHIVE_CASES = [
     UploadCase("declared-huge", "archive", "rejected", r"unpacks to [\d,]+ bytes.*limit",
                declared_huge_zip),
     UploadCase("too-many-files", "archive", "rejected", r"80 files.*limit is 50.*" + _ZIP_AGAIN,
-               too_many_files_zip, limits={"MAX_ARCHIVE_FILES": 50}),
+               too_many_files_zip, limits={"diffubias.archives.MAX_ARCHIVE_FILES": 50}),
     UploadCase("nested-zip", "archive", "rejected", r"'cat/more\.zip' is an archive.*unpack",
                with_member("cat/more.zip", b"PK\x05\x06" + bytes(18))),
     UploadCase("nested-tar-gz", "archive", "rejected", r"'data\.tar\.gz' is an archive",
@@ -411,7 +411,7 @@ IMAGE_CASES = [
                odd_image_zip("bomb.png", png_header(30000, 30000)), member="odd/bomb.png"),
     UploadCase("pixel-bomb-below-pil-limit", "image", "skipped", r"9000x9000 \(81 megapixels\).*limit of 50",
                odd_image_zip("big.png", png_header(9000, 9000)), member="odd/big.png",
-               limits={"MAX_IMAGE_PIXELS": 50_000_000}),
+               limits={"diffubias.decoding.MAX_IMAGE_PIXELS": 50_000_000}),
     UploadCase("short-image-data", "image", "skipped", r"truncated or damaged",
                odd_image_zip("short.png", png_header(300, 300)), member="odd/short.png"),
     UploadCase("damaged-header", "image", "skipped", r"truncated or damaged",

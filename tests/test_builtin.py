@@ -14,12 +14,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from diffubias.builtin import (
     BUILTIN_NAMES,
     CONFLICT_RATIOS,
-    biased_attributes,
     colored_digits,
     ensure_builtin,
     get_renderer,
     shape_scenes,
 )
+from diffubias.builtin.generator_parts import biased_attributes
 
 
 @pytest.fixture(scope="session")

@@ -302,7 +302,7 @@ def _run_script(tmp_path: Path, code: str, *args: str) -> None:
 
 
 def test_the_worked_example_script_writes_a_dataset_that_loads(tmp_path):
-    from diffubias.dataset import load_dataset
+    from diffubias.dataset_sources import load_dataset
 
     root = tmp_path / "pets-photos"
     for split in ("train", "valid", "test"):
@@ -317,7 +317,7 @@ def test_the_worked_example_script_writes_a_dataset_that_loads(tmp_path):
 
 
 def test_the_paper_layout_script_writes_a_dataset_that_loads(tmp_path):
-    from diffubias.dataset import load_dataset
+    from diffubias.dataset_sources import load_dataset
 
     root = tmp_path / "cifar10c"
     n = 0

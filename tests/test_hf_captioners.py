@@ -9,7 +9,7 @@ import torch
 
 from diffubias.backends import make_captioner
 from diffubias.captions import MetadataCaptioner
-from diffubias.dataset import load_dataset
+from diffubias.dataset_sources import load_dataset
 from diffubias.hf_captioners import CaptionSettings, ModelCaptioner
 from diffubias.hf_loading import pick_device, pick_dtype
 from tiny_models import build_tiny_blip, build_tiny_llava, write_tiny_dataset

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffubias import dataset
 from diffubias.config import RunConfig
-from diffubias.dataset import load_dataset, read_images
+from diffubias.dataset_sources import load_dataset
+from diffubias.decoding import read_images
 from diffubias.scoring import top_k_per_class
 from diffubias.text_safety import (
     MAX_PROMPT_CHARS,
@@ -79,8 +79,8 @@ def test_the_corpus_covers_every_kind_of_bad_input():
 
 @pytest.mark.parametrize("case", UPLOAD_CASES, ids=lambda case: case.id)
 def test_upload(case, studio, tmp_path, monkeypatch):
-    for name, value in case.limits.items():
-        monkeypatch.setattr(dataset, name, value)
+    for target, value in case.limits.items():
+        monkeypatch.setattr(target, value)
     upload = case.build(tmp_path)
     if case.outcome == "rejected":
         before = snapshot(studio)

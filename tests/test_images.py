@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffubias.dataset import ImageDataset, load_dataset
+from diffubias.dataset import ImageDataset
+from diffubias.dataset_sources import load_dataset
 from diffubias.images import (
     ConcatImages,
     InMemoryImages,

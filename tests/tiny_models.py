@@ -184,7 +184,7 @@ def make_run_folder(out_dir: Path, dataset_root: Path, *, prompts: list[tuple[st
     write_tiny_dataset folder: config.json, scores.csv with the conflicts scored highest and the
     top `k` per class marked candidates, and prompts.csv of (class name, text, source) rows."""
     from diffubias.config import RunConfig
-    from diffubias.dataset import load_dataset
+    from diffubias.dataset_sources import load_dataset
     from diffubias.pipeline import PROMPT_FIELDS, Run
 
     out_dir = Path(out_dir)

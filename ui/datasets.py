@@ -1,10 +1,11 @@
 """Projects and their datasets: importing a dataset into the store, and loading it back.
 
 A project row keeps, in `settings`, the `RunConfig` it was last run with (`"config"`) and what the
-import found (`"summary"`). Every dataset is loaded with `diffubias.dataset` into the workspace's
-`images/` folder: built-ins are generated there, archives extracted there, and a folder under the
-data root is linked there, so each sample's stored path is relative to the workspace. A dataset is
-written to the store only after it loaded and validated; nothing is written on a `ValueError`.
+import found (`"summary"`). Every dataset is loaded with `diffubias.dataset_sources` into the
+workspace's `images/` folder: built-ins are generated there, archives extracted there, and a
+folder under the data root is linked there, so each sample's stored path is relative to the
+workspace. A dataset is written to the store only after it loaded and validated; nothing is
+written on a `ValueError`.
 
 `DatasetCache` keeps one loaded `PreparedDataset` per project for the life of the process.
 Library modules that pull in torch are imported inside the functions that need them, so the web
@@ -123,7 +124,7 @@ def import_archive(store: Store, datasets: DatasetCache, zip_path: Path, *, name
     if zip_path.suffix.lower() != ".zip":
         raise ValueError(f"{zip_path.name} is not a .zip file; upload a .zip holding "
                          "metadata.csv and the images, or an ImageFolder")
-    from diffubias.dataset import extracted_folder
+    from diffubias.archives import extracted_folder
 
     cache_dir = dataset_cache_dir(store.workspace)
     config = RunConfig(dataset=str(zip_path), cache_dir=str(cache_dir))

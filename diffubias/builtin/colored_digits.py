@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from diffubias.builtin import (
+from diffubias.builtin.generator_parts import (
     PngWriter,
     balanced_attributes,
     biased_attributes,

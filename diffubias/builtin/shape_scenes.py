@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffubias.builtin import (
+from diffubias.builtin.generator_parts import (
     PngWriter,
     balanced_attributes,
     biased_attributes,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diffubias.config import RunConfig
-from diffubias.dataset import read_images, read_masks
+from diffubias.decoding import read_images, read_masks
 from diffubias.gradcam import CamComparison, compare_models
 from diffubias.prepared import PreparedDataset
 from diffubias.progress import ProgressFn, report

@@ -1,0 +1,77 @@
+"""Where a dataset comes from: `load_dataset` turns a source (`builtin:<name>`, a folder, or a
+.zip) into an `ImageDataset`, picking the layout that the folder holds.
+
+Knows: the three kinds of source, that a folder with `metadata.csv` is the CSV layout and any
+other folder an ImageFolder, and how to find the dataset root inside an extracted zip (through
+the folder that zipping a folder adds). Does not know: the layouts themselves (`metadata_csv`,
+`image_folder`), zip safety (`archives`) or how built-ins are generated (`diffubias.builtin`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffubias.archives import extract_zip
+from diffubias.builtin import BUILTIN_NAMES, ensure_builtin
+from diffubias.dataset import METADATA_FILE, ImageDataset
+from diffubias.image_folder import is_hidden, load_image_folder
+from diffubias.metadata_csv import load_metadata_csv
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    cache_dir: Path,
+    seed: int = 0,
+    conflict_ratio: float = 0.01,
+    valid_fraction: float = 0.2,
+) -> ImageDataset:
+    """Load `source`: "builtin:<name>", a folder, or a .zip file (extracted under `cache_dir`).
+
+    `conflict_ratio` and `seed` pick the built-in variant; `seed` and `valid_fraction` also drive
+    the train/valid split of a plain ImageFolder. Other sources ignore them.
+    """
+    if not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in (0, 1); got {valid_fraction!r}")
+    cache_dir = Path(cache_dir)
+    if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
+        name = source.removeprefix(BUILTIN_PREFIX)
+        root = ensure_builtin(name, cache_dir=cache_dir, conflict_ratio=conflict_ratio, seed=seed)
+        # we generated it: every image is sound
+        return load_metadata_csv(root, name=source, verify=False)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        return _load_root(path, name=path.name, seed=seed, valid_fraction=valid_fraction)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        root = _find_data_root(extract_zip(path, cache_dir=cache_dir))
+        return _load_root(root, name=path.stem, seed=seed, valid_fraction=valid_fraction)
+    builtins = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_NAMES)
+    raise ValueError(
+        f"dataset source {str(source)!r} is not a folder, a .zip file, or one of {builtins}"
+    )
+
+
+def _load_root(root: Path, *, name: str, seed: int, valid_fraction: float) -> ImageDataset:
+    if (root / METADATA_FILE).is_file():
+        if not (root / METADATA_FILE).resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"{name}/{METADATA_FILE} is a link to a file outside the dataset "
+                             "folder; copy the file in instead")
+        return load_metadata_csv(root, name=name, verify=True)
+    return load_image_folder(root, name=name, seed=seed, valid_fraction=valid_fraction)
+
+
+def _find_data_root(extracted: Path) -> Path:
+    """Descend through single wrapping folders (zipping a folder adds one) to the dataset root."""
+    root = extracted
+    while not (root / METADATA_FILE).is_file():
+        entries = [e for e in root.iterdir() if not is_hidden(e.name) and e.name != "__MACOSX"]
+        if len(entries) != 1 or not entries[0].is_dir():
+            break
+        only = entries[0]
+        if not any(child.is_dir() or child.name == METADATA_FILE for child in only.iterdir()):
+            break  # `only` holds images directly: it is a class folder, not a wrapper
+        root = only
+    return root
