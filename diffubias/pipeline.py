@@ -175,7 +175,7 @@ def _write_scores(path: Path, det: Detection, ds: ImageDataset) -> None:
     candidate[det.selected] = True
     conflict = det.is_conflict
     _write_csv(path, ("position", "path", "label", "loss", "candidate", "conflict"),
-               ([int(p), ds.paths[p], ds.class_names[ds.labels[p]], f"{det.losses[i]:.6g}",
+               ([int(p), ds.paths[p], ds.class_names[ds.labels[p]], f"{det.losses[i]:.9g}",
                  int(candidate[i]), "" if conflict is None else int(conflict[i])]
                 for i, p in enumerate(det.positions)))
 
@@ -199,8 +199,7 @@ def stage_caption(run: Run) -> dict:
     cfg, ds = run.config, run.data.ds
     scores = read_scores(run)
     t0 = time.perf_counter()
-    result = caption_candidates(ds, cfg, scores.positions[scores.is_candidate].tolist(),
-                                captioner=captioner_for(cfg), scores=scores)
+    result = caption_candidates(ds, cfg, scores, captioner=captioner_for(cfg))
     _write_caption_csv(run.out_dir / "captions.csv", result.captions, ds)
     if result.aligned_captions:
         _write_caption_csv(run.out_dir / "aligned_captions.csv", result.aligned_captions, ds)

@@ -17,7 +17,7 @@ from tests.ui_support import link_demo_dataset
 from ui import bias_service, caption_service, generate_service
 from ui.studio import Studio, default_project
 
-SETTINGS = {"width": 8, "biased_epochs": 1, "top_k": 3, "seed": 3, "batch_size": 256,
+SETTINGS = {"width": 8, "biased_epochs": 1, "top_k": 3, "seed": 0, "batch_size": 256,
             "images_per_prompt": 2, "max_images": 24}
 
 

@@ -126,8 +126,7 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int, candida
     scores = ScoredSamples(
         np.array([positions[i] for i in columns.sample_ids], dtype=np.int64),
         np.asarray(columns.losses), np.asarray(columns.is_candidate) & ~np.asarray(columns.excluded))
-    result = caption_candidates(data.ds, config, [c.position for c in candidates],
-                                captioner=captioner, scores=scores, progress=progress)
+    result = caption_candidates(data.ds, config, scores, captioner=captioner, progress=progress)
     summary = result.summary()
     if result.keywords is not None:
         summary["keywords"] = result.keywords_by_class(data.ds.class_names)

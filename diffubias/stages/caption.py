@@ -31,6 +31,13 @@ class ScoredSamples:
     losses: np.ndarray
     is_candidate: np.ndarray  # bool: a candidate the user kept
 
+    def candidates(self) -> np.ndarray:
+        """Dataset positions of the candidates, highest loss first (ties: lower position), the
+        one order every front end captions, filters and caps prompts in."""
+        picked = np.flatnonzero(self.is_candidate)
+        order = np.lexsort((self.positions[picked], -self.losses[picked]))
+        return self.positions[picked[order]]
+
 
 @dataclass(frozen=True, eq=False)
 class Captioning:
@@ -52,18 +59,21 @@ class Captioning:
         return {class_names[c]: [k.to_dict() for k in found] for c, found in self.keywords.items()}
 
 
-def caption_candidates(ds: ImageDataset, config: RunConfig, candidates: Sequence[int], *,
-                       captioner: Captioner, scores: ScoredSamples | None = None,
-                       progress: ProgressFn | None = None) -> Captioning:
-    """Captions of `candidates` (dataset positions) and, with `scores`, the bias keywords.
+def caption_candidates(ds: ImageDataset, config: RunConfig, scores: ScoredSamples, *,
+                       captioner: Captioner, progress: ProgressFn | None = None) -> Captioning:
+    """Captions of the candidates of `scores` and the bias keywords.
 
-    1. caption every candidate (`captions_per_image` each for captioners that sample);
-    2. keywords (`keywords_top_n` > 0 and `scores` given): caption the aligned counterparts and
-       rank the terms per class.
+    1. caption every candidate, highest loss first (`captions_per_image` each for captioners
+       that sample);
+    2. keywords (`keywords_top_n` > 0): caption each class's aligned counterparts and rank the
+       terms per class.
     """
-    with_keywords = config.keywords_top_n > 0 and scores is not None
+    candidates = scores.candidates().tolist()
+    if not candidates:
+        raise ValueError("no candidates to caption: every candidate is excluded")
+    with_keywords = config.keywords_top_n > 0
     share = 0.7 if with_keywords else 1.0
-    captions = caption_in_batches(captioner, ds, list(candidates), part(progress, 0.0, share),
+    captions = caption_in_batches(captioner, ds, candidates, part(progress, 0.0, share),
                                   "captioning candidates")
     aligned: list[Caption] = []
     keywords = None
