@@ -249,10 +249,14 @@ class BrokenCaptioner:
 class OutOfMemoryGenerator:
     backend = "diffusers"
 
-    def generate(self, prompts, **kwargs):
+    def describe(self):
+        return {"backend": self.backend, "model": "test/oom-generator", "params": {}}
+
+    def generate_items(self, items, **kwargs):
         import torch
 
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator, as the protocol asks
 
 
 def test_failing_jobs_end_with_a_message_and_the_app_keeps_serving(served, monkeypatch):
@@ -268,9 +272,9 @@ def test_failing_jobs_end_with_a_message_and_the_app_keeps_serving(served, monke
         ("generate", "/generate", (project, "demo", "test/oom-generator", 25, 7.5, 1, 0, 4),
          "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): lower"),
     ]
-    monkeypatch.setattr("diffubias.captions.make_captioner",
+    monkeypatch.setattr("diffubias.backends.make_captioner",
                         _only("test/broken-captioner", BrokenCaptioner))
-    monkeypatch.setattr("diffubias.generation.make_generator",
+    monkeypatch.setattr("diffubias.backends.make_generator",
                         _only("test/oom-generator", OutOfMemoryGenerator))
     for kind, api, args, message in cases:
         with pytest.raises(Exception) as raised:
@@ -287,11 +291,10 @@ def test_failing_jobs_end_with_a_message_and_the_app_keeps_serving(served, monke
 
 def _only(name: str, fake):
     """A make_captioner / make_generator stand-in: the fake for `name`, else the real one."""
-    import diffubias.captions
-    import diffubias.generation
+    import diffubias.backends
 
-    real = (diffubias.captions.make_captioner if fake is BrokenCaptioner
-            else diffubias.generation.make_generator)
+    real = (diffubias.backends.make_captioner if fake is BrokenCaptioner
+            else diffubias.backends.make_generator)
 
     def make(requested, **kwargs):
         return fake() if requested == name else real(requested, **kwargs)
@@ -309,7 +312,7 @@ def test_a_full_disk_during_generation_fails_the_job_and_a_rerun_resumes(served,
     writes = []
 
     def fill_up(path, data):
-        if len(writes) >= 70:  # past the first stored batch (32 prompts x 2 images)
+        if len(writes) >= 70:  # past the first stored batch (64 images: commit_every)
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         writes.append(path)
         real_write(path, data)
