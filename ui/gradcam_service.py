@@ -12,15 +12,16 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
-from ui.datasets import optional, project_config, save_project_config
+from ui.datasets import project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 
@@ -52,20 +53,15 @@ class CamView:
     figure: go.Figure | None = field(default=None, repr=False)
 
 
-def cam_methods() -> list[str]:
-    from diffubias.gradcam import CAM_METHODS
+def run_gradcam(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
+                sample_set: str = "conflicting", ui: UiProgress | None = None) -> CamView:
+    """Explain both models on samples of `sample_set` (a SAMPLE_SETS key) as a job.
 
-    return list(CAM_METHODS)
-
-
-def run_gradcam(studio: Studio, project_id: int, *, method: str | None = None,
-                sample_set: str = "conflicting", count: int | None = None,
-                ui: UiProgress | None = None) -> CamView:
+    `changes`: {RunConfig field: value}, e.g. cam_method and cam_samples; None keeps the
+    project's setting."""
     if sample_set not in SAMPLE_SETS:
         raise ValueError(f"unknown sample set {sample_set!r}; choose one of "
                          f"{', '.join(SAMPLE_SETS)}")
-    if count is not None and int(count) < 1:
-        raise ValueError(f"explain at least 1 sample, got {count}")
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
         biased = repo.latest_model(session, project_id, ModelRole.BIASED)
@@ -79,8 +75,7 @@ def run_gradcam(studio: Studio, project_id: int, *, method: str | None = None,
             candidates = [c.position for c in repo.top_candidates(session, detection.id,
                                                                   limit=None)]
         settings = project.settings
-    config = project_config(studio.store.workspace, settings).with_overrides(
-        cam_method=method, cam_samples=optional(int, count))
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
     params = {"method": config.cam_method, "sample_set": sample_set,
               "count": config.cam_samples,
