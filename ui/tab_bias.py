@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from diffubias.config import ARCHITECTURES, RunConfig
+from diffubias.config import ARCHITECTURES, FLOAT_RANGES, RunConfig
 from ui.bias_service import CandidatePage, DetectionView, SampleDetail
 from ui.events import (
     GPU,
@@ -57,8 +57,9 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
                                   elem_id="bias-width")
                 epochs = gr.Number(DEFAULTS.biased_epochs, precision=0, label="epochs",
                                    min_width=80, elem_id="bias-epochs")
-            gce_q = gr.Slider(0.1, 1.0, value=DEFAULTS.gce_q, step=0.05, label="GCE q",
-                              info="higher: leans harder on the easy samples")
+            # a slider needs ends: RunConfig's (it refuses q = 0, saying why)
+            gce_q = gr.Slider(*FLOAT_RANGES["gce_q"][:2], value=DEFAULTS.gce_q, step=0.05,
+                              label="GCE q", info="higher: leans harder on the easy samples")
             top_k = gr.Number(DEFAULTS.top_k, label="top-K per class",
                               info="≥ 1: a count; < 1: a share of the class",
                               elem_id="bias-topk")
