@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -38,6 +39,7 @@ from ui.studio import (
     Studio,
     class_names,
     default_project,
+    demo_status,
     job_status,
     project_choices,
     project_settings,
@@ -74,84 +76,63 @@ def build_app(studio: Studio) -> gr.Blocks:
     """The whole UI: the header, then one tab per workflow step, wired to `studio`."""
     with gr.Blocks(title="DiffuBias Studio", analytics_enabled=False) as demo:
         top = header.build(demo, header.HeaderCallbacks(
-            projects=lambda: project_choices(studio),
-            default_project=lambda: default_project(studio),
-            status=lambda p: job_status(studio, p),
-            revision=lambda p: revision(studio, p)))
+            projects=partial(project_choices, studio),
+            default_project=partial(default_project, studio),
+            status=partial(job_status, studio),
+            revision=partial(revision, studio)))
         project = top.project
-        stop = lambda p: stop_job(studio, p)
-        settings = lambda p: project_settings(studio, p)
+        stop = partial(stop_job, studio)
+        settings = partial(project_settings, studio)
         with gr.Tabs(elem_id="steps"):
             with gr.Tab("1 · Dataset", id="dataset"):
                 dataset = tab_dataset.build(tab_dataset.DatasetCallbacks(
-                    view=lambda p: dataset_service.dataset_view(studio, p),
-                    open_builtin=lambda s, r, seed: dataset_service.open_builtin(studio, s, r,
-                                                                                 seed),
-                    upload=lambda path, name: dataset_service.upload_archive(studio, path, name),
-                    open_folder=lambda f, name: dataset_service.open_data_folder(studio, f,
-                                                                                 name),
-                    folders=lambda: dataset_service.data_root_entries(studio),
-                    projects=lambda: project_choices(studio),
-                    demo_status=lambda: job_status(studio, None).message,
+                    view=partial(dataset_service.dataset_view, studio),
+                    open_builtin=partial(dataset_service.open_builtin, studio),
+                    upload=partial(dataset_service.upload_archive, studio),
+                    open_folder=partial(dataset_service.open_data_folder, studio),
+                    folders=partial(dataset_service.data_root_entries, studio),
+                    projects=partial(project_choices, studio),
+                    demo_status=partial(demo_status, studio),
                 ), project, top.picker, has_data_root=studio.data_root is not None)
             with gr.Tab("2 · Bias", id="bias"):
                 bias = tab_bias.build(tab_bias.BiasCallbacks(
-                    train=lambda p, arch, width, epochs, q, k, seed, batch, ui:
-                        bias_service.train_biased(studio, p, arch=arch, width=width,
-                                                  epochs=epochs, gce_q=q, top_k=k, seed=seed,
-                                                  batch_size=batch, ui=ui),
-                    view=lambda p, label: bias_service.detection_view(studio, p, label=label),
-                    page=lambda p, label, page, size: bias_service.candidate_page(
-                        studio, p, label=label, page=page, page_size=size),
-                    detail=lambda p, s: bias_service.sample_detail(studio, p, s),
-                    exclude=lambda p, s, e: bias_service.set_excluded(studio, p, s, e),
-                    class_names=lambda p: class_names(studio, p),
-                    settings=settings, stop=stop,
-                    architectures=bias_service.architectures), project)
+                    train=partial(bias_service.train_biased, studio),
+                    view=partial(bias_service.detection_view, studio),
+                    page=partial(bias_service.candidate_page, studio),
+                    detail=partial(bias_service.sample_detail, studio),
+                    exclude=partial(bias_service.set_excluded, studio),
+                    class_names=partial(class_names, studio),
+                    settings=settings, stop=stop), project)
             with gr.Tab("3 · Captions", id="captions"):
                 captions = tab_captions.build(tab_captions.CaptionCallbacks(
-                    run=lambda p, name, model, n, instr, f, words, n_kw, ui:
-                        caption_service.run_captioner(
-                            studio, p, captioner=name, model_id=model, per_image=n,
-                            instruction=instr, top_f=f, extra_stop_words=words,
-                            keywords_top_n=n_kw, ui=ui),
-                    apply_filter=lambda p, f, words: caption_service.apply_filter(
-                        studio, p, top_f=f, extra_stop_words=words),
-                    save=lambda p, rows: caption_service.save_prompt_edits(studio, p, rows),
-                    view=lambda p: caption_service.captions_view(studio, p),
+                    run=partial(caption_service.run_captioner, studio),
+                    apply_filter=partial(caption_service.apply_filter, studio),
+                    save=partial(caption_service.save_prompt_edits, studio),
+                    view=partial(caption_service.captions_view, studio),
                     settings=settings, stop=stop,
                     captioners=caption_service.captioner_choices,
                     keywords_available=caption_service.keywords_available()), project)
             with gr.Tab("4 · Generate", id="generate"):
                 generate = tab_generate.build(tab_generate.GenerateCallbacks(
-                    run=lambda p, name, model, steps, scale, n, seed, cap, ui:
-                        generate_service.run_generation(
-                            studio, p, generator=name, model_id=model, steps=steps,
-                            guidance_scale=scale, images_per_prompt=n, seed=seed,
-                            max_images=cap, ui=ui),
-                    view=lambda p, page: generate_service.generation_view(studio, p, page=page),
-                    detail=lambda p, i: generate_service.image_detail(studio, p, i),
-                    review=lambda p, ids, a: generate_service.review_images(studio, p, ids, a),
-                    review_prompt=lambda p, i, a: generate_service.review_prompt(studio, p, i,
-                                                                                 a),
+                    run=partial(generate_service.run_generation, studio),
+                    view=partial(generate_service.generation_view, studio),
+                    detail=partial(generate_service.image_detail, studio),
+                    review=partial(generate_service.review_images, studio),
+                    review_prompt=partial(generate_service.review_prompt, studio),
                     settings=settings, stop=stop,
                     generators=generate_service.generator_choices), project)
             with gr.Tab("5 · Debias", id="debias"):
                 debias = tab_debias.build(tab_debias.DebiasCallbacks(
-                    train=lambda p, epochs, vanilla, baselines, ui: (
-                        debias_service.train_debiased_models(
-                            studio, p, epochs=epochs, train_vanilla=vanilla,
-                            baselines=baselines, ui=ui)),
-                    view=lambda p: debias_service.debias_view(studio, p),
+                    train=partial(debias_service.train_debiased_models, studio),
+                    view=partial(debias_service.debias_view, studio),
                     settings=settings, stop=stop), project)
             with gr.Tab("6 · Grad-CAM", id="gradcam"):
                 gradcam = tab_gradcam.build(tab_gradcam.GradcamCallbacks(
-                    run=lambda p, method, which, n, ui: gradcam_service.run_gradcam(
-                        studio, p, method=method, sample_set=which, count=n, ui=ui),
-                    view=lambda p, page: gradcam_service.gradcam_view(studio, p, page=page),
-                    export=lambda p, ui: report_service.export_report(studio, p, ui=ui),
-                    exported=lambda p: report_service.export_view(studio, p),
-                    stop=stop, methods=gradcam_service.cam_methods), project)
+                    run=partial(gradcam_service.run_gradcam, studio),
+                    view=partial(gradcam_service.gradcam_view, studio),
+                    export=partial(report_service.export_report, studio),
+                    exported=partial(report_service.export_view, studio),
+                    settings=settings, stop=stop), project)
 
         # Every tab re-reads its results when the revision changes: another project was opened
         # (on page load, picked, imported) or a job ended (seen by the header's timer). Opening
@@ -159,9 +140,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         tabs = (dataset, bias, captions, generate, debias, gradcam)
         quiet = {"api_visibility": "private", "show_progress": "hidden"}
         for opened in (*top.opened, *dataset.opened):
-            opened.success(lambda p: revision(studio, p), project, top.revision, **quiet)
+            opened.success(partial(revision, studio), project, top.revision, **quiet)
             for tab in tabs:
-                if hasattr(tab, "settings_fn"):
+                if tab.settings_fn is not None:
                     opened.success(tab.settings_fn, project, tab.settings_outputs, **quiet)
         for tab in tabs:
             top.revision.change(tab.fn, tab.inputs, tab.outputs, **quiet)

@@ -10,12 +10,25 @@ import json
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
-# the baselines the `debias` stage can train next to vanilla and DiffuBias; diffubias.baselines
-# implements them (a test checks the two lists agree)
+# Names a setting may take, kept here as plain tuples so that checking a config imports no torch;
+# the modules that implement them hold the same names (tests check the lists agree).
+# baselines: what the `debias` stage can train next to vanilla and DiffuBias (diffubias.baselines)
 BASELINES = ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
+ARCHITECTURES = ("auto", "small-cnn", "resnet18")  # diffubias.models.ARCHITECTURES
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
+               "eigencam")  # diffubias.gradcam.CAM_METHODS
+# what the explain stage can explain (diffubias.stages.explain.cam_positions), with its label
+CAM_SAMPLE_SETS = {
+    "conflicting": "bias-conflicting test samples",
+    "all": "random test samples",
+    "candidates": "top-K candidates (train)",
+}
+CHOICES = {"arch": ARCHITECTURES, "cam_method": CAM_METHODS}  # field: the names it may take
 
 
 # Caps on the settings: past them a run would never finish or would exhaust memory, so the
@@ -81,6 +94,16 @@ def _as_float(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _words(value) -> tuple[str, ...] | None:
+    """Words from a comma- or line-separated string (a form field) or a list or tuple of
+    strings, stripped and lower-cased, empty ones dropped; None for anything else."""
+    if isinstance(value, str):
+        value = value.replace("\n", ",").split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) for w in value):
+        return None
+    return tuple(w.strip().lower() for w in value if w.strip())
+
+
 def default_cache_dir() -> Path:
     """Where built-in datasets and extracted uploads are cached ($DIFFUBIAS_CACHE to change)."""
     return Path(os.environ.get("DIFFUBIAS_CACHE", Path.home() / ".cache" / "diffubias"))
@@ -144,6 +167,7 @@ class RunConfig:
 
         Whole-number floats (3.0 from a form) become ints; NaN, infinities, booleans and
         fractions where a count is expected are refused. The caps are the named constants above.
+        Word lists (extra_stop_words, baselines) may come as a comma- or line-separated string.
         """
         for name, (low, high) in INT_RANGES.items():
             value = getattr(self, name)
@@ -167,6 +191,21 @@ class RunConfig:
         if not 0 < self.conflict_ratio < 1:  # open at both ends
             raise ValueError(f"conflict_ratio must be in (0, 1), got {self.conflict_ratio}")
         self._check_top_k()
+        for name in ("captioner", "generator"):  # the model behind a name is checked on loading
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must name a backend, a model id or a local folder; "
+                                 f"got {value!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("extra_stop_words", "baselines"):
+            words = _words(getattr(self, name))
+            if words is None:
+                raise ValueError(f"{name} must be words separated by commas; "
+                                 f"got {getattr(self, name)!r}")
+            object.__setattr__(self, name, words)
         for name in ("negative_prompt", "caption_instruction"):
             if len(getattr(self, name)) > MAX_TEXT_CHARS:
                 raise ValueError(f"{name} is {len(getattr(self, name)):,} characters long; keep "
@@ -221,5 +260,15 @@ class RunConfig:
     def load(cls, path: Path) -> RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def with_overrides(self, **changes) -> RunConfig:
+    def with_changes(self, changes: Mapping[str, Any]) -> RunConfig:
+        """This config with `changes` ({field name: value}) applied and checked. A None value
+        keeps the current setting (an empty form field); a name that is not a field is refused.
+        """
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"unknown settings {', '.join(map(repr, unknown))}: not fields of "
+                             "the run configuration")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def with_overrides(self, **changes) -> RunConfig:
+        return self.with_changes(changes)

@@ -5,6 +5,7 @@ workspace and find everything again."""
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
+from diffubias.config import RunConfig
 from storage import Workspace
 from tests.ui_support import (
     TINY_BIAS,
@@ -63,7 +65,11 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
         (tmp_path / "notes.txt").write_text("x")
         client.predict(handle_file(str(tmp_path / "notes.txt")), "", api_name="/import_zip")
 
-    # 2. Bias: train, page through the top-K, exclude one
+    # 2. Bias: a setting out of range gets RunConfig's message; train, page through the top-K,
+    # exclude one
+    with pytest.raises(Exception, match="biased_epochs must be an integer from 1 to 1,000; got 0"):
+        client.predict(project, *{**TINY_BIAS, "biased_epochs": 0}.values(),
+                       api_name="/train_biased")
     out = client.predict(project, *TINY_BIAS.values(), api_name="/train_biased")
     status, metrics, histogram, tiles, page, info = out[:6]
     assert status.startswith("✓ Trained and scored 10000") and "precision@K" in metrics
@@ -99,7 +105,9 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     assert "39 generated images" in status and [r[0] for r in table["data"]] == [
         "biased", "vanilla", "debiased"]
 
-    # 6. Grad-CAM and the export
+    # 6. Grad-CAM (its parameters are named by RunConfig fields) and the export
+    with pytest.raises(Exception, match="cam_samples must be an integer from 1 to 100,000"):
+        client.predict(project_id=project, cam_samples=0, api_name="/run_gradcam")
     out = client.predict(project, "gradcam", "conflicting", TINY_CAM_SAMPLES,
                          api_name="/run_gradcam")
     assert out[0] == f"✓ Explained {TINY_CAM_SAMPLES} images." and len(out[3]) == 24
@@ -145,3 +153,23 @@ def test_launch_options():
     assert options["run_history"] is False and options["server_port"] == 9000
     with pytest.raises(SystemExit, match="user:password"):
         app.launch_options(app.parse_args(["--auth", "nopassword"]), studio)
+
+
+def test_the_jobs_settings_are_named_by_run_config_fields(tmp_path):
+    """One name per setting from the widget to RunConfig: an API client passes the field names;
+    the only other parameters are the project and what is not a setting."""
+    from ui.studio import Studio
+
+    studio = Studio.open(tmp_path / "workspace")
+    try:
+        endpoints = app.build_app(studio).get_api_info()["named_endpoints"]
+    finally:
+        studio.close()
+    settings = {f.name for f in fields(RunConfig)}
+    not_settings = {"model_id", "sample_set", "train_vanilla"}
+    for api in ("/train_biased", "/run_captioner", "/apply_filter", "/generate",
+                "/train_debiased", "/run_gradcam"):
+        names = [p["parameter_name"] for p in endpoints[api]["parameters"]]
+        assert names[0] == "project_id" and set(names[1:]) <= settings | not_settings, api
+    assert [p["parameter_name"] for p in endpoints["/apply_filter"]["parameters"]] == [
+        "project_id", "top_f", "extra_stop_words"]

@@ -30,7 +30,7 @@ LONG_MS = 300_000  # a step of the workflow on a busy 2-core machine
 SCREENSHOTS = os.environ.get("DIFFUBIAS_SCREENSHOTS")
 # (width, biased epochs, images per prompt, max images, debias epochs, Grad-CAM samples)
 SETTINGS = ((16, 3, 6, 0, 4, 24) if SCREENSHOTS else
-            (TINY_BIAS["width"], TINY_BIAS["epochs"], TINY_GENERATE["images_per_prompt"],
+            (TINY_BIAS["width"], TINY_BIAS["biased_epochs"], TINY_GENERATE["images_per_prompt"],
              TINY_GENERATE["max_images"], TINY_DEBIAS_EPOCHS, TINY_CAM_SAMPLES))
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",

@@ -45,7 +45,7 @@ def run_client(app: AppProcess, index: int, archive, result: dict, everyone: thr
         result["project"] = int(project)
         everyone.wait(timeout=TEST_BOUND_S)  # all projects exist before any job starts
         others = [p for p in result["all_projects"]() if p != result["project"]]
-        settings = {**TINY_BIAS, "epochs": 2}
+        settings = {**TINY_BIAS, "biased_epochs": 2}
         status = run_job_while_reading("/train_biased", result["project"], *settings.values(),
                                        others=others)[0]
         assert status.startswith("✓ Trained and scored"), status

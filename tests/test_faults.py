@@ -22,9 +22,13 @@ from tests.tiny_models import build_tiny_blip
 from tests.ui_support import TINY_BIAS, launch, link_demo_dataset
 
 KILL_DEADLINE_S = 120
-# Generation sized to take a few seconds on a busy 2-core machine: every kept prompt, 2 images.
-RESUMABLE_GENERATION = {"generator": "demo", "model": "", "steps": 25, "guidance": 7.5,
-                        "images_per_prompt": 2, "seed": 0, "max_images": 0}
+# Generation sized to take a few seconds on a busy 2-core machine: every kept prompt, 2 images
+# (the /generate API's parameters, in order).
+RESUMABLE_GENERATION = {"generator": "demo", "model_id": "", "gen_steps": 25,
+                        "guidance_scale": 7.5, "images_per_prompt": 2, "seed": 0,
+                        "max_images": 0}
+# 100 prompts of 2 images: several stored batches of 32 prompts
+GENERATION_200 = {"generator": "demo", "images_per_prompt": 2, "max_images": 200, "seed": 7}
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -132,7 +136,7 @@ def test_sigkill_during_each_long_job_loses_nothing(tmp_path, builtin_cache):
              lambda job: query(workspace, "SELECT COUNT(*) FROM generated_images WHERE "
                                           "job_id = ?", job["id"])[0][0] > 0),
             ("debias", "/train_debiased", (),
-             {"project_id": project, "n_epochs": 1, "with_vanilla": True},
+             {"project_id": project, "debias_epochs": 1, "train_vanilla": True},
              lambda job: job["progress"] > 0.05),
             # short jobs: killed as soon as they run (every conflicting test image is explained)
             ("gradcam", "/run_gradcam", (project, "gradcam", "conflicting", 2000), {},
@@ -319,8 +323,7 @@ def test_a_full_disk_during_generation_fails_the_job_and_a_rerun_resumes(served,
 
     monkeypatch.setattr(generate_service, "atomic_write_bytes", fill_up)
     with pytest.raises(OSError):
-        generate_service.run_generation(studio, project, generator="demo", images_per_prompt=2,
-                                        max_images=200, seed=7)
+        generate_service.run_generation(studio, project, GENERATION_200)
     failed = last_failure(studio, "generate")
     assert failed.error.startswith("could not write to the workspace: the disk is full")
     workspace = studio.store.workspace.root
@@ -332,8 +335,7 @@ def test_a_full_disk_during_generation_fails_the_job_and_a_rerun_resumes(served,
     assert_consistent(workspace)
 
     monkeypatch.setattr(generate_service, "atomic_write_bytes", real_write)
-    generate_service.run_generation(studio, project, generator="demo", images_per_prompt=2,
-                                    max_images=200, seed=7)
+    generate_service.run_generation(studio, project, GENERATION_200)
     with studio.store.sessions() as session:
         done = repo.latest_job(session, project, "generate")
     assert done.result["n_kept"] == 64 and done.result["n_new"] + 64 == done.result["n_images"]

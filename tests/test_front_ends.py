@@ -35,14 +35,9 @@ def both(tmp_path_factory, builtin_cache, one_torch_thread):
     studio.start_background_work()
     studio.wait_for_demo()
     project_id = default_project(studio)
-    bias_service.train_biased(studio, project_id, arch="auto", width=SETTINGS["width"],
-                              epochs=SETTINGS["biased_epochs"], gce_q=config.gce_q,
-                              top_k=SETTINGS["top_k"], seed=SETTINGS["seed"],
-                              batch_size=SETTINGS["batch_size"])
-    caption_service.run_captioner(studio, project_id)
-    generate_service.run_generation(studio, project_id,
-                                    images_per_prompt=SETTINGS["images_per_prompt"],
-                                    max_images=SETTINGS["max_images"], seed=SETTINGS["seed"])
+    bias_service.train_biased(studio, project_id, SETTINGS)  # the same RunConfig fields
+    caption_service.run_captioner(studio, project_id, {})
+    generate_service.run_generation(studio, project_id, SETTINGS)
     yield run, studio, project_id
     studio.close()
 

@@ -239,12 +239,15 @@ def test_service_settings_are_checked_before_anything_is_written(studio, tmp_pat
 
     project_id = dataset_service.upload_archive(studio, dataset_zip(tmp_path))
     before = snapshot(studio)
-    for settings, message in [({"epochs": 0}, "biased_epochs"), ({"top_k": math.nan}, "top_k"),
-                              ({"batch_size": -4}, "batch_size"), ({"epochs": 10**9}, "1,000")]:
+    for settings, message in [({"biased_epochs": 0}, "biased_epochs"),
+                              ({"top_k": math.nan}, "top_k"), ({"top_k": 2.5}, "top_k"),
+                              ({"batch_size": -4}, "batch_size"),
+                              ({"biased_epochs": 10**9}, "1,000"), ({"arch": "vgg"}, "arch"),
+                              ({"epochs": 3}, "unknown settings 'epochs'")]:
         with pytest.raises(ValueError, match=message):
-            bias_service.train_biased(studio, project_id, **settings)
+            bias_service.train_biased(studio, project_id, settings)
     with pytest.raises(ValueError, match="no prompts yet"):
-        generate_service.run_generation(studio, project_id, images_per_prompt=2)
+        generate_service.run_generation(studio, project_id, {"images_per_prompt": 2})
     assert snapshot(studio) == before
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from diffubias.config import RunConfig
 from diffubias.prepared import PreparedDataset, new_classifier
-from diffubias.stages.explain import SAMPLE_SETS, cam_positions, explain_models
+from diffubias.stages.explain import cam_positions, explain_models
 from tiny_models import write_tiny_dataset
 
 
@@ -31,12 +31,6 @@ def test_sample_sets_are_seeded_samples_of_the_right_pool(data):
     assert np.array_equal(picked, cam_positions(data, small, "candidates", [5, 3, 9]))
     with pytest.raises(ValueError, match="unknown sample set 'best'"):
         cam_positions(data, config, "best")
-
-
-def test_sample_set_labels_in_the_app_match_the_library():
-    from ui.gradcam_service import SAMPLE_SETS as APP_SETS
-
-    assert APP_SETS == SAMPLE_SETS
 
 
 def test_both_models_are_explained_on_the_same_images(data):

@@ -46,16 +46,17 @@ def workflow(tmp_path_factory, builtin_cache):
     steps = []
     views = {"project_id": project_id}
     views["detection"] = bias_service.train_biased(
-        studio, project_id, ui=lambda f, m: steps.append((f, m)), **TINY_BIAS)
+        studio, project_id, TINY_BIAS, ui=lambda f, m: steps.append((f, m)))
     views["progress"] = steps
     first = bias_service.candidate_page(studio, project_id, page=1, page_size=10)
     views["excluded"] = first.sample_ids[0]
     bias_service.set_excluded(studio, project_id, first.sample_ids[0], True)
-    views["captions"] = caption_service.run_captioner(studio, project_id)
-    views["generation"] = generate_service.run_generation(studio, project_id, **TINY_GENERATE)
-    views["debias"] = debias_service.train_debiased_models(studio, project_id,
-                                                           epochs=TINY_DEBIAS_EPOCHS)
-    views["gradcam"] = gradcam_service.run_gradcam(studio, project_id, count=TINY_CAM_SAMPLES)
+    views["captions"] = caption_service.run_captioner(studio, project_id, {})
+    views["generation"] = generate_service.run_generation(studio, project_id, TINY_GENERATE)
+    views["debias"] = debias_service.train_debiased_models(
+        studio, project_id, {"debias_epochs": TINY_DEBIAS_EPOCHS})
+    views["gradcam"] = gradcam_service.run_gradcam(studio, project_id,
+                                                   {"cam_samples": TINY_CAM_SAMPLES})
     yield studio, views
     studio.close()
 
@@ -166,11 +167,18 @@ def test_prompt_edits_are_saved_and_checked(workflow):
 def test_applying_the_filter_again_makes_a_new_table(workflow):
     studio, views = workflow
     pid = views["project_id"]
-    view = caption_service.apply_filter(studio, pid, top_f=3, extra_stop_words="black, digit")
+    view = caption_service.apply_filter(studio, pid, {"top_f": 3,
+                                                      "extra_stop_words": "Black, digit"})
     assert view.top_f == 3 and "black" not in dict(view.top_words)
     assert view.extra_stop_words == ["black", "digit"]
     assert sum(p.keep for p in view.prompts) < sum(p.keep for p in views["captions"].prompts)
-    caption_service.apply_filter(studio, pid)  # back to the defaults for the later stages
+    with pytest.raises(ValueError, match="top_f must be an integer from 0 to 100,000; got -1"):
+        caption_service.apply_filter(studio, pid, {"top_f": -1})
+    with pytest.raises(ValueError, match="unknown settings 'stop_words'"):
+        caption_service.apply_filter(studio, pid, {"stop_words": "black"})
+    assert caption_service.captions_view(studio, pid).top_f == 3  # refused: nothing changed
+    # back to the defaults for the later stages (None would keep the project's settings)
+    caption_service.apply_filter(studio, pid, {"top_f": 0, "extra_stop_words": ""})
 
 
 def test_generation_is_grouped_by_prompt_and_resumes(workflow):
@@ -178,12 +186,12 @@ def test_generation_is_grouped_by_prompt_and_resumes(workflow):
     pid = views["project_id"]
     assert views["generation"].n_images == 40
     # the filter ran again since (a new prompt table): its prompts get images of their own
-    view = generate_service.run_generation(studio, pid, **TINY_GENERATE)
+    view = generate_service.run_generation(studio, pid, TINY_GENERATE)
     with studio.store.sessions() as session:
         _, images = generate_service.current_images(session, pid)
         first = repo.latest_job(session, pid, JobKind.GENERATE)
     assert len(images) == 40 and first.result["n_new"] == 40
-    again = generate_service.run_generation(studio, pid, **TINY_GENERATE)  # same request
+    again = generate_service.run_generation(studio, pid, {})  # the same request, as stored
     with studio.store.sessions() as session:
         second = repo.latest_job(session, pid, JobKind.GENERATE)
     assert second.result["n_new"] == 0 and second.result["n_kept"] == 40  # nothing redone
@@ -291,15 +299,17 @@ def test_steps_out_of_order_say_what_to_do_first(tmp_path, builtin_cache):
     try:
         pid = dataset_service.open_builtin(studio, "builtin:colored-digits", 0.01, 0)
         with pytest.raises(ValueError, match="train the biased model"):
-            caption_service.run_captioner(studio, pid)
+            caption_service.run_captioner(studio, pid, {})
         with pytest.raises(ValueError, match="caption the candidates"):
-            generate_service.run_generation(studio, pid)
+            generate_service.run_generation(studio, pid, {})
         with pytest.raises(ValueError, match="no biased model"):
-            debias_service.train_debiased_models(studio, pid)
+            debias_service.train_debiased_models(studio, pid, {})
         with pytest.raises(ValueError, match="train both"):
-            gradcam_service.run_gradcam(studio, pid)
-        with pytest.raises(ValueError, match="unknown architecture"):
-            bias_service.train_biased(studio, pid, arch="vgg")
+            gradcam_service.run_gradcam(studio, pid, {})
+        with pytest.raises(ValueError, match="arch must be one of auto, small-cnn, resnet18"):
+            bias_service.train_biased(studio, pid, {"arch": "vgg"})
+        with pytest.raises(ValueError, match="unknown settings 'epochs'"):
+            bias_service.train_biased(studio, pid, {"epochs": 1})
         assert bias_service.detection_view(studio, pid).job_id is None
         assert generate_service.generation_view(studio, pid).n_images == 0
     finally:
@@ -318,8 +328,8 @@ def test_debias_tab_trains_the_chosen_baselines_and_forgets_dropped_ones(workflo
     """Runs last in this module: it adds debias jobs to the shared workflow."""
     studio, views = workflow
     pid = views["project_id"]
-    view = debias_service.train_debiased_models(studio, pid, epochs=TINY_DEBIAS_EPOCHS,
-                                                baselines=("oversample-topk",))
+    view = debias_service.train_debiased_models(
+        studio, pid, {"debias_epochs": TINY_DEBIAS_EPOCHS, "baselines": ["oversample-topk"]})
     rows = {r.role: r for r in view.rows}
     assert {"biased", "vanilla", "debiased", "oversample-topk"} <= set(rows)
     assert set(rows["oversample-topk"].test) >= {"overall", "aligned", "conflicting", "unbiased"}
@@ -330,8 +340,8 @@ def test_debias_tab_trains_the_chosen_baselines_and_forgets_dropped_ones(workflo
     assert studio.store.workspace.resolve(rows["oversample-topk"].weights).is_file()
     assert "oversample-topk" in [trace.name for trace in view.figure.data]
     with pytest.raises(ValueError, match="unknown baselines"):
-        debias_service.train_debiased_models(studio, pid, baselines=("magic",))
-    view = debias_service.train_debiased_models(studio, pid, epochs=TINY_DEBIAS_EPOCHS)
+        debias_service.train_debiased_models(studio, pid, {"baselines": ("magic",)})
+    view = debias_service.train_debiased_models(studio, pid, {"baselines": []})
     assert "oversample-topk" not in {r.role for r in view.rows}
 
 

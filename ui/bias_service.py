@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.dataset_service import majority_bias
-from ui.datasets import optional, project_config, save_project_config
+from ui.datasets import project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import LARGE_PX, thumbnail
@@ -70,36 +71,23 @@ class SampleDetail:
     captions: list[tuple[str, str]]  # (text, source)
 
 
-def architectures() -> list[str]:
-    from diffubias.models import ARCHITECTURES
-
-    return list(ARCHITECTURES)
-
-
 def current_detection_job(session, project_id: int):
     return repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
 
 
-def train_biased(studio: Studio, project_id: int, *, arch: str | None = None,
-                 width: int | None = None, epochs: int | None = None,
-                 gce_q: float | None = None, top_k: float | None = None,
-                 seed: int | None = None, batch_size: int | None = None,
+def train_biased(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
                  ui: UiProgress | None = None) -> DetectionView:
     """Train the biased model, score the train split, store the top-K; returns the new view.
 
-    A setting left as None keeps the project's last one (at first, RunConfig's default)."""
-    if arch is not None and arch not in architectures():
-        raise ValueError(f"unknown architecture {arch!r}; choose one of "
-                         f"{', '.join(architectures())}")
+    `changes`: {RunConfig field: value}, e.g. arch, width, biased_epochs, gce_q, top_k, seed,
+    batch_size; a setting left out or None keeps the project's last one (at first,
+    RunConfig's default)."""
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
         if project is None:
             raise ValueError(f"project {project_id} does not exist")
         settings = project.settings
-    config = project_config(studio.store.workspace, settings).with_overrides(
-        arch=arch, width=optional(int, width), biased_epochs=optional(int, epochs),
-        gce_q=optional(float, gce_q), top_k=optional(_top_k, top_k), seed=optional(int, seed),
-        batch_size=optional(int, batch_size))
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
     params = {"arch": config.arch, "width": config.width, "biased_epochs": config.biased_epochs,
               "gce_q": config.gce_q, "top_k": config.top_k, "seed": config.seed,
@@ -113,11 +101,6 @@ def train_biased(studio: Studio, project_id: int, *, arch: str | None = None,
     studio.datasets.get(project_id)  # before the job starts: a bad dataset fails fast
     studio.jobs.run(project_id, JobKind.BIASED_TRAIN, params, work, ui=ui)
     return detection_view(studio, project_id)
-
-
-def _top_k(value: float) -> float:
-    value = float(value)
-    return float(int(value)) if value >= 1 else value
 
 
 def _detect(studio: Studio, project_id: int, config, progress: JobProgress) -> JobOutcome:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from diffubias.text_safety import check_prompt_text
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
-from ui.datasets import optional, project_config, save_project_config
+from ui.datasets import project_config, record_project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
@@ -67,14 +68,15 @@ def keywords_available() -> bool:
     return importlib.util.find_spec("diffubias.keywords") is not None
 
 
-def run_captioner(studio: Studio, project_id: int, *, captioner: str = "metadata",
-                  model_id: str = "", per_image: int | None = None, instruction: str = "",
-                  top_f: int = 0, extra_stop_words: str = "", keywords_top_n: int | None = None,
-                  ui: UiProgress | None = None) -> CaptionsView:
-    """Caption the kept candidates of the current detection run, then filter the captions."""
-    name = model_id.strip() or captioner
-    if not name:
-        raise ValueError("choose a captioner, or type a model id or local folder")
+def run_captioner(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
+                  model_id: str = "", ui: UiProgress | None = None) -> CaptionsView:
+    """Caption the kept candidates of the current detection run, then filter the captions.
+
+    `changes`: {RunConfig field: value} (captioner, captions_per_image, caption_instruction,
+    keywords_top_n, and the filter's top_f and extra_stop_words); None keeps the project's
+    setting. `model_id`, a hub id or local folder, replaces the `captioner` choice."""
+    if (model_id or "").strip():
+        changes = {**changes, "captioner": model_id.strip()}
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
         detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
@@ -85,30 +87,28 @@ def run_captioner(studio: Studio, project_id: int, *, captioner: str = "metadata
         settings = project.settings
     if not candidates:
         raise ValueError("every candidate is excluded: include some in tab 2 first")
-    config = project_config(studio.store.workspace, settings).with_overrides(
-        captioner=name, captions_per_image=optional(int, per_image),
-        caption_instruction=instruction.strip() or None,
-        keywords_top_n=optional(int, keywords_top_n),
-        extra_stop_words=parse_stop_words(extra_stop_words))
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
-    params = {"captioner": name, "per_image": config.captions_per_image,
+    params = {"captioner": config.captioner, "per_image": config.captions_per_image,
               "instruction": config.caption_instruction, "detection_job_id": detection.id,
               "keywords_top_n": config.keywords_top_n}
 
     def work(progress: JobProgress) -> JobOutcome:
-        return _caption(studio, project_id, config, detection.id, candidates, progress)
+        return _caption(studio, project_id, config, detection.id, progress)
 
     if ui is not None:
         ui(0.0, "loading the dataset")
     studio.datasets.get(project_id)
     job_id, _ = studio.jobs.run(project_id, JobKind.CAPTION, params, work, ui=ui)
-    return apply_filter(studio, project_id, top_f=top_f, extra_stop_words=extra_stop_words,
+    return apply_filter(studio, project_id, {"top_f": config.top_f,
+                                             "extra_stop_words": config.extra_stop_words},
                         caption_job_id=job_id)
 
 
-def _caption(studio: Studio, project_id: int, config, detection_id: int, candidates,
+def _caption(studio: Studio, project_id: int, config, detection_id: int,
              progress: JobProgress) -> JobOutcome:
-    """The caption stage on the kept candidates, stored (candidate and aligned captions)."""
+    """The caption stage on the kept candidates of `detection_id`, stored (candidate and
+    aligned captions)."""
     import numpy as np
 
     from diffubias.backends import captioner_for
@@ -143,13 +143,20 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int, candida
                                 "captioning": time.perf_counter() - loaded})
 
 
-def apply_filter(studio: Studio, project_id: int, *, top_f: int = 0, extra_stop_words: str = "",
+def apply_filter(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
                  caption_job_id: int | None = None) -> CaptionsView:
-    """Run the text filter over the latest captions; stores a fresh prompt table."""
+    """Run the text filter over the latest captions (or those of `caption_job_id`); stores a
+    fresh prompt table. `changes`: {RunConfig field: value}, the filter's are top_f (0: 2 x
+    classes) and extra_stop_words; None keeps the project's setting."""
     from diffubias.captions import Caption
-    from diffubias.text_filter import filter_captions
+    from diffubias.stages.prompts import filter_prompts, resolved_top_f
 
-    stop_words = parse_stop_words(extra_stop_words)
+    with studio.store.sessions() as session:
+        project = repo.get_project(session, project_id)
+        if project is None:
+            raise ValueError(f"project {project_id} does not exist")
+        settings = project.settings
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
     with studio.store.sessions.begin() as session:
         project = repo.get_project(session, project_id)
         job = (repo.get_job(session, caption_job_id) if caption_job_id is not None
@@ -159,14 +166,13 @@ def apply_filter(studio: Studio, project_id: int, *, top_f: int = 0, extra_stop_
         rows = [c for c in repo.list_captions(session, job.id)
                 if c.params.get("set", "candidate") == "candidate"]
         samples = repo.samples_by_ids(session, {c.sample_id for c in rows})
-        n_f = int(top_f) or 2 * len(project.class_names)
-        if n_f < 1:
-            raise ValueError(f"F must be at least 1 (0 means 2 x classes), got {top_f}")
         captions = [Caption(samples[c.sample_id].position, c.text, c.source) for c in rows]
         labels = {s.position: s.label for s in samples.values()}
         ids = {s.position: s.id for s in samples.values()}
-        result = filter_captions(captions, labels, top_f=n_f, extra_stop_words=stop_words)
-        params = {"top_f": n_f, "extra_stop_words": list(stop_words), "caption_job_id": job.id}
+        n_classes = len(project.class_names)
+        result = filter_prompts(captions, labels, config, num_classes=n_classes)
+        params = {"top_f": resolved_top_f(config, n_classes), "extra_stop_words": list(config.extra_stop_words),
+                  "caption_job_id": job.id}
         filter_job = repo.create_job(session, project_id, JobKind.FILTER, params)
         repo.start_job(session, filter_job.id)
         repo.save_prompts(session, project_id, filter_job.id, (
@@ -176,10 +182,7 @@ def apply_filter(studio: Studio, project_id: int, *, top_f: int = 0, extra_stop_
         repo.finish_job(session, filter_job.id, JobStatus.DONE, result={
             "top_words": [[w, c] for w, c in result.top_words], "n_kept": len(result.kept),
             "n_dropped": len(result.dropped)})
-        settings = dict(project.settings)
-        config = dict(settings.get("config", {}))
-        config.update(top_f=int(top_f), extra_stop_words=list(stop_words))
-        repo.update_project_settings(session, project_id, {**settings, "config": config})
+        record_project_config(session, project_id, config)
     return captions_view(studio, project_id)
 
 
@@ -214,12 +217,6 @@ def save_prompt_edits(studio: Studio, project_id: int,
                                    label=index[label_name])
                 changed += 1
     return captions_view(studio, project_id), changed
-
-
-def parse_stop_words(text: str) -> tuple[str, ...]:
-    """Comma- or line-separated words, lower-cased."""
-    return tuple(w.strip().lower() for w in (text or "").replace("\n", ",").split(",")
-                 if w.strip())
 
 
 def _as_bool(value: Any) -> bool:

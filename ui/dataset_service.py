@@ -11,17 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffubias.builtin import BUILTIN_NAMES, BUILTIN_TITLES
+from diffubias.config import RunConfig
 from storage import repository as repo
 from ui.datasets import import_archive, import_builtin, import_folder, list_data_root
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
 
-SPLITS = ("train", "valid", "test")
-BUILTIN_DATASETS = {
-    "builtin:colored-digits": "Colored digits (28 px, colour is the bias)",
-    "builtin:shape-scenes": "Shape scenes (64 px, background is the bias, with object masks)",
-}
-CONFLICT_RATIOS = (0.005, 0.01, 0.02, 0.05)
+BUILTIN_DATASETS = {f"builtin:{name}": BUILTIN_TITLES[name] for name in BUILTIN_NAMES}
 SAMPLES_PER_CLASS = 8
 
 
@@ -43,10 +40,11 @@ def open_builtin(studio: Studio, source: str, conflict_ratio: float, seed: int) 
     if source not in BUILTIN_DATASETS:
         raise ValueError(f"unknown built-in dataset {source!r}; choose one of "
                          f"{', '.join(BUILTIN_DATASETS)}")
+    checked = RunConfig(dataset=source, conflict_ratio=conflict_ratio, seed=seed)
     label = source.removeprefix("builtin:").replace("-", " ")
-    name = f"Built-in: {label} ({conflict_ratio:.1%}, seed {int(seed)})"
+    name = f"Built-in: {label} ({checked.conflict_ratio:.1%}, seed {checked.seed})"
     return import_builtin(studio.store, studio.datasets, source, name=name,
-                          conflict_ratio=float(conflict_ratio), seed=int(seed))
+                          conflict_ratio=checked.conflict_ratio, seed=checked.seed)
 
 
 def upload_archive(studio: Studio, zip_path: str | Path | None, name: str = "") -> int:
@@ -71,6 +69,8 @@ def data_root_entries(studio: Studio) -> list[str]:
 def dataset_view(studio: Studio, project_id: int | None) -> DatasetView | None:
     if project_id is None:
         return None
+    from diffubias.dataset import SPLITS  # imports torch: not before a project is shown
+
     workspace = studio.store.workspace
     with studio.store.sessions() as session:
         project = repo.get_project(session, int(project_id))

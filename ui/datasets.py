@@ -40,11 +40,6 @@ LINKS_FOLDER = "links"  # images/links/<name>: folders opened from the data root
 REPORTED_SKIPS = 500  # skipped files listed in the import report (all are counted)
 
 
-def optional(cast, value):
-    """`cast(value)`, or None for None: services take None as "the project's setting"."""
-    return None if value is None else cast(value)
-
-
 def dataset_cache_dir(workspace: Workspace) -> Path:
     """Where built-ins are generated and archives extracted: the workspace's images folder."""
     return workspace.root.absolute() / "images"
@@ -68,14 +63,19 @@ def project_config(workspace: Workspace, project_settings: dict[str, Any]) -> Ru
 
 def save_project_config(store: Store, project_id: int, config: RunConfig) -> None:
     """Remember the settings a stage ran with, so the next page load shows them."""
+    with store.sessions.begin() as session:
+        record_project_config(session, project_id, config)
+
+
+def record_project_config(session, project_id: int, config: RunConfig) -> None:
+    """`save_project_config` within the caller's transaction."""
     changed = config.to_dict()
     for key in ("dataset", "cache_dir"):  # stay as stored: workspace-relative
         changed.pop(key)
-    with store.sessions.begin() as session:
-        project = repo.get_project(session, project_id)
-        settings = dict(project.settings)
-        settings["config"] = {**settings.get("config", {}), **changed}
-        repo.update_project_settings(session, project_id, settings)
+    project = repo.get_project(session, project_id)
+    settings = dict(project.settings)
+    settings["config"] = {**settings.get("config", {}), **changed}
+    repo.update_project_settings(session, project_id, settings)
 
 
 class DatasetCache:

@@ -13,7 +13,7 @@ project's captioner (not the edited prompts).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from diffubias.config import BASELINES
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
-from ui.datasets import optional, project_config, save_project_config
+from ui.datasets import project_config, save_project_config
 from ui.generate_service import current_images
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
@@ -53,9 +53,12 @@ class DebiasView:
     figure: go.Figure | None = field(default=None, repr=False)
 
 
-def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None = None,
-                          train_vanilla: bool = True, baselines: Sequence[str] = (),
-                          ui: UiProgress | None = None) -> DebiasView:
+def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
+                          train_vanilla: bool = True, ui: UiProgress | None = None) -> DebiasView:
+    """Train the debiased model (and the vanilla one, and the chosen baselines) as a job.
+
+    `changes`: {RunConfig field: value}, e.g. debias_epochs and baselines; None keeps the
+    project's setting."""
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
         if repo.latest_model(session, project_id, ModelRole.BIASED) is None:
@@ -63,16 +66,15 @@ def train_debiased_models(studio: Studio, project_id: int, *, epochs: int | None
         prompts, images = current_images(session, project_id)
         images = [im for im in images if im.accepted is not False]
         settings = project.settings
+        config = project_config(studio.store.workspace, settings).with_changes(changes)
         reviewed = []  # the candidates the user kept in tab 2, for the baselines that use them
-        if baselines:
+        if config.baselines:
             detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
             reviewed = [c.position for c in repo.top_candidates(
                 session, detection.id, limit=None, include_excluded=False)]
     if not images:
         raise ValueError("no generated images to train on: generate some in tab 4 (rejected "
                          "images are left out)")
-    config = project_config(studio.store.workspace, settings).with_overrides(
-        debias_epochs=optional(int, epochs), baselines=tuple(baselines or ()))
     save_project_config(studio.store, project_id, config)
     labels = {p.id: p.label for p in prompts}
     params = {"debias_epochs": config.debias_epochs, "train_vanilla": bool(train_vanilla),

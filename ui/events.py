@@ -1,6 +1,11 @@
 """How tab handlers talk to Gradio: errors become `gr.Error` pop-ups a person can act on, a
-`gr.Progress` becomes the plain `(fraction, message)` callback the services take, and every
-paged gallery gets the same pager row.
+`gr.Progress` becomes the plain `(fraction, message)` callback the services take, settings
+widgets show the project's `RunConfig`, every paged gallery gets the same pager row, and every
+tab hands the app the same `TabRefresh`.
+
+Settings widgets are keyed by `RunConfig` field names: a tab passes that mapping to its event as
+`inputs_kwargs`, so the handler receives the values as a `changes` dict (`**changes`) and API
+clients see the field names as parameter names.
 """
 
 from __future__ import annotations
@@ -9,13 +14,14 @@ import functools
 import html
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import gradio as gr
 
+from diffubias.config import RunConfig
 from ui.jobs import JobCancelled, machine_failure
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,43 @@ def shows_errors(handler: F) -> F:
                                        "the server log has the details.")) from error
 
     return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TabRefresh:
+    """What a tab gives the app. `fn(*inputs)` re-reads the tab's results into `outputs` (on
+    every revision); `settings_fn(project)` fills `settings_outputs` with the project's settings
+    (when a project is opened); `opened` are the tab's events after which another project is
+    open (the Dataset tab's)."""
+
+    fn: Callable
+    inputs: list
+    outputs: list
+    settings_fn: Callable | None = None
+    settings_outputs: list = field(default_factory=list)
+    opened: list = field(default_factory=list)
+
+
+def open_project(project_id: int | float | None) -> int:
+    """The id of the open project; refuses an event when none is open."""
+    if project_id is None:
+        raise ValueError("No project is open: pick one in tab 1")
+    return int(project_id)
+
+
+def shown_settings(stored: Mapping[str, Any], widgets: Mapping[str, gr.components.Component]
+                   ) -> list:
+    """What each settings widget ({RunConfig field: widget}) shows: the project's value from
+    `stored` (its RunConfig as a dict), else RunConfig's default; a word list in a text box as
+    comma-separated words."""
+    defaults = RunConfig()
+    shown = []
+    for name, widget in widgets.items():
+        value = stored.get(name, getattr(defaults, name))
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(value) if isinstance(widget, gr.Textbox) else list(value)
+        shown.append(value)
+    return shown
 
 
 def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffubias.generation import encode_png
-from diffubias.stages.generate import ImageSink
+from diffubias.stages.generate import ImageSink, prompts_to_generate
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind
-from ui.datasets import optional, project_config, save_project_config
+from ui.datasets import project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import LARGE_PX, thumbnail
@@ -64,15 +65,15 @@ def generator_choices() -> list[str]:
     return generator_names()
 
 
-def run_generation(studio: Studio, project_id: int, *, generator: str = "demo",
-                   model_id: str = "", steps: int | None = None,
-                   guidance_scale: float | None = None, images_per_prompt: int | None = None,
-                   seed: int | None = None, max_images: int | None = None,
-                   ui: UiProgress | None = None) -> GenerationView:
-    """Generate images for the kept prompts; None settings keep the project's last ones."""
-    name = model_id.strip() or generator
-    if not name:
-        raise ValueError("choose a generator, or type a model id or local folder")
+def run_generation(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
+                   model_id: str = "", ui: UiProgress | None = None) -> GenerationView:
+    """Generate images for the kept prompts.
+
+    `changes`: {RunConfig field: value} (generator, gen_steps, guidance_scale,
+    images_per_prompt, seed, max_images, ...); None keeps the project's last setting.
+    `model_id`, a diffusers hub id or local folder, replaces the `generator` choice."""
+    if (model_id or "").strip():
+        changes = {**changes, "generator": model_id.strip()}
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
         filter_job = repo.latest_job(session, project_id, JobKind.FILTER)
@@ -84,15 +85,10 @@ def run_generation(studio: Studio, project_id: int, *, generator: str = "demo",
         settings = project.settings
     if not prompts:
         raise ValueError("no prompt is kept: tick keep on some prompts in tab 3")
-    config = project_config(studio.store.workspace, settings).with_overrides(
-        generator=name, gen_steps=optional(int, steps),
-        guidance_scale=optional(float, guidance_scale),
-        images_per_prompt=optional(int, images_per_prompt), seed=optional(int, seed),
-        max_images=optional(int, max_images))
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
-    if config.max_images:
-        prompts = prompts[: max(1, config.max_images // config.images_per_prompt)]
-    params = {"generator": name, "steps": config.gen_steps,
+    prompts = prompts_to_generate(prompts, config)  # the stage's own cap, so params count them
+    params = {"generator": config.generator, "steps": config.gen_steps,
               "guidance_scale": config.guidance_scale, "seed": config.seed,
               "images_per_prompt": config.images_per_prompt, "max_images": config.max_images,
               "filter_job_id": filter_job.id, "n_prompts": len(prompts)}

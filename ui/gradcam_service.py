@@ -12,26 +12,23 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffubias.config import CAM_SAMPLE_SETS
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
-from ui.datasets import optional, project_config, save_project_config
+from ui.datasets import project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-SAMPLE_SETS = {  # as diffubias.stages.explain.SAMPLE_SETS (a test checks), without torch
-    "conflicting": "bias-conflicting test samples",
-    "all": "random test samples",
-    "candidates": "top-K candidates (train)",
-}
 CAM_TILE_PX = 112
 ROWS_PER_PAGE = 8
 
@@ -52,20 +49,15 @@ class CamView:
     figure: go.Figure | None = field(default=None, repr=False)
 
 
-def cam_methods() -> list[str]:
-    from diffubias.gradcam import CAM_METHODS
+def run_gradcam(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
+                sample_set: str = "conflicting", ui: UiProgress | None = None) -> CamView:
+    """Explain both models on samples of `sample_set` (a CAM_SAMPLE_SETS key) as a job.
 
-    return list(CAM_METHODS)
-
-
-def run_gradcam(studio: Studio, project_id: int, *, method: str | None = None,
-                sample_set: str = "conflicting", count: int | None = None,
-                ui: UiProgress | None = None) -> CamView:
-    if sample_set not in SAMPLE_SETS:
+    `changes`: {RunConfig field: value}, e.g. cam_method and cam_samples; None keeps the
+    project's setting."""
+    if sample_set not in CAM_SAMPLE_SETS:
         raise ValueError(f"unknown sample set {sample_set!r}; choose one of "
-                         f"{', '.join(SAMPLE_SETS)}")
-    if count is not None and int(count) < 1:
-        raise ValueError(f"explain at least 1 sample, got {count}")
+                         f"{', '.join(CAM_SAMPLE_SETS)}")
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
         biased = repo.latest_model(session, project_id, ModelRole.BIASED)
@@ -79,8 +71,7 @@ def run_gradcam(studio: Studio, project_id: int, *, method: str | None = None,
             candidates = [c.position for c in repo.top_candidates(session, detection.id,
                                                                   limit=None)]
         settings = project.settings
-    config = project_config(studio.store.workspace, settings).with_overrides(
-        cam_method=method, cam_samples=optional(int, count))
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
     params = {"method": config.cam_method, "sample_set": sample_set,
               "count": config.cam_samples,
@@ -110,7 +101,7 @@ def _explain(studio: Studio, project_id: int, config, sample_set: str, candidate
     before, after = (load_classifier(path) for path in weights)
     positions = cam_positions(data, config, sample_set, candidates)
     if len(positions) == 0:
-        raise ValueError(f"no {SAMPLE_SETS[sample_set]} to explain in this dataset; "
+        raise ValueError(f"no {CAM_SAMPLE_SETS[sample_set]} to explain in this dataset; "
                          "choose another sample set")
     explained = explain_models(data, config, before, after, positions,
                                progress=progress.part(0.2, 0.8))

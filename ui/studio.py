@@ -172,6 +172,12 @@ def job_status(studio: Studio, project_id: int | None) -> JobStatusView:
         return _status_view(job)
 
 
+def demo_status(studio: Studio) -> str:
+    """What the page says while no project exists: the demo is being prepared, or why it
+    failed; "" once it is ready."""
+    return job_status(studio, None).message
+
+
 def _status_view(job: Job | None) -> JobStatusView:
     if job is None:
         return JobStatusView(None, "", "", 0.0, "", None, None, None)

@@ -13,9 +13,19 @@ from typing import Any
 
 import gradio as gr
 
-from diffubias.config import RunConfig
+from diffubias.config import ARCHITECTURES, FLOAT_RANGES, RunConfig
 from ui.bias_service import CandidatePage, DetectionView, SampleDetail
-from ui.events import GPU, Pager, page_info, percent, progress_callback, shows_errors
+from ui.events import (
+    GPU,
+    Pager,
+    TabRefresh,
+    open_project,
+    page_info,
+    percent,
+    progress_callback,
+    shown_settings,
+    shows_errors,
+)
 
 ALL_CLASSES = -1
 PAGE_SIZES = (24, 48, 96, 200)
@@ -24,50 +34,41 @@ DEFAULTS = RunConfig()
 
 @dataclass(frozen=True)
 class BiasCallbacks:
-    train: Callable[..., DetectionView]  # (project, arch, width, epochs, q, top_k, seed, batch, ui)
-    view: Callable[[int | None, int | None], DetectionView]  # (project, label)
-    page: Callable[[int | None, int | None, int, int], CandidatePage]  # (project, label, page,
-    #                                                                     page size)
+    train: Callable[..., DetectionView]  # (project, {RunConfig field: value}, *, ui)
+    view: Callable[..., DetectionView]  # (project, *, label)
+    page: Callable[..., CandidatePage]  # (project, *, label, page, page_size)
     detail: Callable[[int, int], SampleDetail]
     exclude: Callable[[int, int, bool], SampleDetail]
     class_names: Callable[[int | None], list[str]]
     settings: Callable[[int | None], dict[str, Any]]  # the project's RunConfig as a dict
     stop: Callable[[int | None], str]
-    architectures: Callable[[], list[str]]  # called on page load: listing them imports torch
 
 
-@dataclass(frozen=True)
-class BiasRefresh:
-    fn: Callable
-    inputs: list
-    outputs: list
-    settings_fn: Callable
-    settings_outputs: list
-
-
-def build(callbacks: BiasCallbacks, project: gr.Number) -> BiasRefresh:
+def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Biased model\nA classifier trained with Generalized Cross Entropy "
                         "learns the easy shortcut first; the samples it then gets wrong are "
                         "the **bias-conflicting** candidates.")
-            arch = gr.Dropdown(["auto"], value="auto", label="architecture",
+            arch = gr.Dropdown(list(ARCHITECTURES), value=DEFAULTS.arch, label="architecture",
                                info="auto: small CNN up to 64 px, ResNet-18 above")
             with gr.Row():
-                width = gr.Number(DEFAULTS.width, precision=0, minimum=4, label="width",
-                                  min_width=80, elem_id="bias-width")
-                epochs = gr.Number(DEFAULTS.biased_epochs, precision=0, minimum=1,
-                                   label="epochs", min_width=80, elem_id="bias-epochs")
-            gce_q = gr.Slider(0.1, 1.0, value=DEFAULTS.gce_q, step=0.05, label="GCE q",
-                              info="higher: leans harder on the easy samples")
-            top_k = gr.Number(DEFAULTS.top_k, minimum=0.0001, label="top-K per class",
+                width = gr.Number(DEFAULTS.width, precision=0, label="width", min_width=80,
+                                  elem_id="bias-width")
+                epochs = gr.Number(DEFAULTS.biased_epochs, precision=0, label="epochs",
+                                   min_width=80, elem_id="bias-epochs")
+            # a slider needs ends: RunConfig's (it refuses q = 0, saying why)
+            gce_q = gr.Slider(*FLOAT_RANGES["gce_q"][:2], value=DEFAULTS.gce_q, step=0.05,
+                              label="GCE q", info="higher: leans harder on the easy samples")
+            top_k = gr.Number(DEFAULTS.top_k, label="top-K per class",
                               info="≥ 1: a count; < 1: a share of the class",
                               elem_id="bias-topk")
             with gr.Row():
-                seed = gr.Number(DEFAULTS.seed, precision=0, minimum=0, label="seed",
-                                 min_width=80)
-                batch = gr.Number(DEFAULTS.batch_size, precision=0, minimum=1,
-                                  label="batch size", min_width=80)
+                seed = gr.Number(DEFAULTS.seed, precision=0, label="seed", min_width=80)
+                batch = gr.Number(DEFAULTS.batch_size, precision=0, label="batch size",
+                                  min_width=80)
+            settings = {"arch": arch, "width": width, "biased_epochs": epochs, "gce_q": gce_q,
+                        "top_k": top_k, "seed": seed, "batch_size": batch}
             with gr.Row():
                 train = gr.Button("Train biased model", variant="primary", elem_id="train-biased")
                 stop = gr.Button("Stop", variant="stop", scale=0, min_width=80,
@@ -103,24 +104,21 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> BiasRefresh:
             selected_excluded = gr.State(False)
 
     @shows_errors
-    def on_train(project_id, arch_value, width_value, epochs_value, q, k, seed_value,
-                 batch_value, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        view = callbacks.train(int(project_id), arch_value, int(width_value), int(epochs_value),
-                               float(q), float(k), int(seed_value), int(batch_value),
-                               progress_callback(progress))
-        page = callbacks.page(int(project_id), None, 1, 48)
+    def on_train(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True),
+                 **changes) -> tuple:
+        project_id = open_project(project_id)
+        view = callbacks.train(project_id, changes, ui=progress_callback(progress))
+        page = callbacks.page(project_id, label=None, page=1, page_size=48)
         return (done_message(view), metrics_markdown(view), view.histogram, *page_outputs(page),
                 gr.Dropdown(value=ALL_CLASSES), 48)
 
     def show_page(page_number, project_id, label_value, size) -> tuple:
-        page = callbacks.page(project_id, _label(label_value), int(page_number or 1),
-                              int(size or 48))
+        page = callbacks.page(project_id, label=_label(label_value),
+                              page=int(page_number or 1), page_size=int(size or 48))
         return page_outputs(page)
 
     def show_class(project_id, label_value, size) -> tuple:
-        view = callbacks.view(project_id, _label(label_value))
+        view = callbacks.view(project_id, label=_label(label_value))
         return (view.histogram, *show_page(1, project_id, label_value, size))
 
     @shows_errors
@@ -138,9 +136,8 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> BiasRefresh:
     page_outputs_list = [gallery, page_ids, pager.page, pager.info]
     detail_outputs_list = [large, detail, sample_id, toggle, selected_excluded]
     train_event = train.click(
-        on_train, [project, arch, width, epochs, gce_q, top_k, seed, batch],
-        [status, metrics, histogram, *page_outputs_list, label, page_size],
-        api_name="train_biased", **GPU)
+        on_train, [project], [status, metrics, histogram, *page_outputs_list, label, page_size],
+        inputs_kwargs=settings, api_name="train_biased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_biased")
     pager.wire(show_page, [project, label, page_size], page_outputs_list,
                api_name="candidates_page")
@@ -167,31 +164,27 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> BiasRefresh:
     def candidate_list(project_id: int, label: int = ALL_CLASSES, page: int = 1,
                        page_size: int = 48) -> list[dict]:
         """One page of candidates as data: sample id and caption (class · loss)."""
-        found = callbacks.page(int(project_id), _label(label), int(page), int(page_size))
+        found = callbacks.page(int(project_id), label=_label(label), page=int(page),
+                               page_size=int(page_size))
         return [{"sample_id": sample, "caption": caption}
                 for sample, (_, caption) in zip(found.sample_ids, found.tiles, strict=True)]
 
     gr.api(candidate_list, api_name="candidate_list")
 
     def refresh(project_id, page_number, label_value, size) -> tuple:
-        view = callbacks.view(project_id, _label(label_value))
+        view = callbacks.view(project_id, label=_label(label_value))
         return (metrics_markdown(view), view.histogram,
                 *show_page(page_number, project_id, label_value, size))
 
-    def settings(project_id) -> tuple:
-        cfg = callbacks.settings(project_id)
+    def show_settings(project_id) -> tuple:
         names = callbacks.class_names(project_id)
         choices = [("all classes", ALL_CLASSES), *((n, i) for i, n in enumerate(names))]
-        d = DEFAULTS
         return (gr.Dropdown(choices=choices, value=ALL_CLASSES),
-                gr.Dropdown(choices=callbacks.architectures(), value=cfg.get("arch", d.arch)),
-                cfg.get("width", d.width), cfg.get("biased_epochs", d.biased_epochs),
-                cfg.get("gce_q", d.gce_q), cfg.get("top_k", d.top_k), cfg.get("seed", d.seed),
-                cfg.get("batch_size", d.batch_size), "")
+                *shown_settings(callbacks.settings(project_id), settings), "")
 
-    return BiasRefresh(refresh, [project, pager.page, label, page_size],
-                       [metrics, histogram, *page_outputs_list],
-                       settings, [label, arch, width, epochs, gce_q, top_k, seed, batch, status])
+    return TabRefresh(refresh, [project, pager.page, label, page_size],
+                      [metrics, histogram, *page_outputs_list],
+                      show_settings, [label, *settings.values(), status])
 
 
 def _label(value: Any) -> int | None:

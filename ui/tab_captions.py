@@ -14,7 +14,15 @@ import gradio as gr
 
 from diffubias.config import RunConfig
 from ui.caption_service import CaptionsView
-from ui.events import GPU, file_url, progress_callback, shows_errors
+from ui.events import (
+    GPU,
+    TabRefresh,
+    file_url,
+    open_project,
+    progress_callback,
+    shown_settings,
+    shows_errors,
+)
 
 PROMPT_HEADERS = ["keep", "id", "class", "prompt", "source", "matched words"]
 PROMPT_TYPES = ["bool", "number", "str", "str", "markdown", "str"]
@@ -25,9 +33,8 @@ DEFAULTS = RunConfig()
 
 @dataclass(frozen=True)
 class CaptionCallbacks:
-    run: Callable[..., CaptionsView]  # (project, captioner, model_id, per_image, instruction,
-    #                                    top_f, stop_words, keywords_top_n, ui)
-    apply_filter: Callable[[int, int, str], CaptionsView]
+    run: Callable[..., CaptionsView]  # (project, {RunConfig field: value}, *, model_id, ui)
+    apply_filter: Callable[[int, dict[str, Any]], CaptionsView]  # (project, {top_f, stop words})
     save: Callable[[int, list[dict[str, Any]]], tuple[CaptionsView, int]]
     view: Callable[[int | None], CaptionsView]
     settings: Callable[[int | None], dict[str, Any]]
@@ -36,16 +43,7 @@ class CaptionCallbacks:
     keywords_available: bool
 
 
-@dataclass(frozen=True)
-class CaptionRefresh:
-    fn: Callable
-    inputs: list
-    outputs: list
-    settings_fn: Callable
-    settings_outputs: list
-
-
-def build(callbacks: CaptionCallbacks, project: gr.Number) -> CaptionRefresh:
+def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Captioner\nDescribe each candidate in words; the filter keeps "
@@ -56,16 +54,16 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> CaptionRefresh:
                                     info="metadata: the dataset's own captions")
             model_id = gr.Textbox(label="or a model id / local folder", max_lines=1,
                                   placeholder="e.g. Salesforce/blip-image-captioning-base")
-            per_image = gr.Number(DEFAULTS.captions_per_image, precision=0, minimum=1,
+            per_image = gr.Number(DEFAULTS.captions_per_image, precision=0,
                                   label="captions per image")
             with gr.Accordion("VLM instruction", open=False):
                 instruction = gr.Textbox(DEFAULTS.caption_instruction, lines=2,
                                          show_label=False)
             gr.Markdown("### Text filter")
             with gr.Row():
-                top_f = gr.Number(DEFAULTS.top_f, precision=0, minimum=0, label="F (top words)",
+                top_f = gr.Number(DEFAULTS.top_f, precision=0, label="F (top words)",
                                   info="0: 2 × classes", min_width=100, elem_id="top-f")
-                keywords_n = gr.Number(DEFAULTS.keywords_top_n, precision=0, minimum=0,
+                keywords_n = gr.Number(DEFAULTS.keywords_top_n, precision=0,
                                        label="keywords per class", info="0: none",
                                        min_width=100, visible=callbacks.keywords_available)
             stop_words = gr.Textbox(label="extra stop words", placeholder="comma-separated",
@@ -95,44 +93,48 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> CaptionRefresh:
                             wrap=True, column_widths=["110px", "90%"],
                             visible=callbacks.keywords_available, elem_id="keywords")
 
+    filter_settings = {"top_f": top_f, "extra_stop_words": stop_words}
+    settings = {"captions_per_image": per_image, "caption_instruction": instruction,
+                **filter_settings, "keywords_top_n": keywords_n}
+
     @shows_errors
-    def on_run(project_id, name, model, n, instr, f, words, n_keywords,
-               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        view = callbacks.run(int(project_id), name, model or "", int(n), instr or "", int(f or 0),
-                             words or "", int(n_keywords or 0), progress_callback(progress))
+    def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+               model_id: str = "", **changes) -> tuple:
+        # a blank instruction keeps the project's (a VLM needs one)
+        changes["caption_instruction"] = (changes.get("caption_instruction") or "").strip() \
+            or None
+        view = callbacks.run(open_project(project_id), changes, model_id=model_id or "",
+                             ui=progress_callback(progress))
         kept = sum(p.keep for p in view.prompts)
         return (f"✓ {view.n_captions} captions of {view.n_images} candidates; {kept} prompts "
                 "kept.", *view_outputs(view))
 
     @shows_errors
-    def on_filter(project_id, f, words) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        view = callbacks.apply_filter(int(project_id), int(f or 0), words or "")
+    def on_filter(project_id, **changes) -> tuple:
+        view = callbacks.apply_filter(open_project(project_id), changes)
         kept = sum(p.keep for p in view.prompts)
         return f"✓ Filtered again: {kept} of {len(view.prompts)} prompts kept.", \
             *view_outputs(view)
 
     @shows_errors
     def on_save(project_id, frame) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
+        project_id = open_project(project_id)
         rows = [{"keep": r[0], "id": r[1], "class": r[2], "text": r[3]}
                 for r in frame.itertuples(index=False) if str(r[1]).strip() not in ("", "nan")]
-        view, changed = callbacks.save(int(project_id), rows)
+        view, changed = callbacks.save(project_id, rows)
         return f"✓ Saved {changed} change(s)." if changed else "Nothing changed.", \
             *view_outputs(view)
 
     shown = gr.State(None)  # the prompt table (filter job id) this page shows
     view_outputs_list = [summary, table, keywords, shown]
-    run_event = run.click(on_run, [project, captioner, model_id, per_image, instruction, top_f,
-                                   stop_words, keywords_n], [status, *view_outputs_list],
+    # the API's parameter order: captioner, model_id, then the settings
+    run_event = run.click(on_run, [project], [status, *view_outputs_list],
+                          inputs_kwargs={"captioner": captioner, "model_id": model_id,
+                                         **settings},
                           api_name="run_captioner", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_captioner")
-    refilter.click(on_filter, [project, top_f, stop_words], [status, *view_outputs_list],
-                   api_name="apply_filter")
+    refilter.click(on_filter, [project], [status, *view_outputs_list],
+                   inputs_kwargs=filter_settings, api_name="apply_filter")
     save.click(on_save, [project, table], [saved, *view_outputs_list], api_name="save_prompts")
 
     def refresh(project_id, shown_table) -> tuple:
@@ -143,16 +145,16 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> CaptionRefresh:
             return outputs[0], gr.skip(), *outputs[2:]
         return outputs
 
-    def settings(project_id) -> tuple:
-        cfg = callbacks.settings(project_id)
-        d = DEFAULTS
-        return (gr.Dropdown(choices=callbacks.captioners()),
-                cfg.get("captions_per_image", d.captions_per_image), cfg.get("top_f", d.top_f),
-                ", ".join(cfg.get("extra_stop_words", [])),
-                cfg.get("keywords_top_n", d.keywords_top_n), "", "")
+    def show_settings(project_id) -> tuple:
+        stored = callbacks.settings(project_id)
+        choices = callbacks.captioners()
+        chosen = stored.get("captioner", DEFAULTS.captioner)  # a typed model id is not shown
+        picker = (gr.Dropdown(choices=choices, value=chosen) if chosen in choices
+                  else gr.Dropdown(choices=choices))
+        return picker, *shown_settings(stored, settings), "", ""
 
-    return CaptionRefresh(refresh, [project, shown], view_outputs_list, settings,
-                          [captioner, per_image, top_f, stop_words, keywords_n, status, saved])
+    return TabRefresh(refresh, [project, shown], view_outputs_list, show_settings,
+                      [captioner, *settings.values(), status, saved])
 
 
 def view_outputs(view: CaptionsView) -> tuple:

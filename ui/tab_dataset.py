@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from diffubias.builtin import CONFLICT_RATIOS
+from diffubias.config import RunConfig
 from ui.dataset_service import (
     BUILTIN_DATASETS,
-    CONFLICT_RATIOS,
     SAMPLES_PER_CLASS,
     DatasetView,
     import_report,
     opened_message,
 )
-from ui.events import shows_errors
+from ui.events import TabRefresh, shows_errors
 
 _MARKDOWN_SPECIALS = re.compile(r"[\\`*_\[\]()!|~#]")
 
@@ -54,27 +55,23 @@ class DatasetCallbacks:
     demo_status: Callable[[], str]  # "" once the demo is ready or failed
 
 
-@dataclass(frozen=True)
-class DatasetRefresh:
-    fn: Callable
-    inputs: list
-    outputs: list
-    opened: list  # events after which another project is open
+DEFAULTS = RunConfig()
 
 
 def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, *,
-          has_data_root: bool) -> DatasetRefresh:
+          has_data_root: bool) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             gr.Markdown("### Open a dataset")
             with gr.Group():
                 builtin = gr.Dropdown([(v, k) for k, v in BUILTIN_DATASETS.items()],
-                                      value="builtin:colored-digits", label="Built-in dataset",
+                                      value=DEFAULTS.dataset, label="Built-in dataset",
                                       elem_id="builtin-source")
                 with gr.Row():
-                    ratio = gr.Dropdown([(f"{r:.1%}", r) for r in CONFLICT_RATIOS], value=0.01,
+                    ratio = gr.Dropdown([(f"{r:.1%}", r) for r in CONFLICT_RATIOS],
+                                        value=DEFAULTS.conflict_ratio,
                                         label="bias-conflicting share", min_width=120)
-                    seed = gr.Number(0, precision=0, label="seed", minimum=0, min_width=80)
+                    seed = gr.Number(DEFAULTS.seed, precision=0, label="seed", min_width=80)
                 open_builtin = gr.Button("Open built-in", elem_id="open-builtin")
             with gr.Group():
                 upload = gr.File(label="Upload a .zip", file_types=[".zip"], type="filepath",
@@ -112,11 +109,11 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
         return gr.Dropdown(choices=choices, value=project_id), project_id, message
 
     @shows_errors
-    def on_builtin(source: str, conflict_ratio: float, seed_value: float,
+    def on_builtin(source: str, conflict_ratio: float, seed_value: float | None,
                    progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="generating and loading the built-in dataset")
-        return after_open(callbacks.open_builtin(source, float(conflict_ratio),
-                                                 int(seed_value or 0)))
+        seed_value = DEFAULTS.seed if seed_value is None else seed_value  # an empty box
+        return after_open(callbacks.open_builtin(source, conflict_ratio, seed_value))
 
     @shows_errors
     def on_upload(path: str | None, name: str, progress: gr.Progress = gr.Progress()) -> tuple:
@@ -144,7 +141,8 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
         return (summary_markdown(view), import_report_markdown(view), counts_table(view),
                 view.tiles, folders)
 
-    return DatasetRefresh(refresh, [project], [summary, report, counts, grid, folder], events)
+    return TabRefresh(refresh, [project], [summary, report, counts, grid, folder],
+                      opened=events)
 
 
 def summary_markdown(view: DatasetView) -> str:

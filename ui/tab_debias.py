@@ -14,7 +14,15 @@ import gradio as gr
 
 from diffubias.config import BASELINES, RunConfig
 from ui.debias_service import METRICS, DebiasView
-from ui.events import GPU, percent, progress_callback, shows_errors
+from ui.events import (
+    GPU,
+    TabRefresh,
+    open_project,
+    percent,
+    progress_callback,
+    shown_settings,
+    shows_errors,
+)
 
 TABLE_HEADERS = ["model", *METRICS, "training images", "epochs"]
 EXPLAIN = """**overall**: all test images · **aligned**: images whose bias attribute is the one
@@ -32,28 +40,19 @@ BASELINE_LABELS = {"lff": "LfF (reweights by a GCE model's losses)",
 
 @dataclass(frozen=True)
 class DebiasCallbacks:
-    train: Callable[..., DebiasView]  # (project, epochs, train_vanilla, baselines, ui)
+    train: Callable[..., DebiasView]  # (project, {RunConfig field: value}, *, train_vanilla, ui)
     view: Callable[[int | None], DebiasView]
     settings: Callable[[int | None], dict[str, Any]]
     stop: Callable[[int | None], str]
 
 
-@dataclass(frozen=True)
-class DebiasRefresh:
-    fn: Callable
-    inputs: list
-    outputs: list
-    settings_fn: Callable
-    settings_outputs: list
-
-
-def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
+def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Retrain\nThe debiased model trains on the train split plus every "
                         "generated image that was not rejected; the vanilla model, with the "
                         "same initialisation and schedule, on the train split alone.")
-            epochs = gr.Number(RunConfig().debias_epochs, precision=0, minimum=1, label="epochs",
+            epochs = gr.Number(RunConfig().debias_epochs, precision=0, label="epochs",
                                elem_id="debias-epochs")
             vanilla = gr.Checkbox(True, label="also train the vanilla model (for comparison)")
             baselines = gr.CheckboxGroup(
@@ -76,31 +75,32 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> DebiasRefresh:
             bars = gr.Plot(label="Accuracy by group", elem_id="accuracy-bars")
             gr.Markdown(EXPLAIN)
 
+    settings = {"debias_epochs": epochs, "baselines": baselines}
+
     @shows_errors
-    def on_train(project_id, n_epochs, with_vanilla, chosen=None,
-                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        view = callbacks.train(int(project_id), int(n_epochs), bool(with_vanilla),
-                               tuple(chosen or ()), progress_callback(progress))
+    def on_train(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+                 train_vanilla: bool = True, **changes) -> tuple:
+        view = callbacks.train(open_project(project_id), changes,
+                               train_vanilla=bool(train_vanilla), ui=progress_callback(progress))
         took = f" in {view.seconds:.0f} s" if view.seconds else ""
         return (f"✓ Trained on {view.n_generated} generated images{took}.",
                 *view_outputs(view))
 
     outputs = [summary, table, bars]
-    train_event = train.click(on_train, [project, epochs, vanilla, baselines], [status, *outputs],
+    # the API's parameter order: debias_epochs, train_vanilla, baselines
+    train_event = train.click(on_train, [project], [status, *outputs],
+                              inputs_kwargs={"debias_epochs": epochs, "train_vanilla": vanilla,
+                                             "baselines": baselines},
                               api_name="train_debiased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_debias")
 
     def refresh(project_id) -> tuple:
         return view_outputs(callbacks.view(project_id))
 
-    def settings(project_id) -> tuple:
-        stored = callbacks.settings(project_id)
-        return (stored.get("debias_epochs", RunConfig().debias_epochs),
-                list(stored.get("baselines", [])), "")
+    def show_settings(project_id) -> tuple:
+        return *shown_settings(callbacks.settings(project_id), settings), ""
 
-    return DebiasRefresh(refresh, [project], outputs, settings, [epochs, baselines, status])
+    return TabRefresh(refresh, [project], outputs, show_settings, [*settings.values(), status])
 
 
 def view_outputs(view: DebiasView) -> tuple:

@@ -13,18 +13,26 @@ from typing import Any
 import gradio as gr
 
 from diffubias.config import RunConfig
-from ui.events import GPU, Pager, page_info, progress_callback, shows_errors
+from ui.events import (
+    GPU,
+    Pager,
+    TabRefresh,
+    open_project,
+    page_info,
+    progress_callback,
+    shown_settings,
+    shows_errors,
+)
+from ui.generate_service import GenerationView, ImageDetail
 
 DEFAULTS = RunConfig()
 TILES_PER_ROW = 6  # wider rows overflow the column instead of shrinking the tiles
-from ui.generate_service import GenerationView, ImageDetail
 
 
 @dataclass(frozen=True)
 class GenerateCallbacks:
-    run: Callable[..., GenerationView]  # (project, generator, model_id, steps, guidance,
-    #                                       images_per_prompt, seed, max_images, ui)
-    view: Callable[[int | None, int], GenerationView]  # (project, page)
+    run: Callable[..., GenerationView]  # (project, {RunConfig field: value}, *, model_id, ui)
+    view: Callable[..., GenerationView]  # (project, *, page)
     detail: Callable[[int, int], ImageDetail]
     review: Callable[[int, list[int], bool | None], int]
     review_prompt: Callable[[int, int, bool | None], int]
@@ -33,16 +41,7 @@ class GenerateCallbacks:
     generators: Callable[[], list[str]]  # called on page load: listing them imports torch
 
 
-@dataclass(frozen=True)
-class GenerateRefresh:
-    fn: Callable
-    inputs: list
-    outputs: list
-    settings_fn: Callable
-    settings_outputs: list
-
-
-def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
+def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Generator\nEach kept prompt becomes new images labelled with the "
@@ -53,19 +52,18 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
             model_id = gr.Textbox(label="or a diffusers model id / local folder", max_lines=1,
                                   placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
             with gr.Row():
-                steps = gr.Number(DEFAULTS.gen_steps, precision=0, minimum=1, label="steps",
-                                  min_width=80)
-                guidance = gr.Number(DEFAULTS.guidance_scale, minimum=0, label="guidance",
-                                     min_width=80)
+                steps = gr.Number(DEFAULTS.gen_steps, precision=0, label="steps", min_width=80)
+                guidance = gr.Number(DEFAULTS.guidance_scale, label="guidance", min_width=80)
             with gr.Row():
-                per_prompt = gr.Number(DEFAULTS.images_per_prompt, precision=0, minimum=1,
-                                       maximum=16, label="images per prompt", min_width=80,
+                per_prompt = gr.Number(DEFAULTS.images_per_prompt, precision=0,
+                                       label="images per prompt", min_width=80,
                                        elem_id="images-per-prompt")
-                seed = gr.Number(DEFAULTS.seed, precision=0, minimum=0, label="seed",
-                                 min_width=80)
-            max_images = gr.Number(DEFAULTS.max_images, precision=0, minimum=0,
+                seed = gr.Number(DEFAULTS.seed, precision=0, label="seed", min_width=80)
+            max_images = gr.Number(DEFAULTS.max_images, precision=0,
                                    label="at most this many images", info="0: no cap",
                                    elem_id="max-images")
+            settings = {"gen_steps": steps, "guidance_scale": guidance,
+                        "images_per_prompt": per_prompt, "seed": seed, "max_images": max_images}
             with gr.Row():
                 run = gr.Button("Generate images", variant="primary", elem_id="run-generate")
                 stop = gr.Button("Stop", variant="stop", scale=0, min_width=80)
@@ -94,17 +92,15 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
                         "not.*")
 
     @shows_errors
-    def on_run(project_id, name, model, n_steps, scale, n, seed_value, cap,
-               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        view = callbacks.run(int(project_id), name, model or "", int(n_steps), float(scale),
-                             int(n), int(seed_value), int(cap or 0), progress_callback(progress))
+    def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+               model_id: str = "", **changes) -> tuple:
+        view = callbacks.run(open_project(project_id), changes, model_id=model_id or "",
+                             ui=progress_callback(progress))
         took = view.params.get("n_prompts", 0)
         return (f"✓ {view.n_images} images from {took} prompts.", *view_outputs(view))
 
     def show_page(page_number, project_id) -> tuple:
-        return view_outputs(callbacks.view(project_id, int(page_number or 1)))
+        return view_outputs(callbacks.view(project_id, page=int(page_number or 1)))
 
     @shows_errors
     def on_select(project_id, ids: list[int], evt: gr.SelectData) -> tuple:
@@ -127,8 +123,10 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
 
     page_outputs = [summary, gallery, page_ids, pager.page, pager.info]
     detail_outputs_list = [large, detail, image_id, accept, reject, reject_prompt]
-    run_event = run.click(on_run, [project, generator, model_id, steps, guidance, per_prompt,
-                                   seed, max_images], [status, *page_outputs],
+    # the API's parameter order: generator, model_id, then the settings
+    run_event = run.click(on_run, [project], [status, *page_outputs],
+                          inputs_kwargs={"generator": generator, "model_id": model_id,
+                                         **settings},
                           api_name="generate", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_generate")
     pager.wire(show_page, [project], page_outputs, api_name="generated_page")
@@ -150,7 +148,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
 
     def generated_list(project_id: int, page: int = 1) -> list[dict]:
         """One page of generated images as data: image id and caption."""
-        view = callbacks.view(int(project_id), int(page))
+        view = callbacks.view(int(project_id), page=int(page))
         return [{"image_id": image, "caption": caption}
                 for image, (_, caption) in zip(view.image_ids, view.tiles, strict=True)]
 
@@ -159,15 +157,16 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> GenerateRefresh:
     def refresh(project_id, page_number) -> tuple:
         return show_page(page_number, project_id)
 
-    def settings(project_id) -> tuple:
-        cfg, d = callbacks.settings(project_id), DEFAULTS
-        return (gr.Dropdown(choices=callbacks.generators()), cfg.get("gen_steps", d.gen_steps),
-                cfg.get("guidance_scale", d.guidance_scale),
-                cfg.get("images_per_prompt", d.images_per_prompt),
-                cfg.get("max_images", d.max_images), "")
+    def show_settings(project_id) -> tuple:
+        stored = callbacks.settings(project_id)
+        choices = callbacks.generators()
+        chosen = stored.get("generator", DEFAULTS.generator)  # a typed model id is not shown
+        picker = (gr.Dropdown(choices=choices, value=chosen) if chosen in choices
+                  else gr.Dropdown(choices=choices))
+        return picker, *shown_settings(stored, settings), ""
 
-    return GenerateRefresh(refresh, [project, pager.page], page_outputs, settings,
-                           [generator, steps, guidance, per_prompt, max_images, status])
+    return TabRefresh(refresh, [project, pager.page], page_outputs, show_settings,
+                      [generator, *settings.values(), status])
 
 
 def view_outputs(view: GenerationView) -> tuple:

@@ -9,45 +9,48 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from diffubias.config import RunConfig
-from ui.events import GPU, Pager, page_info, percent, progress_callback, shows_errors
-from ui.gradcam_service import SAMPLE_SETS, CamView
+from diffubias.config import CAM_METHODS, CAM_SAMPLE_SETS, RunConfig
+from ui.events import (
+    GPU,
+    Pager,
+    TabRefresh,
+    open_project,
+    page_info,
+    percent,
+    progress_callback,
+    shown_settings,
+    shows_errors,
+)
+from ui.gradcam_service import CamView
 from ui.report_service import ExportView
+
+DEFAULTS = RunConfig()
 
 
 @dataclass(frozen=True)
 class GradcamCallbacks:
-    run: Callable[..., CamView]  # (project, method, sample_set, count, ui)
-    view: Callable[[int | None, int], CamView]  # (project, page)
-    export: Callable[..., ExportView]  # (project, ui)
+    run: Callable[..., CamView]  # (project, {RunConfig field: value}, *, sample_set, ui)
+    view: Callable[..., CamView]  # (project, *, page)
+    export: Callable[..., ExportView]  # (project, *, ui)
     exported: Callable[[int | None], ExportView]
+    settings: Callable[[int | None], dict[str, Any]]  # the project's RunConfig as a dict
     stop: Callable[[int | None], str]
-    methods: Callable[[], list[str]]  # called on page load: listing them imports torch
 
 
-@dataclass(frozen=True)
-class GradcamRefresh:
-    fn: Callable
-    inputs: list
-    outputs: list
-    settings_fn: Callable
-    settings_outputs: list
-
-
-def build(callbacks: GradcamCallbacks, project: gr.Number) -> GradcamRefresh:
+def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Where do the models look?\nEach model explains its own "
                         "prediction on the same images.")
-            method = gr.Dropdown([RunConfig().cam_method], value=RunConfig().cam_method,
+            method = gr.Dropdown(list(CAM_METHODS), value=DEFAULTS.cam_method,
                                  label="CAM method")
-            sample_set = gr.Radio([(v, k) for k, v in SAMPLE_SETS.items()], value="conflicting",
+            sample_set = gr.Radio([(v, k) for k, v in CAM_SAMPLE_SETS.items()], value="conflicting",
                                   label="samples", elem_id="cam-samples")
-            count = gr.Number(RunConfig().cam_samples, precision=0, minimum=1, maximum=2000,
-                              label="how many",
+            count = gr.Number(DEFAULTS.cam_samples, precision=0, label="how many",
                               elem_id="cam-count")
             with gr.Row():
                 run = gr.Button("Compare Grad-CAM", variant="primary", elem_id="run-gradcam")
@@ -70,28 +73,29 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> GradcamRefresh:
                                  height=720, object_fit="contain", allow_preview=True,
                                  elem_id="cam-gallery", buttons=[])
 
+    settings = {"cam_method": method, "cam_samples": count}
+
     @shows_errors
-    def on_run(project_id, method_value, which, n,
-               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        view = callbacks.run(int(project_id), method_value, which, int(n),
-                             progress_callback(progress))
+    def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+               sample_set: str = "conflicting", **changes) -> tuple:
+        view = callbacks.run(open_project(project_id), changes, sample_set=sample_set,
+                             ui=progress_callback(progress))
         return (f"✓ Explained {view.n_samples} images.", *view_outputs(view))
 
     @shows_errors
     def on_export(project_id, progress: gr.Progress = gr.Progress()) -> tuple:
-        if project_id is None:
-            raise ValueError("No project is open: pick one in tab 1")
-        exported = callbacks.export(int(project_id), progress_callback(progress))
+        exported = callbacks.export(open_project(project_id), ui=progress_callback(progress))
         return ("✓ Report exported.", *export_outputs(exported))
 
     def show_page(page_number, project_id) -> tuple:
-        return view_outputs(callbacks.view(project_id, int(page_number or 1)))
+        return view_outputs(callbacks.view(project_id, page=int(page_number or 1)))
 
     outputs = [summary, mass, gallery, pager.page, pager.info]
     export_list = [report, model, dataset]
-    run_event = run.click(on_run, [project, method, sample_set, count], [status, *outputs],
+    # the API's parameter order: cam_method, sample_set, cam_samples
+    run_event = run.click(on_run, [project], [status, *outputs],
+                          inputs_kwargs={"cam_method": method, "sample_set": sample_set,
+                                         "cam_samples": count},
                           api_name="run_gradcam", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_gradcam")
     pager.wire(show_page, [project], outputs, api_name="cam_page")
@@ -101,18 +105,18 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> GradcamRefresh:
         return (*show_page(page_number, project_id),
                 *export_outputs(callbacks.exported(project_id)))
 
-    def settings(project_id) -> tuple:
-        return gr.Dropdown(choices=callbacks.methods()), ""
+    def show_settings(project_id) -> tuple:
+        return *shown_settings(callbacks.settings(project_id), settings), ""
 
-    return GradcamRefresh(refresh, [project, pager.page], [*outputs, *export_list], settings,
-                          [method, status])
+    return TabRefresh(refresh, [project, pager.page], [*outputs, *export_list], show_settings,
+                      [*settings.values(), status])
 
 
 def view_outputs(view: CamView) -> tuple:
     if view.job_id is None:
         summary = "*Train the debiased model (tab 5), then compare.*"
     else:
-        summary = (f"**{view.method}** on {view.n_samples} {SAMPLE_SETS.get(view.sample_set, '')}"
+        summary = (f"**{view.method}** on {view.n_samples} {CAM_SAMPLE_SETS.get(view.sample_set, '')}"
                    ". Accuracy on them: " + ", ".join(f"{role} **{percent(acc)}**"
                                                       for role, acc in view.agreement.items()))
         if view.mean_mass_before is not None:

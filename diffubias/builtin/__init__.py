@@ -22,6 +22,10 @@ import numpy as np
 from PIL import Image
 
 BUILTIN_NAMES = ("colored-digits", "shape-scenes")
+BUILTIN_TITLES = {  # name: what it is, in a few words (for pickers)
+    "colored-digits": "Colored digits (28 px, colour is the bias)",
+    "shape-scenes": "Shape scenes (64 px, background is the bias, with object masks)",
+}
 CONFLICT_RATIOS = (0.005, 0.01, 0.02, 0.05)  # LfF's rho grid: 0.5, 1, 2, 5 % bias-conflicting
 
 

@@ -15,17 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffubias.config import RunConfig
+from diffubias.config import CAM_SAMPLE_SETS, RunConfig
 from diffubias.decoding import read_images, read_masks
 from diffubias.gradcam import CamComparison, compare_models
 from diffubias.prepared import PreparedDataset
 from diffubias.progress import ProgressFn, report
-
-SAMPLE_SETS = {
-    "conflicting": "bias-conflicting test samples",
-    "all": "random test samples",
-    "candidates": "top-K candidates (train)",
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,9 +41,9 @@ def cam_positions(data: PreparedDataset, config: RunConfig, sample_set: str = "c
     """Dataset positions to explain, a seeded sample of at most `cam_samples` in position order:
     `conflicting` (the evaluation split's bias-conflicting samples; all of it when the bias is
     unknown), `all` (the evaluation split) or `candidates` (the given train positions)."""
-    if sample_set not in SAMPLE_SETS:
+    if sample_set not in CAM_SAMPLE_SETS:
         raise ValueError(f"unknown sample set {sample_set!r}; choose one of "
-                         f"{', '.join(SAMPLE_SETS)}")
+                         f"{', '.join(CAM_SAMPLE_SETS)}")
     if sample_set == "candidates":
         pool = np.asarray(candidates, dtype=np.int64)
     else:
