@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from diffubias.config import BASELINES, RunConfig
+from diffubias.config import ARCHITECTURES, BASELINES, CAM_METHODS, RunConfig
 from diffubias.pipeline import STAGES, Run, run_stages
 
 DOCS = "docs/guide"  # in the repository; tests/test_docs.py checks every page and anchor below
@@ -119,7 +119,7 @@ _OPTIONS = (
     ("cache_dir", "cache for built-in datasets and extracted zips (default ~/.cache/diffubias)"),
     ("device", "auto, cpu, cuda, cuda:1, ..."),
     ("image_size", "train/eval side in px (0: the dataset's own, capped at 224)"),
-    ("arch", "auto, small-cnn or resnet18"),
+    ("arch", ", ".join(ARCHITECTURES)),
     ("width", "small CNN width"),
     ("init_weights", "local ResNet-18 weights (safetensors or state dict) to start from"),
     ("batch_size", "training batch size"),
@@ -139,7 +139,7 @@ _OPTIONS = (
     ("debias_epochs", "epochs of the vanilla and debiased models"),
     ("baselines", ("baselines to train and report next to vanilla and DiffuBias, comma-separated: "
                    "lff, jtt, oversample-topk, diffubias-no-filter, or all")),
-    ("cam_method", "gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam"),
+    ("cam_method", ", ".join(CAM_METHODS)),
     ("cam_samples", "test samples whose Grad-CAM object mass is measured"),
     ("caption_instruction", "instruction given to a VLM captioner"),
     ("caption_batch_size", "images per captioning call"),
