@@ -22,18 +22,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from diffubias.config import CAM_METHODS
 from diffubias.plots import contact_sheet
 
 # pytorch-grad-cam is imported inside the functions that use it: importing it pulls in
 # matplotlib, OpenCV and scipy (~3 s), which importing `diffubias` should not pay for.
-CAM_METHODS: tuple[str, ...] = (
-    "gradcam",
-    "gradcam++",
-    "hirescam",
-    "xgradcam",
-    "layercam",
-    "eigencam",
-)
+# CAM_METHODS (the names, in the order of the classes below) lives in diffubias.config, which the
+# settings validate against without importing torch
 
 
 # eq=False: the fields are numpy arrays, whose `==` is elementwise, so a generated __eq__ would

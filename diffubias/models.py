@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ARCHITECTURES = ("auto", "small-cnn", "resnet18")
+from diffubias.config import ARCHITECTURES
+
 SMALL_CNN_MAX_SIZE = 64  # above this a 3-stage CNN sees too little context; ResNet-18 takes over
 
 # ImageNet statistics: harmless for scratch training and required by pretrained ResNet weights.
