@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from diffubias.progress import part
 from storage import Store, describe_os_error
 from storage import repository as repo
 from storage.models import JobStatus
@@ -127,7 +128,7 @@ class JobProgress:
 
     def part(self, start: float, end: float) -> Callable[[float, str], None]:
         """A progress callback that maps [0, 1] onto [start, end] of this job's bar."""
-        return lambda fraction, message: self(start + (end - start) * fraction, message)
+        return part(self, start, end)
 
 
 class JobRunner:
