@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from diffubias.dataset import ImageDataset
+if TYPE_CHECKING:
+    from diffubias.dataset import ImageDataset
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,13 @@ def test_no_module_is_over_max_lines():
         f"{len(found)} module(s) over {MAX_LINES} lines; split each into modules of one concept:\n"
         + "\n".join(f"  {path}: {lines} lines" for path, lines in found)
     )
+
+
+def test_building_the_page_imports_no_torch():
+    """The page is served before the library loads (a warm-up imports it afterwards)."""
+    code = ("import sys, app; heavy = [m for m in ('torch', 'sklearn', 'diffusers', "
+            "'transformers') if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffubias.generation import encode_png
-from diffubias.stages.generate import ImageSink, prompts_to_generate
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind
@@ -87,6 +85,8 @@ def run_generation(studio: Studio, project_id: int, changes: Mapping[str, Any], 
         raise ValueError("no prompt is kept: tick keep on some prompts in tab 3")
     config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
+    from diffubias.stages.generate import prompts_to_generate
+
     prompts = prompts_to_generate(prompts, config)  # the stage's own cap, so params count them
     params = {"generator": config.generator, "steps": config.gen_steps,
               "guidance_scale": config.guidance_scale, "seed": config.seed,
@@ -130,11 +130,13 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
                                 "generation": time.perf_counter() - loaded})
 
 
-class StoreSink(ImageSink):
-    """The generate stage's images in the app's store: a PNG under workspace/generated/<job>/
-    and a row per image, committed in one transaction per batch. A prompt's images from another
-    request (generator settings, seed, or an edited text) are replaced in the transaction that
-    adds its new ones, so a crash never leaves a prompt with neither."""
+class StoreSink:
+    """The generate stage's sink (`diffubias.stages.generate.ImageSink`'s three methods, not the
+    class, so building the page imports no torch) over the app's store: a PNG under
+    workspace/generated/<job>/ and a row per image, committed in one transaction per batch. A
+    prompt's images from another request (generator settings, seed, or an edited text) are
+    replaced in the transaction that adds its new ones, so a crash never leaves a prompt with
+    neither."""
 
     def __init__(self, studio: Studio, progress: JobProgress, request: dict, prompts,
                  positions: dict[int, int], class_names) -> None:
@@ -164,6 +166,8 @@ class StoreSink(ImageSink):
         return kept
 
     def add(self, item, image) -> None:
+        from diffubias.generation import encode_png
+
         if image is None:
             return
         path = self.studio.store.workspace.path_for(
