@@ -13,9 +13,12 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-# the baselines the `debias` stage can train next to vanilla and DiffuBias; diffubias.baselines
-# implements them (a test checks the two lists agree)
-BASELINES = ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
+from diffubias.baselines import baseline_names
+
+# the baselines the `debias` stage can train next to vanilla and DiffuBias, as registered in
+# diffubias.baselines when this module was imported; validation asks the registry again, so a
+# method registered later is accepted too
+BASELINES = baseline_names()
 
 
 # Caps on the settings: past them a run would never finish or would exhaust memory, so the
@@ -116,8 +119,8 @@ class RunConfig:
     max_images: int = 0  # 0: no cap
     # stage 7: debiased and vanilla models
     debias_epochs: int = 12
-    # baselines trained and reported next to vanilla and DiffuBias (names of
-    # diffubias.baselines.METHODS: lff, jtt, oversample-topk, diffubias-no-filter)
+    # baselines trained and reported next to vanilla and DiffuBias (names of the methods
+    # diffubias.baselines registers as baselines: lff, jtt, oversample-topk, ...)
     baselines: tuple[str, ...] = ()
     # stage 9: Grad-CAM
     cam_method: str = "gradcam"
@@ -171,9 +174,10 @@ class RunConfig:
             if len(getattr(self, name)) > MAX_TEXT_CHARS:
                 raise ValueError(f"{name} is {len(getattr(self, name)):,} characters long; keep "
                                  f"it under {MAX_TEXT_CHARS:,}")
-        unknown = [b for b in self.baselines if b not in BASELINES]
+        known = baseline_names()
+        unknown = [b for b in self.baselines if b not in known]
         if unknown:
-            raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+            raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(known)}")
 
     def _check_top_k(self) -> None:
         # a count larger than a class is fine: the class is taken whole (scoring.k_for_classes)

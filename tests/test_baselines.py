@@ -1,7 +1,8 @@
 """The registry of methods (`diffubias.baselines`), running them by name
 (`diffubias.baselines.run`) with their shared stages (`diffubias.baselines.shared`), and the
-benchmark's core (bench/debias.py), on the planted-bias folder: the registry is the one list
-and loads no torch; every method reports the same metrics; the benchmark runs end to end and returns rows of
+benchmark's core (bench/debias.py), on the planted-bias folder: the registry is the one list,
+loads no torch, and a method registered at run time trains as a baseline through the debias
+stage; every method reports the same metrics; the benchmark runs end to end and returns rows of
 the documented shape. Each method's own behaviour is tested in test_<its module>.py."""
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import diffubias.baselines
 from diffubias.baselines import (METHODS, Method, baseline_methods, baseline_names, get_method,
                                  register)
 from diffubias.baselines.run import run_baselines, run_method
-from diffubias.baselines.shared import BaselineOptions, SharedStages
-from diffubias.config import BASELINES
+from diffubias.baselines.shared import (DEFAULT_OPTIONS, BaselineOptions, SharedStages,
+                                        method_result, shared_stages_for)
+from diffubias.config import BASELINES, RunConfig
+from diffubias.dataset import read_images
+from diffubias.prepared import PreparedDataset, train_evaluated
+from diffubias.stages.debias import train_debiased
 from planted_methods import (PlantedGenerator, planted_config, planted_folder,  # noqa: F401
                              planted_run)
 
@@ -78,6 +84,55 @@ def test_bad_entries_and_unknown_names_are_named():
                      target="diffubias.baselines.lff:dfa")
     with pytest.raises(ValueError, match="diffubias.baselines.lff has no function 'dfa'"):
         missing.resolve()
+
+
+# -- a method added by one registry entry and its function ----------------------------------------
+
+def doubled_loss(data: PreparedDataset, config: RunConfig, *,
+                 options: BaselineOptions = DEFAULT_OPTIONS, shared: SharedStages | None = None,
+                 progress=None):
+    """A throw-away method: vanilla with every sample's loss doubled."""
+    shared_stages_for(shared, data, config, options)
+    n = len(data.split("train")[0])
+    training = train_evaluated(data, config, desc="doubled", progress=progress,
+                               sample_weights=torch.full((n,), 2.0))
+    return method_result("doubled-loss", data, config, training, seconds=training.seconds,
+                         info={"weight": 2.0}, weights=np.full(n, 2.0))
+
+
+@pytest.fixture
+def registered_method():
+    """`doubled_loss` registered as a baseline for one test, by its entry alone."""
+    method = register(Method("doubled-loss", "doubled loss", "ERM with every loss doubled",
+                             generates=False, baseline=True,
+                             target=f"{__name__}:doubled_loss"))
+    yield method
+    del METHODS[method.name]
+
+
+def test_a_registered_method_trains_as_a_baseline_with_no_other_edit(planted_run,
+                                                                     registered_method):
+    cfg, data, _ = planted_run
+    assert "doubled-loss" in baseline_names()
+    cfg = replace(cfg, baselines=("doubled-loss",))  # the config asks the registry
+    seen = []
+    results = run_baselines(cfg.baselines, data, cfg, before_each=seen.append)
+    assert seen == ["doubled-loss"] and set(results) == {"doubled-loss"}
+    result = results["doubled-loss"]
+    assert result.info == {"weight": 2.0} and (result.weights == 2.0).all()
+    assert result.n_train == len(data.split("train")[0])
+    positions, _ = data.split("train")  # four of them stand in for the generated images
+    images = read_images(data.ds, positions[:4], size=data.image_size)
+    labels = torch.from_numpy(data.ds.labels[positions[:4]].astype(np.int64))
+    debiasing = train_debiased(data, cfg, images, labels, train_vanilla=False)
+    assert list(debiasing.models) == ["debiased", "doubled-loss"]
+    trained = debiasing.models["doubled-loss"]
+    assert trained.info["weight"] == 2.0 and trained.test.unbiased is not None
+
+
+def test_an_unregistered_baseline_is_refused_by_the_config():
+    with pytest.raises(ValueError, match=r"unknown baselines \['doubled-loss'\]; choose from lff"):
+        RunConfig(baselines=("doubled-loss",))
 
 
 # -- running methods by name ----------------------------------------------------------------------
