@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from markdown import BENCHMARKS_MD, machine_line, write_section  # noqa: E402
 
-from diffubias.baselines import (DEFAULT_OPTIONS, METHODS, BaselineOptions,  # noqa: E402
-                                 SharedStages, run_method)
+from diffubias.baselines import METHODS  # noqa: E402
+from diffubias.baselines.run import run_method  # noqa: E402
+from diffubias.baselines.shared import (DEFAULT_OPTIONS, BaselineOptions,  # noqa: E402
+                                        SharedStages)
 from diffubias.builtin import CONFLICT_RATIOS  # noqa: E402
 from diffubias.config import RunConfig  # noqa: E402
 from diffubias.generation import Generator  # noqa: E402
@@ -580,7 +582,7 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     lines += ["Read the baselines with their budgets in mind: every method gets the same "
               f"{cfg['debias_epochs']} epochs, while LfF's paper trains about 100 (its "
               "relative-difficulty weights only separate the conflicts once the debiased model "
-              "starts fitting them, see tests/test_baselines.py); JTT's T and lambda are fixed, "
+              "starts fitting them, see tests/test_lff.py); JTT's T and lambda are fixed, "
               "not tuned on validation as in its paper; oversampling repeats the same top-K "
               "candidates DiffuBias starts from.", ""]
     lines += _standing_lines(results)

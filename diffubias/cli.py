@@ -14,7 +14,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from diffubias.config import ARCHITECTURES, BASELINES, CAM_METHODS, RunConfig
+from diffubias.baselines import baseline_names
+from diffubias.config import ARCHITECTURES, CAM_METHODS, RunConfig
 from diffubias.pipeline import STAGES, Run, run_stages
 
 DOCS = "docs/guide"  # in the repository; tests/test_docs.py checks every page and anchor below
@@ -138,7 +139,7 @@ _OPTIONS = (
     ("max_images", "cap on generated images (0: none)"),
     ("debias_epochs", "epochs of the vanilla and debiased models"),
     ("baselines", ("baselines to train and report next to vanilla and DiffuBias, comma-separated: "
-                   "lff, jtt, oversample-topk, diffubias-no-filter, or all")),
+                   + ", ".join(baseline_names()) + ", or all")),
     ("cam_method", ", ".join(CAM_METHODS)),
     ("cam_samples", "test samples whose Grad-CAM object mass is measured"),
     ("caption_instruction", "instruction given to a VLM captioner"),
@@ -196,7 +197,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         if name in out:
             out[name] = tuple(w.strip() for w in out[name].split(",") if w.strip())
     if out.get("baselines") == ("all",):
-        out["baselines"] = BASELINES
+        out["baselines"] = baseline_names()
     return out
 
 

@@ -15,13 +15,16 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-# Names a setting may take, kept here as plain tuples so that checking a config imports no torch;
-# the modules that implement them hold the same names (tests check the lists agree).
-# baselines: what the `debias` stage can train next to vanilla and DiffuBias (diffubias.baselines)
-BASELINES = ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
-ARCHITECTURES = ("auto", "small-cnn", "resnet18")  # diffubias.models.ARCHITECTURES
+from diffubias.baselines import baseline_names
+
+# Names a setting may take, kept here as plain tuples so that checking a config imports no torch.
+# baselines: what the `debias` stage can train next to vanilla and DiffuBias, as registered in
+# diffubias.baselines when this module was imported; validation asks the registry again, so a
+# method registered later is accepted too
+BASELINES = baseline_names()
+ARCHITECTURES = ("auto", "small-cnn", "resnet18")  # diffubias.models builds each
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam",
-               "eigencam")  # diffubias.gradcam.CAM_METHODS
+               "eigencam")  # diffubias.gradcam maps each to a pytorch-grad-cam class
 # what the explain stage can explain (diffubias.stages.explain.cam_positions), with its label
 CAM_SAMPLE_SETS = {
     "conflicting": "bias-conflicting test samples",
@@ -139,8 +142,8 @@ class RunConfig:
     max_images: int = 0  # 0: no cap
     # stage 7: debiased and vanilla models
     debias_epochs: int = 12
-    # baselines trained and reported next to vanilla and DiffuBias (names of
-    # diffubias.baselines.METHODS: lff, jtt, oversample-topk, diffubias-no-filter)
+    # baselines trained and reported next to vanilla and DiffuBias (names of the methods
+    # diffubias.baselines registers as baselines: lff, jtt, oversample-topk, ...)
     baselines: tuple[str, ...] = ()
     # stage 9: Grad-CAM
     cam_method: str = "gradcam"
@@ -210,9 +213,10 @@ class RunConfig:
             if len(getattr(self, name)) > MAX_TEXT_CHARS:
                 raise ValueError(f"{name} is {len(getattr(self, name)):,} characters long; keep "
                                  f"it under {MAX_TEXT_CHARS:,}")
-        unknown = [b for b in self.baselines if b not in BASELINES]
+        known = baseline_names()
+        unknown = [b for b in self.baselines if b not in known]
         if unknown:
-            raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+            raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(known)}")
 
     def _check_top_k(self) -> None:
         # a count larger than a class is fine: the class is taken whole (scoring.k_for_classes)

@@ -29,8 +29,9 @@ import torch
 
 from diffubias import __version__
 from diffubias.backends import captioner_for, generator_for
+from diffubias.baselines import baseline_names
 from diffubias.captions import Caption
-from diffubias.config import BASELINES, RunConfig
+from diffubias.config import RunConfig
 from diffubias.dataset import SPLITS, ImageDataset
 from diffubias.decoding import read_images
 from diffubias.files import atomic_path, atomic_write_text
@@ -319,7 +320,7 @@ def stage_debias(run: Run) -> dict:
         run.log(f"{role:>8}: overall {t['overall']:.3f}"
                 + (f", unbiased {t['unbiased']:.3f}, conflicting {t['conflicting']:.3f}"
                    if t["unbiased"] is not None else ""))
-    stale = tuple(name for name in BASELINES if name not in cfg.baselines)
+    stale = tuple(name for name in baseline_names() if name not in cfg.baselines)
     return run.update_report(models=models, drop_models=stale,
                              timings_s={"vanilla_and_debiased_training": time.perf_counter() - t0})
 

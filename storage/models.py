@@ -70,12 +70,6 @@ class ModelRole(enum.StrEnum):
     BIASED = "biased"
     VANILLA = "vanilla"
     DEBIASED = "debiased"
-    # Baselines trained next to the debiased model (diffubias.config.BASELINES). The store does
-    # not need them; they stay because tests/test_ui_workflow.py checks each baseline is here.
-    LFF = "lff"
-    JTT = "jtt"
-    OVERSAMPLE_TOPK = "oversample-topk"
-    DIFFUBIAS_NO_FILTER = "diffubias-no-filter"
 
 
 # A model role is a short lower-case slug (a ModelRole or a baseline's name), matched whole; at

@@ -1,11 +1,17 @@
-"""Baselines on a tiny planted-bias folder dataset (colour predicts the class except for 18
-planted conflicts): each method finds or weights the planted conflicts the way it should, and the
-benchmark's core runs end to end and returns rows of the documented shape."""
+"""The registry of methods (`diffubias.baselines`), running them by name
+(`diffubias.baselines.run`) with their shared stages (`diffubias.baselines.shared`), and the
+benchmark's core (bench/debias.py), on the planted-bias folder: the registry is the one list,
+loads no torch, and a method registered at run time trains as a baseline through the debias
+stage; every method reports the same metrics; the benchmark runs end to end and returns rows of
+the documented shape. Each method's own behaviour is tested in test_<its module>.py."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import inspect
 import json
+import pkgutil
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,157 +19,123 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import make_bar_images
-from diffubias.baselines import (METHODS, BaselineOptions, SharedStages, jtt, lff,
-                                 oversample_top_k, run_method)
-from diffubias.config import RunConfig
-from diffubias.prepared import PreparedDataset
+import diffubias.baselines
+from diffubias.baselines import (METHODS, Method, baseline_methods, baseline_names, get_method,
+                                 register)
+from diffubias.baselines.run import run_baselines, run_method
+from diffubias.baselines.shared import (DEFAULT_OPTIONS, BaselineOptions, SharedStages,
+                                        method_result, shared_stages_for)
+from diffubias.config import BASELINES, RunConfig
+from diffubias.decoding import read_images
+from diffubias.prepared import PreparedDataset, train_evaluated
+from diffubias.stages.debias import train_debiased
+from planted_methods import (PlantedGenerator, planted_config, planted_folder,  # noqa: F401
+                             planted_run)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = ("vertical", "horizontal")  # make_bar_images' class 0 and 1
-COLOURS = ("red", "green")  # conftest.COLOURS order
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny; on a shared 2-core machine two threads per process make them
-    ~10x slower (measured), so this module runs on one and then restores the setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# -- the registry ---------------------------------------------------------------------------------
+
+def test_the_registry_lists_every_method_and_which_are_baselines():
+    assert tuple(METHODS) == ("vanilla", "lff", "jtt", "oversample-topk", "diffubias",
+                              "diffubias-no-filter")
+    assert baseline_names() == ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
+    assert BASELINES == baseline_names()  # the config's list is the registry's
+    assert [m.name for m in baseline_methods()] == list(baseline_names())
+    assert {m.name for m in METHODS.values() if m.generates} == {"diffubias",
+                                                                  "diffubias-no-filter"}
+    for method in METHODS.values():
+        function = method.resolve()
+        assert callable(function) and function.__module__ == method.target.split(":")[0]
+        assert method.label and method.summary and "\n" not in method.summary
 
 
-def _write_split(root: Path, split: str, images, labels, colours) -> list[str]:
-    (root / split).mkdir(parents=True)
-    rows = []
-    for i, (image, label, colour) in enumerate(zip(images, labels, colours)):
-        path = f"{split}/{i:04d}.png"
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / path)
-        shape, colour_name = SHAPES[int(label)], COLOURS[int(colour)]
-        rows.append(f"{path},{split},{shape},{colour_name},a {shape} bar on {colour_name},"
-                    f"a {colour_name} square with a {shape} line,the of and")
-    return rows
+def test_no_function_of_the_package_is_named_like_it():
+    package = Path(diffubias.baselines.__file__).parent
+    modules = [diffubias.baselines, *(importlib.import_module(f"diffubias.baselines.{m.name}")
+                                      for m in pkgutil.iter_modules([str(package)]))]
+    assert len(modules) > 5
+    for module in modules:
+        names = {name for name, _ in inspect.getmembers(module, inspect.isfunction)}
+        assert "diffubias" not in names, module.__name__
 
 
-@pytest.fixture(scope="module")
-def planted_folder(tmp_path_factory, planted_bias) -> Path:
-    """The planted set in the project's folder format, with bias labels and three captions per
-    image (the last one all stop words, so the text filter has something to drop)."""
-    root = tmp_path_factory.mktemp("planted")
-    p = planted_bias
-    rows = _write_split(root, "train", p["images"], p["labels"], p["bias"])
-    # the unbiased set alternates class every sample and colour every 100: pairs of samples
-    # alternate between valid and test, so both hold every (class, colour) cell
-    for split, half in (("valid", 0), ("test", 1)):
-        take = np.flatnonzero(np.arange(len(p["test_labels"])) // 2 % 2 == half)
-        rows += _write_split(root, split, p["test_images"][take], p["test_labels"][take],
-                             p["test_bias"][take])
-    (root / "metadata.csv").write_text(
-        "path,split,label,bias,caption,caption_2,caption_3\n" + "\n".join(rows) + "\n")
-    return root
+def test_importing_the_registry_and_the_config_loads_no_torch():
+    code = ("import sys, diffubias.baselines, diffubias.config; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.strip()
+    assert out == "False"
 
 
-class PlantedGenerator:
-    """Weight-free stand-in for a diffusion model: draws the bar of the prompt's class on the
-    background colour the prompt names."""
-
-    backend = "planted"
-
-    def __init__(self, class_names: tuple[str, ...]):
-        self.class_names = class_names
-
-    def describe(self):
-        return {"backend": self.backend, "model": None, "params": {}}
-
-    def generate_items(self, items, *, progress=None):
-        for item in items:
-            rng = np.random.default_rng(item.seed)
-            shape = SHAPES.index(self.class_names[item.prompt.label])
-            colour = next((i for i, c in enumerate(COLOURS) if c in item.prompt.text.split()), 0)
-            tile = make_bar_images(np.full(1, shape), np.full(1, colour), rng)[0]
-            yield item, Image.fromarray(tile.permute(1, 2, 0).numpy())
+def test_bad_entries_and_unknown_names_are_named():
+    with pytest.raises(ValueError, match="unknown method 'dfa'.*'lff'"):
+        get_method("dfa")
+    with pytest.raises(ValueError, match="'module:function'.*'dfa'"):
+        Method("dfa", "DFA", "disentangled features", generates=False, baseline=True,
+               target="dfa")
+    with pytest.raises(ValueError, match="already registered"):
+        register(METHODS["lff"])
+    missing = Method("dfa", "DFA", "disentangled features", generates=False, baseline=True,
+                     target="diffubias.baselines.lff:dfa")
+    with pytest.raises(ValueError, match="diffubias.baselines.lff has no function 'dfa'"):
+        missing.resolve()
 
 
-def _config(folder: Path, tmp_path: Path, **changes) -> RunConfig:
-    cfg = RunConfig(dataset=str(folder), cache_dir=str(tmp_path / "cache"), device="cpu",
-                    width=8, batch_size=64, lr=3e-3, biased_epochs=2, debias_epochs=2, top_k=9,
-                    captions_per_image=3, images_per_prompt=2)
-    return replace(cfg, **changes)
+# -- a method added by one registry entry and its function ----------------------------------------
+
+def doubled_loss(data: PreparedDataset, config: RunConfig, *,
+                 options: BaselineOptions = DEFAULT_OPTIONS, shared: SharedStages | None = None,
+                 progress=None):
+    """A throw-away method: vanilla with every sample's loss doubled."""
+    shared_stages_for(shared, data, config, options)
+    n = len(data.split("train")[0])
+    training = train_evaluated(data, config, desc="doubled", progress=progress,
+                               sample_weights=torch.full((n,), 2.0))
+    return method_result("doubled-loss", data, config, training, seconds=training.seconds,
+                         info={"weight": 2.0}, weights=np.full(n, 2.0))
 
 
-@pytest.fixture(scope="module")
-def planted_run(planted_folder, tmp_path_factory):
-    cfg = _config(planted_folder, tmp_path_factory.mktemp("run"))
-    data = PreparedDataset.load(cfg)
-    positions, _ = data.split("train")
-    return cfg, data, data.conflicts(positions)
+@pytest.fixture
+def registered_method():
+    """`doubled_loss` registered as a baseline for one test, by its entry alone."""
+    method = register(Method("doubled-loss", "doubled loss", "ERM with every loss doubled",
+                             generates=False, baseline=True,
+                             target=f"{__name__}:doubled_loss"))
+    yield method
+    del METHODS[method.name]
 
 
-def test_lff_weights_the_planted_conflicts_more_than_aligned_samples(planted_run):
-    cfg, data, is_conflict = planted_run
-    # LfF's weights part only once the debiased model starts fitting the conflicts
-    result = lff(data, replace(cfg, debias_epochs=10))
-    weights = result.weights
-    assert weights.shape == is_conflict.shape
-    assert weights[is_conflict].mean() > 3 * weights[~is_conflict].mean()
-    assert weights[is_conflict].min() > np.median(weights[~is_conflict])
-    assert result.test.unbiased is not None and result.training.best_epoch >= 1
-
-
-def test_jtt_error_set_holds_the_planted_conflicts_and_is_up_weighted(planted_run):
-    cfg, data, is_conflict = planted_run
-    shared = SharedStages(data, cfg, BaselineOptions(jtt_upweight=7))
-    result = jtt(data, cfg, options=shared.options, shared=shared)
-    errors = shared.error_set().errors
-    assert errors[is_conflict].all()
-    assert errors.sum() < 3 * is_conflict.sum()  # mostly the conflicts, not everything
-    assert set(np.unique(result.weights)) == {1.0, 7.0}
-    assert np.array_equal(result.weights == 7.0, errors)
-    assert result.info["error_set_size"] == errors.sum()
-
-
-def test_oversampling_repeats_exactly_the_candidates(planted_run):
+def test_a_registered_method_trains_as_a_baseline_with_no_other_edit(planted_run,
+                                                                     registered_method):
     cfg, data, _ = planted_run
-    shared = SharedStages(data, cfg, BaselineOptions(oversample_copies=5))
-    result = oversample_top_k(data, cfg, options=shared.options, shared=shared)
-    candidates = shared.detection().candidates
-    repeated, counts = np.unique(result.added_from, return_counts=True)
-    assert np.array_equal(repeated, np.sort(candidates)) and (counts == 5).all()
-    assert result.n_train == len(data.split("train")[0]) + 5 * len(candidates)
-    assert result.info["copies_per_candidate"] == 5
+    assert "doubled-loss" in baseline_names()
+    cfg = replace(cfg, baselines=("doubled-loss",))  # the config asks the registry
+    seen = []
+    results = run_baselines(cfg.baselines, data, cfg, before_each=seen.append)
+    assert seen == ["doubled-loss"] and set(results) == {"doubled-loss"}
+    result = results["doubled-loss"]
+    assert result.info == {"weight": 2.0} and (result.weights == 2.0).all()
+    assert result.n_train == len(data.split("train")[0])
+    positions, _ = data.split("train")  # four of them stand in for the generated images
+    images = read_images(data.ds, positions[:4], size=data.image_size)
+    labels = torch.from_numpy(data.ds.labels[positions[:4]].astype(np.int64))
+    debiasing = train_debiased(data, cfg, images, labels, train_vanilla=False)
+    assert list(debiasing.models) == ["debiased", "doubled-loss"]
+    trained = debiasing.models["doubled-loss"]
+    assert trained.info["weight"] == 2.0 and trained.test.unbiased is not None
 
 
-def test_reviewed_candidates_replace_the_detection_and_skip_its_training(planted_run):
-    """The app passes the candidates a person kept: oversampling repeats exactly those, and no
-    GCE model is trained for it."""
-    cfg, data, _ = planted_run
-    positions, _ = data.split("train")
-    reviewed = np.asarray(positions[:7])
-    shared = SharedStages(data, cfg, BaselineOptions(oversample_copies=3), candidates=reviewed)
-    result = oversample_top_k(data, cfg, options=shared.options, shared=shared)
-    repeated, counts = np.unique(result.added_from, return_counts=True)
-    assert np.array_equal(repeated, np.sort(reviewed)) and (counts == 3).all()
-    assert "detection" not in shared.seconds
-    assert result.info["candidates"] == "given" and result.info["n_candidates"] == 7
+def test_an_unregistered_baseline_is_refused_by_the_config():
+    with pytest.raises(ValueError, match=r"unknown baselines \['doubled-loss'\]; choose from lff"):
+        RunConfig(baselines=("doubled-loss",))
 
 
-def test_diffubias_variants_share_detection_and_differ_only_in_prompts(planted_run):
-    cfg, data, is_conflict = planted_run
-    shared = SharedStages(data, cfg, generator=PlantedGenerator(data.ds.class_names))
-    with_filter = run_method("diffubias", data, cfg, shared=shared)
-    without = run_method("diffubias-no-filter", data, cfg, shared=shared)
-    n_candidates = len(shared.detection().candidates)
-    # the all-stop-word caption is dropped by the filter and kept without it
-    assert with_filter.info["n_prompts"] == 2 * n_candidates
-    assert without.info["n_prompts"] == 3 * n_candidates
-    assert without.info["n_generated"] == 3 * n_candidates * cfg.images_per_prompt
-    assert set(with_filter.added_from) <= set(shared.detection().candidates)
-    assert shared.seconds.keys() >= {"detection", "captions", "generation_and_training"}
-    assert with_filter.seconds > shared.seconds["detection"]
-
+# -- running methods by name ----------------------------------------------------------------------
 
 def test_every_method_reports_the_same_metrics(planted_run):
     cfg, data, _ = planted_run
@@ -179,11 +151,15 @@ def test_bad_names_and_mismatched_shared_stages_are_named(planted_run, tmp_path)
     cfg, data, _ = planted_run
     with pytest.raises(ValueError, match="unknown method 'dfa'.*'lff'"):
         run_method("dfa", data, cfg)
+    with pytest.raises(ValueError, match="unknown method 'dfa'.*'lff'"):
+        run_baselines(("vanilla", "dfa"), data, cfg, before_each=pytest.fail)  # before any
     with pytest.raises(ValueError, match="another dataset, config or options"):
         run_method("vanilla", data, replace(cfg, seed=1), shared=SharedStages(data, cfg))
     with pytest.raises(ValueError, match="jtt_upweight"):
         BaselineOptions(jtt_upweight=0.5)
 
+
+# -- the benchmark's core -------------------------------------------------------------------------
 
 def _load_bench():
     """bench/debias.py as the module `debias`, importable by name from bench/ on sys.path, as
@@ -197,7 +173,7 @@ def _load_bench():
 def test_benchmark_smoke_rows_json_and_report(planted_folder, tmp_path):
     """The CI-sized benchmark: one dataset, one seed, every method, tables and plots."""
     bench = _load_bench()
-    base = _config(planted_folder, tmp_path, biased_epochs=1, debias_epochs=1)
+    base = planted_config(planted_folder, tmp_path, biased_epochs=1, debias_epochs=1)
     results = bench.run_grid([str(planted_folder)], ratios=(0.01,), seeds=(0,), base=base,
                              generator_factory=lambda data: PlantedGenerator(data.ds.class_names))
     rows = [r for r in results["rows"] if r["role"] == "method"]
@@ -232,7 +208,7 @@ def test_benchmark_reference_scoring_loop_matches_batched_scoring(planted_run):
 def test_benchmark_worker_processes_give_the_one_process_results(planted_folder, tmp_path):
     """`--jobs 2` runs settings in spawned workers; the rows are those one process gets."""
     bench = _load_bench()
-    base = _config(planted_folder, tmp_path, biased_epochs=1, debias_epochs=1)
+    base = planted_config(planted_folder, tmp_path, biased_epochs=1, debias_epochs=1)
     methods = ("vanilla", "oversample-topk")
     one = bench.run_grid([str(planted_folder)], ratios=(0.01,), seeds=(0, 1), base=base,
                          methods=methods)

@@ -62,13 +62,20 @@ def _env(site: Path) -> dict[str, str]:
             "GRADIO_ANALYTICS_ENABLED": "False"}
 
 
+def _top_packages() -> set[str]:
+    """The top-level packages pyproject.toml's package discovery includes."""
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    return {pattern.split(".")[0] for pattern in include}
+
+
 def test_the_wheel_holds_the_packages_the_migrations_and_the_entry_points(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "app.py" in names
-    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
-        folder = package.replace(".", "/")
-        expected = {f"{folder}/{p.name}" for p in (ROOT / folder).glob("*.py")}
-        assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    # every module of every package (subpackages too), wherever it lies in the tree
+    expected = {p.relative_to(ROOT).as_posix() for top in _top_packages()
+                for p in (ROOT / top).rglob("*.py")
+                if "__pycache__" not in p.parts and "migrations" not in p.parts}
+    assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     migrations = {p.relative_to(ROOT).as_posix() for p in (ROOT / "storage/migrations").rglob("*")
                   if p.is_file() and "__pycache__" not in p.parts}
     assert migrations and migrations <= names, sorted(migrations - names)
@@ -124,5 +131,5 @@ def test_the_docker_base_image_carries_the_pinned_torch():
     torch_pin = _requirements()["torch"].split("==")[1]
     assert base.startswith(f"pytorch/pytorch:{torch_pin}-cuda"), base
     # every importable part of the package is copied into the image
-    for part in ("app.py", *{p.split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]}):
+    for part in ("app.py", *_top_packages()):
         assert re.search(rf"^COPY .*\b{re.escape(part)}\b", dockerfile, re.MULTILINE), part

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffubias.config import BASELINES
+from diffubias.baselines import baseline_names
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.datasets import project_config, save_project_config
@@ -30,7 +30,12 @@ from ui.studio import Studio
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-ROLES = ("biased", "vanilla", "debiased", *BASELINES)
+
+def roles() -> tuple[str, ...]:
+    """The app's own model roles, then every baseline registered now."""
+    return (*(role.value for role in ModelRole), *baseline_names())
+
+
 METRICS = ("overall", "aligned", "conflicting", "unbiased")
 
 
@@ -136,13 +141,14 @@ def debias_view(studio: Studio, project_id: int | None, *,
         return DebiasView(None, [], 0, None)
     with studio.store.sessions() as session:
         job = repo.latest_job(session, int(project_id), JobKind.DEBIAS)
-        models = {role: repo.latest_model(session, int(project_id), role) for role in ROLES}
+        models = {role: repo.latest_model(session, int(project_id), role) for role in roles()}
         detection = repo.latest_job(session, int(project_id), JobKind.BIASED_TRAIN)
     # a baseline counts only if the latest debias job trained it (the user may have dropped it)
+    baselines = baseline_names()
     rows = [AccuracyRow(role, dict(m.metrics.get("test", {})), m.metrics.get("n_train"),
                         m.metrics.get("epochs"), m.weights_path)
             for role, m in models.items() if m is not None
-            and (role not in BASELINES or (job is not None and m.job_id == job.id))]
+            and (role not in baselines or (job is not None and m.job_id == job.id))]
     stale = None
     biased, debiased = models["biased"], models["debiased"]
     if (biased is not None and debiased is not None and detection is not None

@@ -12,7 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from diffubias.config import BASELINES, RunConfig
+from diffubias.baselines import baseline_methods
+from diffubias.config import RunConfig
 from ui.debias_service import METRICS, DebiasView
 from ui.events import (
     GPU,
@@ -31,11 +32,10 @@ their class usually has · **conflicting**: the others, where a biased model fai
 common ones. Aligned, conflicting and unbiased need the bias attribute in the dataset."""
 
 
-# kept here, not taken from diffubias.baselines, so building the page does not import torch
-BASELINE_LABELS = {"lff": "LfF (reweights by a GCE model's losses)",
-                   "jtt": "JTT (up-weights an ERM model's errors)",
-                   "oversample-topk": "top-K candidates repeated, not generated",
-                   "diffubias-no-filter": "DiffuBias without the text filter"}
+def baseline_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registered baseline, read when the page is built; the registry
+    imports no torch."""
+    return [(method.label, method.name) for method in baseline_methods()]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
                                elem_id="debias-epochs")
             vanilla = gr.Checkbox(True, label="also train the vanilla model (for comparison)")
             baselines = gr.CheckboxGroup(
-                [(BASELINE_LABELS[name], name) for name in BASELINES], value=[],
+                baseline_choices(), value=[],
                 label="also train baselines for comparison",
                 info="same schedule as the debiased model; oversampling and the no-filter "
                      "variant start from the candidates kept in tab 2; LfF and JTT find their "

@@ -4,8 +4,8 @@ split by bias group.
 
 Every model gets the same seeded initialisation, schedule and validation-chosen checkpoint
 (`diffubias.prepared.train_evaluated`), so the only difference between vanilla and debiased is
-the generated data. Baselines run through `diffubias.baselines.run_baselines`, from the given
-candidates (the ones a person kept). Knows nothing of where weights or metrics are stored.
+the generated data. Baselines run through `diffubias.baselines.run.run_baselines`, from the
+given candidates (the ones a person kept). Knows nothing of where weights or metrics are stored.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def train_debiased(data: PreparedDataset, config: RunConfig, generated_images: t
         models[role] = TrainedModel(role, training, test_accuracy(data, training.model, config),
                                     n_train + n_added, n_added)
     if config.baselines:
-        from diffubias.baselines import run_baselines
+        from diffubias.baselines.run import run_baselines
 
         results = run_baselines(config.baselines, data, config, candidates=candidates,
                                 progress=part(progress, main_end, 1.0), before_each=before_each)

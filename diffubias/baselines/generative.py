@@ -1,0 +1,54 @@
+"""DiffuBias as a method of the comparison, with and without its text filter (the paper's
+ablation): GCE detection, captions, prompts, generation and a CE model on train + generated
+images, all through `SharedStages`, so the two variants share everything up to the prompts and,
+when the filter keeps every caption, the model too. It knows nothing of the other methods.
+"""
+
+from __future__ import annotations
+
+from diffubias.baselines.shared import (
+    DEFAULT_OPTIONS,
+    BaselineOptions,
+    MethodResult,
+    SharedStages,
+    method_result,
+    shared_stages_for,
+)
+from diffubias.config import RunConfig
+from diffubias.prepared import PreparedDataset
+from diffubias.progress import ProgressFn, part
+
+
+def diffubias_method(data: PreparedDataset, config: RunConfig, *,
+                     options: BaselineOptions = DEFAULT_OPTIONS,
+                     shared: SharedStages | None = None,
+                     progress: ProgressFn | None = None) -> MethodResult:
+    """The method: GCE detection, captions, text filter, generation, CE on train + generated."""
+    return _generative("diffubias", data, config, options, shared, progress, text_filter=True)
+
+
+def diffubias_no_filter(data: PreparedDataset, config: RunConfig, *,
+                        options: BaselineOptions = DEFAULT_OPTIONS,
+                        shared: SharedStages | None = None,
+                        progress: ProgressFn | None = None) -> MethodResult:
+    """The paper's ablation: every caption of every candidate becomes a prompt."""
+    return _generative("diffubias-no-filter", data, config, options, shared, progress,
+                       text_filter=False)
+
+
+def _generative(name: str, data: PreparedDataset, config: RunConfig, options: BaselineOptions,
+                shared: SharedStages | None, progress: ProgressFn | None, *,
+                text_filter: bool) -> MethodResult:
+    shared = shared_stages_for(shared, data, config, options)
+    prompts = shared.prompts(text_filter=text_filter, progress=part(progress, 0.0, 0.3))
+    augmented = shared.augmented_training(prompts, progress=part(progress, 0.3, 1.0))
+    n_captions = len(shared.captions())
+    seconds = (shared.seconds.get("detection", 0.0) + shared.seconds["captions"]
+               + augmented.generation_seconds + augmented.training.seconds)
+    return method_result(name, data, config, augmented.training, seconds=seconds,
+                         n_added=len(augmented.added_from),
+                         info={"text_filter": text_filter, "n_captions": n_captions,
+                               "n_prompts": len(prompts),
+                               "n_generated": len(augmented.added_from),
+                               **shared.candidate_info()},
+                         added_from=augmented.added_from)

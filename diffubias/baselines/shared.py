@@ -1,0 +1,240 @@
+"""What every method of `diffubias.baselines` speaks: its options (`BaselineOptions`), its result
+(`MethodResult`), and the stages more than one method uses, each computed at most once per
+dataset and config (`SharedStages`: the GCE detection, JTT's error set, the candidates' captions
+and prompts, and the model trained on images generated from them).
+
+Every method trains through `diffubias.prepared.train_evaluated` (the run's seeded
+initialisation, `debias_epochs` of Adam, checkpoint chosen on the validation split, never on
+test), is evaluated by `test_accuracy`, and returns a `MethodResult` built by `method_result`;
+each result still counts the time of every shared stage it used. It knows nothing of which
+methods exist (the registry, `diffubias.baselines`), of files, plots, or where results are stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffubias.backends import captioner_for, generator_for
+from diffubias.baselines.error_set import ErrorSet, identify_errors
+from diffubias.captions import Caption, Captioner
+from diffubias.config import RunConfig
+from diffubias.evaluation import GroupAccuracy
+from diffubias.generation import Generator
+from diffubias.images import stack_images
+from diffubias.prepared import PreparedDataset, test_accuracy, train_evaluated
+from diffubias.progress import ProgressFn
+from diffubias.stages.detect import Detection, detect_bias
+from diffubias.stages.generate import MemorySink, generate_images, prompts_to_generate
+from diffubias.stages.prompts import filter_prompts
+from diffubias.text_filter import Prompt
+from diffubias.training import TrainResult
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """Knobs of the baselines; everything they share with DiffuBias comes from `RunConfig`."""
+
+    lff_ema: float = 0.7  # LfF's EMA factor for the per-sample losses
+    jtt_epochs: int = 0  # T, epochs of JTT's ERM identification model; 0: config.biased_epochs
+    # lambda, the error set's loss weight. JTT sweeps 20/50/100; 20 already makes 1 % conflicts
+    # about a sixth of the weighted data, and larger values overfit the few conflicts here.
+    jtt_upweight: float = 20.0
+    # copies of each top-K candidate; 0: captions_per_image x images_per_prompt, the most images
+    # DiffuBias generates from one candidate, so the two methods add data of the same size.
+    oversample_copies: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lff_ema < 1:
+            raise ValueError(f"lff_ema must be in [0, 1), got {self.lff_ema}")
+        if self.jtt_epochs < 0:
+            raise ValueError(f"jtt_epochs must not be negative, got {self.jtt_epochs}")
+        if not self.jtt_upweight >= 1:
+            raise ValueError(f"jtt_upweight must be at least 1, got {self.jtt_upweight}")
+        if self.oversample_copies < 0:
+            raise ValueError(f"oversample_copies must not be negative, "
+                             f"got {self.oversample_copies}")
+
+
+DEFAULT_OPTIONS = BaselineOptions()
+
+
+@dataclass(frozen=True, eq=False)
+class MethodResult:
+    """One trained model of one method, with the metrics every method reports."""
+
+    method: str
+    training: TrainResult = field(repr=False)
+    test: GroupAccuracy
+    n_train: int  # samples per epoch: the training split plus any added copies or images
+    seconds: float  # wall time of everything the method needed, shared stages included
+    info: Mapping[str, object]  # JSON-able, method-specific figures
+    # per training-split sample, the loss weight the method ended with (JTT: 1 or lambda; LfF:
+    # the last relative-difficulty weights); None when every sample weighs the same
+    weights: np.ndarray | None = field(default=None, repr=False)
+    # dataset position of the real sample behind each added training sample (oversampling: the
+    # repeated candidate; DiffuBias: the sample whose caption became the prompt)
+    added_from: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.training.model
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "test": self.test.to_dict(),
+                "valid_accuracy": self.training.valid_accuracy,
+                "best_epoch": self.training.best_epoch, "n_train": self.n_train,
+                "seconds": self.seconds, "info": dict(self.info)}
+
+
+@dataclass(frozen=True, eq=False)
+class AugmentedTraining:
+    """A model trained on the training split plus generated images."""
+
+    training: TrainResult = field(repr=False)
+    prompts: tuple[Prompt, ...]
+    added_from: np.ndarray  # dataset position of each generated image's source sample
+    generation_seconds: float
+
+
+@dataclass(eq=False)
+class SharedStages:
+    """Stages more than one method uses, each computed at most once for one dataset and config.
+
+    `captioner` and `generator` default to the ones `config` names; tests, and hosts that have
+    already loaded a model, pass their own. `candidates` (dataset positions) replaces the GCE
+    detection's top-K where a person has reviewed it (the app: candidates not excluded), so the
+    oversampling and DiffuBias baselines start from the same samples as the user's run.
+    `seconds` holds each computed stage's wall time.
+    """
+
+    data: PreparedDataset
+    config: RunConfig
+    options: BaselineOptions = DEFAULT_OPTIONS
+    captioner: Captioner | None = None
+    generator: Generator | None = None
+    candidates: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    _done: dict[object, object] = field(default_factory=dict, repr=False)
+
+    def _once(self, key: object, name: str, compute: Callable[[], object]) -> object:
+        if key not in self._done:
+            start = time.perf_counter()
+            self._done[key] = compute()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return self._done[key]
+
+    def detection(self, progress: ProgressFn | None = None) -> Detection:
+        """Stages 1-3 of DiffuBias: GCE model, CE scores, top-K candidates per class."""
+        return self._once("detection", "detection",
+                          lambda: detect_bias(self.data, self.config, progress=progress))
+
+    def error_set(self, progress: ProgressFn | None = None) -> ErrorSet:
+        return self._once("error_set", "error_set",
+                          lambda: identify_errors(self.data, self.config,
+                                                  epochs=self.jtt_epochs, progress=progress))
+
+    @property
+    def jtt_epochs(self) -> int:
+        return self.options.jtt_epochs or self.config.biased_epochs
+
+    def candidate_positions(self, progress: ProgressFn | None = None) -> np.ndarray:
+        """The given `candidates`, else the GCE detection's top-K per class."""
+        if self.candidates is not None:
+            return np.asarray(self.candidates, dtype=np.int64)
+        return self.detection(progress).candidates
+
+    def candidate_info(self) -> dict:
+        if self.candidates is not None:
+            return {"n_candidates": len(self.candidates), "candidate_precision": None,
+                    "candidates": "given"}
+        return _detection_info(self.detection())
+
+    def captions(self, progress: ProgressFn | None = None) -> tuple[Caption, ...]:
+        candidates = self.candidate_positions(progress)  # outside, so it is timed on its own
+
+        def compute() -> tuple[Caption, ...]:
+            captioner = self.captioner or captioner_for(self.config)
+            return tuple(captioner.caption(self.data.ds, candidates.tolist()))
+
+        return self._once("captions", "captions", compute)
+
+    def prompts(self, *, text_filter: bool, progress: ProgressFn | None = None
+                ) -> tuple[Prompt, ...]:
+        """The candidates' captions as prompts: those the text filter keeps, or all of them
+        (each distinct caption of a sample once), capped as `max_images` requires."""
+        cfg, ds = self.config, self.data.ds
+        captions = self.captions(progress)
+        result = filter_prompts(captions, ds.labels, cfg, num_classes=ds.num_classes)
+        if text_filter:
+            prompts = list(result.kept)
+        else:
+            order = {(c.position, " ".join(c.text.split()).lower()): i
+                     for i, c in reversed(list(enumerate(captions)))}
+            prompts = sorted((Prompt(p.text, p.label, p.source, p.matched_words)
+                              for p in result.kept + result.dropped),
+                             key=lambda p: order[(p.source, p.text.lower())])
+        prompts = prompts_to_generate(prompts, cfg)
+        if not prompts:
+            raise ValueError("no prompts left to generate from: the text filter dropped every "
+                             "caption; raise top_f or review the captions")
+        return tuple(prompts)
+
+    def augmented_training(self, prompts: tuple[Prompt, ...],
+                           progress: ProgressFn | None = None) -> AugmentedTraining:
+        """Images generated from `prompts`, and a CE model trained on train + those images.
+        The same prompts give the same images and model, so they are computed once."""
+        key = ("augmented", tuple((p.text, p.label, p.source) for p in prompts))
+        return self._once(key, "generation_and_training",
+                          lambda: self._train_augmented(prompts, progress))
+
+    def _train_augmented(self, prompts: tuple[Prompt, ...],
+                         progress: ProgressFn | None) -> AugmentedTraining:
+        cfg, ds = self.config, self.data.ds
+        start = time.perf_counter()
+        generator = self.generator or generator_for(cfg, dataset_name=ds.name,
+                                                    class_names=ds.class_names)
+        sink = MemorySink()
+        generate_images(generator, prompts, cfg, sink=sink)  # the app's and the CLI's images
+        images = stack_images([image for _, image in sink.images], size=self.data.image_size)
+        labels = torch.tensor([item.prompt.label for item, _ in sink.images], dtype=torch.int64)
+        generation_seconds = time.perf_counter() - start
+        training = train_evaluated(self.data, cfg, desc="DiffuBias", added=(images, labels),
+                                   progress=progress)
+        return AugmentedTraining(training, prompts,
+                                 np.array([item.prompt.source for item, _ in sink.images],
+                                          dtype=np.int64),
+                                 generation_seconds)
+
+
+# -- what every method calls -----------------------------------------------------------------------
+
+def shared_stages_for(shared: SharedStages | None, data: PreparedDataset, config: RunConfig,
+                      options: BaselineOptions) -> SharedStages:
+    """`shared`, checked to belong to this (data, config, options); a fresh one if None."""
+    if shared is None:
+        return SharedStages(data, config, options)
+    if shared.data is not data or shared.config != config or shared.options != options:
+        raise ValueError("shared stages belong to another dataset, config or options; "
+                         "make one SharedStages per (data, config, options)")
+    return shared
+
+
+def method_result(method: str, data: PreparedDataset, config: RunConfig, training: TrainResult,
+                  *, seconds: float, n_added: int = 0, info: Mapping[str, object] | None = None,
+                  weights: np.ndarray | None = None,
+                  added_from: np.ndarray | None = None) -> MethodResult:
+    """`training`'s model evaluated on the test split, as `method`'s result."""
+    n_train = len(data.split("train")[0]) + n_added
+    return MethodResult(method, training, test_accuracy(data, training.model, config), n_train,
+                        seconds, dict(info or {}), weights, added_from)
+
+
+def _detection_info(detection: Detection) -> dict:
+    return {"n_candidates": int(len(detection.selected)),
+            "candidate_precision": detection.metrics.get("precision_at_k")}

@@ -1,0 +1,25 @@
+"""LfF (`diffubias.baselines.lff`) on the planted-bias folder: its relative-difficulty weights
+single out the planted conflicts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from diffubias.baselines.lff import lff
+from planted_methods import planted_folder, planted_run  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_lff_weights_the_planted_conflicts_more_than_aligned_samples(planted_run):
+    cfg, data, is_conflict = planted_run
+    # LfF's weights part only once the debiased model starts fitting the conflicts
+    result = lff(data, replace(cfg, debias_epochs=10))
+    weights = result.weights
+    assert weights.shape == is_conflict.shape
+    assert weights[is_conflict].mean() > 3 * weights[~is_conflict].mean()
+    assert weights[is_conflict].min() > np.median(weights[~is_conflict])
+    assert result.test.unbiased is not None and result.training.best_epoch >= 1
