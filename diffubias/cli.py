@@ -1,10 +1,10 @@
 """Command line: `diffubias <command>` (installed) or `python -m diffubias <command>`.
 
 `run` does every stage; `detect` only stages 1-3 (works on any dataset); the other commands run
-one stage on an existing run folder, e.g. after editing its prompts.csv. Options given to a
-single-stage command override the run's saved config for that stage and later ones. Every
-command's `--help` ends with examples and the docs page that explains it; an error names the
-docs section that helps fix it.
+one stage on an existing run folder, e.g. after editing its prompts.csv, and `report` redraws
+report.html from it. Options given to a single-stage command override the run's saved config for
+that stage and later ones. Every command's `--help` ends with examples and the docs page that
+explains it; an error names the docs section that helps fix it.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from pathlib import Path
 from diffubias.baselines import baseline_names
 from diffubias.config import ARCHITECTURES, CAM_METHODS, RunConfig
 from diffubias.pipeline import STAGES, Run, run_stages
+from diffubias.run_folder_report import REPORT_HTML
 
 DOCS = "docs/guide"  # in the repository; tests/test_docs.py checks every page and anchor below
 
 # per command: (one-line help, examples with {prog} for the program name, docs section)
 COMMANDS = {
     "run": (
-        "every stage: detect, caption, filter, generate, debias, gradcam",
+        "every stage: detect, caption, filter, generate, debias, gradcam, report",
         """\
   {prog} run --dataset builtin:colored-digits --conflict-ratio 0.01 --seed 0 --out runs/cd
   {prog} run --dataset path/to/folder_or.zip --out runs/mine --captioner blip --generator sd15 \\
@@ -68,7 +69,13 @@ COMMANDS = {
         """\
   {prog} gradcam --out runs/mine --cam-method gradcam++ --cam-samples 200""",
         "metrics.md#grad-cam-object-mass"),
+    "report": (
+        "report.html from an existing run: the app's self-contained report (opens offline)",
+        """\
+  {prog} report --out runs/mine""",
+        "user-guide.md#the-report-of-a-run"),
 }
+NO_CONFIG_OPTIONS = ("report",)  # commands that only read a run folder: nothing to override
 
 # an error message naming one of these words is explained by that section; first match wins
 _ERROR_DOCS = (
@@ -187,12 +194,14 @@ def build_parser(prog: str = "diffubias") -> argparse.ArgumentParser:
         p.docs = f"{DOCS}/{COMMANDS[command][2]}"
         p.add_argument("--out", required=True, type=Path,
                        help="run folder (config.json, report.json and every artifact)")
-        _add_config_options(p)
+        if command not in NO_CONFIG_OPTIONS:
+            _add_config_options(p)
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    out = {name: getattr(args, name) for name, _ in _OPTIONS if getattr(args, name) is not None}
+    out = {name: getattr(args, name) for name, _ in _OPTIONS
+           if getattr(args, name, None) is not None}
     for name in ("extra_stop_words", "baselines"):
         if name in out:
             out[name] = tuple(w.strip() for w in out[name].split(",") if w.strip())
@@ -221,4 +230,6 @@ def main(argv: list[str] | None = None, *, prog: str = "diffubias") -> int:
         print(f"error: {err}\nsee {docs_section(args.command, str(err))}", file=sys.stderr)
         return 2
     print(f"report: {run.report_path}")
+    if "report" in stages:
+        print(f"report: {run.out_dir / REPORT_HTML}")
     return 0

@@ -11,6 +11,7 @@ Each `stage_*` reads its inputs from the run folder, calls the stage function of
   generate 6    images from the kept prompts, with a manifest
   debias   7-8  vanilla and debiased classifiers (and any `baselines`); test accuracies
   gradcam  9    Grad-CAM of the biased vs debiased model, CAM mass inside object masks
+  report   10   report.html: the app's self-contained report, drawn from the files above
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from diffubias.stages.prompts import filter_prompts, resolved_top_f
 from diffubias.text_filter import Prompt
 from diffubias.text_safety import csv_row, from_csv_cell
 
-STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam")
+STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam", "report")
 Log = Callable[[str], None]
 
 
@@ -351,8 +352,22 @@ def stage_gradcam(run: Run) -> dict:
         timings_s={"gradcam": time.perf_counter() - t0})
 
 
+def stage_report(run: Run) -> dict:
+    """Stage 10: report.html, the page the app exports, from this run folder's files only."""
+    from diffubias.report import render_report_html
+    from diffubias.run_folder_report import REPORT_HTML, run_report_content
+
+    run.require("report.json", "detect")
+    report = run.read_report()
+    content = run_report_content(run.out_dir, report)
+    path = atomic_write_text(run.out_dir / REPORT_HTML, render_report_html(content))
+    run.log(f"report: {path}")
+    return report
+
+
 STAGE_FUNCTIONS = {"detect": stage_detect, "caption": stage_caption, "filter": stage_filter,
-                   "generate": stage_generate, "debias": stage_debias, "gradcam": stage_gradcam}
+                   "generate": stage_generate, "debias": stage_debias, "gradcam": stage_gradcam,
+                   "report": stage_report}
 
 
 def run_stages(run: Run, stages: tuple[str, ...] = STAGES) -> dict:

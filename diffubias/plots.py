@@ -3,6 +3,7 @@ for the static ones.
 
 `loss_histogram` shows where the biased model's per-sample losses put the bias-conflicting
 samples; `accuracy_bars` compares models on overall / aligned / conflicting / unbiased accuracy;
+`object_mass_bars` how much of each model's Grad-CAM falls on the object;
 `contact_sheet` tiles images with a caption under each. `write_html` and `save_png` write them
 atomically; the HTML embeds plotly.js so it opens offline. Nothing here needs a browser or kaleido,
 and nothing knows how the numbers were computed.
@@ -144,6 +145,21 @@ def accuracy_bars(rows: Mapping[str, Mapping[str, float | None]]) -> go.Figure:
     fig.update_xaxes(title_text="split", categoryorder="array", categoryarray=metrics)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.1], tickformat=".0%")
     return fig
+
+
+def object_mass_bars(before: float, after: float, area: float | None) -> go.Figure:
+    """Mean share of Grad-CAM mass inside the object mask, biased vs debiased model, against the
+    share an evenly spread map would get (`area`, the object's share of the image)."""
+    figure = go.Figure(go.Bar(x=["biased", "debiased"], y=[before, after],
+                              text=[f"{before:.1%}", f"{after:.1%}"], textposition="outside",
+                              marker_color=[_CONFLICT_COLOR, _ALIGNED_COLOR]))
+    if area is not None:
+        figure.add_hline(y=area, line_dash="dash", line_color="black",
+                         annotation_text=f"object area {area:.1%} (an evenly spread map)")
+    figure.update_layout(title="Grad-CAM mass inside the object", height=320,
+                         margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    figure.update_yaxes(title_text="share of CAM mass", range=[0, 1.1], tickformat=".0%")
+    return figure
 
 
 def contact_sheet(

@@ -169,7 +169,8 @@ def test_every_documented_command_parses(where, kind, args, capsys):
 def test_the_docs_show_every_command_and_way_to_run():
     text = [where for where, _, _ in DOC_COMMANDS]
     subcommands = {args[0] for _, kind, args in DOC_COMMANDS if kind == "cli" and args}
-    assert subcommands >= {"run", "detect", "caption", "filter", "generate", "debias", "gradcam"}
+    assert subcommands >= {"run", "detect", "caption", "filter", "generate", "debias", "gradcam",
+                           "report"}
     for form in ("python -m diffubias", "accelerate launch", "docker run", "python app.py",
                  "diffubias-studio --help", "make run"):
         assert any(form in where for where in text), f"no documented command uses {form!r}"

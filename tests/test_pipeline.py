@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -32,7 +33,7 @@ def test_run_writes_every_artifact_and_the_report(digits_run):
     for name in ("report.json", "config.json", "biased.safetensors", "vanilla.safetensors",
                  "debiased.safetensors", "scores.csv", "captions.csv", "prompts.csv",
                  "loss_histogram.html", "topk_gallery.png", "generated_samples.png",
-                 "gradcam.png", "generated/manifest.csv"):
+                 "gradcam.png", "generated/manifest.csv", "report.html"):
         assert (out / name).exists(), name
     for key in ("k_per_class", "precision_at_k", "recall_at_k", "r_precision", "auroc"):
         assert key in report["detection"]
@@ -43,6 +44,23 @@ def test_run_writes_every_artifact_and_the_report(digits_run):
     assert report["seed"] == 0 and report["config"]["conflict_ratio"] == 0.01
     assert report["versions"]["torch"] and report["timings_s"]["total"] > 0
     assert not list(out.rglob("*.tmp")) and not list(out.glob("*.partial"))
+
+
+def test_run_writes_the_report_page_the_app_exports(digits_run):
+    """report.html, drawn from the run folder: the dataset's classes, each model's accuracies,
+    every step, and every image inline."""
+    out, report = digits_run
+    page = (out / "report.html").read_text()
+    names = report["dataset"]["class_names"]
+    assert f"<p>{len(names)} classes ({', '.join(names)}); image size 28 px" in page
+    for role in ("biased", "vanilla", "debiased"):
+        test = report["models"][role]["test"]
+        assert f"<td>{role}</td>" + "".join(
+            f"<td>{test[m]:.3f}</td>" for m in ("overall", "aligned", "conflicting", "unbiased")
+        ) in page
+    assert "Not run." not in page and page.count('class="plotly-graph-div"') == 2
+    sources = re.findall(r'<img src="([^"]*)"', page)  # top-K, generated and Grad-CAM sheets
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
 
 
 def test_planted_conflicts_rank_on_top(digits_run):
@@ -130,6 +148,9 @@ def test_detect_on_an_image_folder_without_bias(tmp_path):
     assert report["models"]["biased"]["test"]["unbiased"] is None
     # the demo generator only renders built-ins: a clear error, exit code 2
     assert main(["caption", "--out", str(out)]) == 2  # no captions in an ImageFolder
+    assert main(["report", "--out", str(out)]) == 0  # what was run so far
+    page = (out / "report.html").read_text()
+    assert "2 classes (cat, dog)" in page and page.count("<p>Not run.</p>") == 3  # 3, 4, 6
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -144,7 +165,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["run", "detect", "caption", "filter", "generate",
-                                     "debias", "gradcam"])
+                                     "debias", "gradcam", "report"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

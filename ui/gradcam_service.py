@@ -201,18 +201,9 @@ def gradcam_view(studio: Studio, project_id: int | None, *, page: int = 1,
 def object_mass_figure(before: float | None, after: float | None,
                        area: float | None) -> go.Figure | None:
     """Mean share of CAM mass inside the object mask, biased vs debiased, against the share an
-    evenly spread map would get (the object's area)."""
+    evenly spread map would get (the object's area); None without masks."""
     if before is None or after is None:
         return None
-    import plotly.graph_objects as go
+    from diffubias.plots import object_mass_bars
 
-    figure = go.Figure(go.Bar(x=["biased", "debiased"], y=[before, after],
-                              text=[f"{before:.1%}", f"{after:.1%}"], textposition="outside",
-                              marker_color=["#E45756", "#4C78A8"]))
-    if area is not None:
-        figure.add_hline(y=area, line_dash="dash", line_color="black",
-                         annotation_text=f"object area {area:.1%} (an evenly spread map)")
-    figure.update_layout(title="Grad-CAM mass inside the object", height=320,
-                         margin={"l": 50, "r": 20, "t": 50, "b": 40})
-    figure.update_yaxes(title_text="share of CAM mass", range=[0, 1.1], tickformat=".0%")
-    return figure
+    return object_mass_bars(before, after, area)

@@ -4,38 +4,51 @@ weights, and the augmented data (the generated images that were not rejected, in
 format: images plus metadata.csv, ready to add to the train split).
 
 `export_report` reads only the store and the workspace: everything it shows was stored by the
-stages. It writes under workspace/reports/<job>/ and workspace/exports/<job>/.
+stages. `report_content` reads them into the library's `ReportContent`, and
+`diffubias.report.render_report_html` draws the page, the same one the CLI's `report` writes.
+It writes under workspace/reports/<job>/ and workspace/exports/<job>/.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import time
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from diffubias.report import (
+    MAX_CAM_ROWS,
+    MAX_PROMPTS,
+    MAX_TILES,
+    Accuracy,
+    CamRow,
+    Captions,
+    DatasetSummary,
+    Detection,
+    Generation,
+    GradCam,
+    Keyword,
+    ModelAccuracy,
+    PromptLine,
+    ReportContent,
+    Tile,
+    render_report_html,
+)
 from diffubias.text_safety import csv_cell
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.bias_service import detection_view
-from ui.caption_service import captions_view
-from ui.debias_service import METRICS, debias_view
+from ui.caption_service import CaptionsView, captions_view
+from ui.debias_service import DebiasView, debias_view
 from ui.generate_service import current_images
-from ui.gradcam_service import gradcam_view
+from ui.gradcam_service import CamView, gradcam_view
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
-
-MAX_GALLERY = 40  # tiles per gallery in the report
-MAX_PROMPTS = 60
-MAX_CAM_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ def _export(studio: Studio, project_id: int, progress: JobProgress) -> JobOutcom
     start = time.perf_counter()
     workspace = studio.store.workspace
     progress(0.1, "collecting results")
-    page = render_report(studio, project_id)
+    page = render_report_html(report_content(studio, project_id))
     report = workspace.path_for("reports", progress.job_id, "report.html")
     atomic_write_bytes(report, page.encode("utf-8"))
     progress(0.6, "packing the generated images")
@@ -136,184 +149,74 @@ def _augmented_zip(studio: Studio, project_id: int, job_id: int) -> tuple[Path |
     return path, len(images)
 
 
-# -- the HTML page -----------------------------------------------------------------------------
+# -- the report's content, from the store -------------------------------------------------------
 
 
-def render_report(studio: Studio, project_id: int) -> str:
-    """The whole report as one HTML string."""
+def report_content(studio: Studio, project_id: int) -> ReportContent:
+    """What the report shows, read from the store; `render_report_html` draws it."""
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
-        jobs = {kind: repo.latest_job(session, project_id, kind) for kind in
-                (JobKind.BIASED_TRAIN, JobKind.CAPTION, JobKind.FILTER, JobKind.GENERATE,
-                 JobKind.DEBIAS, JobKind.GRADCAM)}
-        candidates = []
-        if jobs[JobKind.BIASED_TRAIN] is not None:
-            candidates = repo.top_candidates(session, jobs[JobKind.BIASED_TRAIN].id,
-                                             limit=MAX_GALLERY, include_excluded=False)
+        generate = repo.latest_job(session, project_id, JobKind.GENERATE)
+        detection_job = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
+        candidates = [] if detection_job is None else repo.top_candidates(
+            session, detection_job.id, limit=MAX_TILES, include_excluded=False)
         _, images = current_images(session, project_id)
         prompt_text = {p.id: p.text for p in repo.list_prompts(session, project_id)}
     workspace = studio.store.workspace
-    detection = detection_view(studio, project_id)
-    captions = captions_view(studio, project_id)
-    debias = debias_view(studio, project_id)
-    cams = gradcam_view(studio, project_id, rows_per_page=MAX_CAM_ROWS)
     names = project.class_names
     summary = project.settings.get("summary", {})
-    figures = []  # plotly.js goes into the first chart only
-    parts = [f"<h1>Bias audit: {_e(project.name)}</h1>",
-             f"<p class=muted>DiffuBias Studio report, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. "
-             f"Source: {_e(project.source)}.</p>"]
-
-    parts.append("<h2>1. Dataset</h2>")
-    parts.append(_table(["split", "images"], [[s, n] for s, n in
-                                              summary.get("split_sizes", {}).items()]))
-    parts.append(f"<p>{len(names)} classes ({_e(', '.join(names))}); image size "
-                 f"{project.image_size} px; bias attribute "
-                 f"{'known: ' + _e(', '.join(project.bias_names)) if project.bias_names else 'unknown'}"
-                 f"; {summary.get('n_skipped', 0)} file(s) skipped at import.</p>")
-
-    parts.append("<h2>2. Bias detection</h2>")
-    if detection.job_id is None:
-        parts.append("<p>Not run.</p>")
-    else:
-        parts.append(f"<p>A deliberately biased classifier (GCE, settings below) scored "
-                     f"{detection.n_scored} training samples; the highest-loss samples of each "
-                     f"class (top-K per class, {detection.n_candidates} in all) are the "
-                     f"bias-conflicting candidates ({detection.n_excluded} excluded by the "
-                     "reviewer).</p>")
-        metrics = {k: v for k, v in detection.metrics.items() if isinstance(v, (int, float))}
-        if metrics:
-            parts.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()]))
-        if detection.histogram is not None:
-            figures.append(detection.histogram)
-            parts.append(_figure(detection.histogram, first=len(figures) == 1))
-        parts.append("<h3>Top candidates</h3>")
-        parts.append(_gallery([(thumbnail(workspace, workspace.resolve(c.path), project.id,
-                                          c.sample_id), f"{names[c.label]} · {c.loss:.2f}")
-                               for c in candidates]))
-        parts.append(_settings(detection.params))
-
-    parts.append("<h2>3. Captions and prompts</h2>")
-    if captions.caption_job_id is None:
-        parts.append("<p>Not run.</p>")
-    else:
-        kept = [p for p in captions.prompts if p.keep]
-        parts.append(f"<p>Captioner <b>{_e(captions.captioner)}</b>: {captions.n_captions} "
-                     f"captions of {captions.n_images} candidates. Text filter: top "
-                     f"{captions.top_f} words ({_e(', '.join(w for w, _ in captions.top_words))})"
-                     f"; {len(kept)} prompts kept, "
-                     f"{sum(p.edited for p in captions.prompts)} edited by hand.</p>")
-        parts.append(_table(["class", "prompt", "edited"],
-                            [[p.label, p.text, "yes" if p.edited else ""]
-                             for p in kept[:MAX_PROMPTS]]))
-        if captions.keywords:
-            parts.append("<h3>Bias keywords per class</h3>")
-            parts.append(_table(["class", "keywords (candidates / aligned samples using it)"],
-                                [[c, ", ".join(f"{k['term']} ({k['n_candidates']}/"
-                                               f"{k['n_aligned']})" for k in found[:6])]
-                                 for c, found in captions.keywords.items()]))
-
-    parts.append("<h2>4. Generated images</h2>")
+    dataset = DatasetSummary(tuple(names), dict(summary.get("split_sizes", {})),
+                             project.image_size, tuple(project.bias_names or ()),
+                             summary.get("n_skipped", 0))
+    detection = detection_view(studio, project_id)
+    candidate_tiles = tuple(
+        Tile(thumbnail(workspace, workspace.resolve(c.path), project.id, c.sample_id),
+             f"{names[c.label]} · {c.loss:.2f}") for c in candidates)
     kept_images = [im for im in images if im.accepted is not False]
-    if not images:
-        parts.append("<p>Not run.</p>")
-    else:
-        generate = jobs[JobKind.GENERATE]
-        parts.append(f"<p>{len(images)} images, {len(images) - len(kept_images)} rejected by the "
-                     f"reviewer. Generator: {_e(str(generate.result.get('model')))}.</p>")
-        parts.append(_gallery([(thumbnail(workspace, workspace.resolve(im.path), "generated",
-                                          im.id), prompt_text.get(im.prompt_id, ""))
-                               for im in kept_images[:MAX_GALLERY]]))
-        parts.append(_settings(generate.params, skip=("filter_job_id",)))
-
-    parts.append("<h2>5. Accuracy before and after</h2>")
-    if not debias.rows:
-        parts.append("<p>Not run.</p>")
-    else:
-        parts.append(_table(["model", *METRICS, "training images"],
-                            [[r.role, *(_fmt(r.test.get(m)) for m in METRICS),
-                              r.n_train if r.n_train is not None else ""]
-                             for r in debias.rows]))
-        if debias.figure is not None:
-            figures.append(debias.figure)
-            parts.append(_figure(debias.figure, first=len(figures) == 1))
-
-    parts.append("<h2>6. Where the models look (Grad-CAM)</h2>")
-    if cams.job_id is None:
-        parts.append("<p>Not run.</p>")
-    else:
-        parts.append(f"<p>{_e(cams.method)} on {cams.n_samples} {_e(cams.sample_set)} samples; "
-                     "each model explains its own prediction. Accuracy on them: "
-                     + ", ".join(f"{k} {v:.1%}" for k, v in cams.agreement.items()) + ".</p>")
-        if cams.figure is not None:
-            figures.append(cams.figure)
-            parts.append(_figure(cams.figure, first=len(figures) == 1))
-        parts.append(_gallery([(Path(path), caption) for path, caption in cams.tiles],
-                              columns=3))
-    parts.append("<h2>Settings</h2>")
-    parts.append(_settings(project.settings.get("config", {})))
-    return _page(f"Bias audit: {project.name}", "\n".join(parts))
+    return ReportContent(
+        project.name, project.source, datetime.now(UTC), dataset,
+        detection=None if detection.job_id is None else Detection(
+            detection.n_scored, detection.n_candidates, detection.n_excluded,
+            detection.metrics, detection.histogram, candidate_tiles,
+            settings=detection.params),
+        captions=_captions(captions_view(studio, project_id)),
+        generation=None if not images else Generation(
+            str(generate.result.get("model")), len(images), len(images) - len(kept_images),
+            tuple(Tile(thumbnail(workspace, workspace.resolve(im.path), "generated", im.id),
+                       prompt_text.get(im.prompt_id, "")) for im in kept_images[:MAX_TILES]),
+            settings={k: v for k, v in generate.params.items() if k != "filter_job_id"}),
+        accuracy=_accuracy(debias_view(studio, project_id)),
+        gradcam=_gradcam(gradcam_view(studio, project_id, rows_per_page=MAX_CAM_ROWS)),
+        settings=project.settings.get("config", {}))
 
 
-def _e(text: Any) -> str:
-    return html.escape(str(text))
+def _captions(view: CaptionsView) -> Captions | None:
+    if view.caption_job_id is None:
+        return None
+    kept = [p for p in view.prompts if p.keep]
+    keywords = None if not view.keywords else {
+        label: tuple(Keyword(k["term"], k["n_candidates"], k["n_aligned"]) for k in found)
+        for label, found in view.keywords.items()}
+    return Captions(view.captioner, view.n_captions, view.n_images, view.top_f,
+                    tuple(w for w, _ in view.top_words), len(kept),
+                    sum(p.edited for p in view.prompts),
+                    tuple(PromptLine(p.label, p.text, p.edited) for p in kept[:MAX_PROMPTS]),
+                    keywords)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return _e(value)
+def _accuracy(view: DebiasView) -> Accuracy | None:
+    if not view.rows:
+        return None
+    return Accuracy(tuple(ModelAccuracy(r.role, r.test, r.n_train) for r in view.rows),
+                    view.figure)
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _settings(settings: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
-    rows = [[k, v] for k, v in sorted(settings.items()) if k not in skip
-            and not isinstance(v, (list, dict))]
-    return "<details><summary>settings</summary>" + _table(["setting", "value"], rows) + \
-        "</details>"
-
-
-def _data_uri(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    mime = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}.get(suffix, "image/png")
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _gallery(tiles: list[tuple[Path, str]], columns: int | None = None) -> str:
-    style = f' style="grid-template-columns: repeat({columns}, 120px)"' if columns else ""
-    cells = "".join(f'<figure><img src="{_data_uri(Path(p))}" alt=""><figcaption>{_e(c)}'
-                    "</figcaption></figure>" for p, c in tiles)
-    return f'<div class="gallery"{style}>{cells}</div>'
-
-
-def _figure(figure, *, first: bool) -> str:
-    return figure.to_html(include_plotlyjs=first, full_html=False)
-
-
-def _page(title: str, body: str) -> str:
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #1f2933; }}
-h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em;
-       margin-top: 2em; }}
-.muted {{ color: #667; }}
-table {{ border-collapse: collapse; margin: 0.8em 0; }}
-td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: left; font-size: 0.92em; }}
-th {{ background: #f4f6f8; }}
-.gallery {{ display: grid; grid-template-columns: repeat(auto-fill, 120px); gap: 8px; }}
-figure {{ margin: 0; }} figure img {{ width: 112px; height: 112px; object-fit: contain;
-       image-rendering: pixelated; background: #eee; }}
-figcaption {{ font-size: 0.75em; color: #445; }}
-</style></head><body>
-{body}
-</body></html>
-"""
+def _gradcam(view: CamView) -> GradCam | None:
+    if view.job_id is None:
+        return None
+    tiles = [(Path(path), caption) for path, caption in view.tiles]
+    rows = tuple(CamRow(image, before, after, (c_image, c_before, c_after))
+                 for (image, c_image), (before, c_before), (after, c_after)
+                 in zip(tiles[0::3], tiles[1::3], tiles[2::3]))
+    return GradCam(view.method, view.n_samples, view.sample_set, view.agreement, view.figure,
+                   rows)

@@ -1,0 +1,340 @@
+"""The audit report as one self-contained HTML page: what a report shows (`ReportContent`, frozen
+dataclasses) and `render_report_html`, the one renderer of it.
+
+The app fills a `ReportContent` from its store, the CLI from a run folder; both render it here,
+so the two reports read the same. Self-contained: plotly.js is inlined in the first chart only,
+every image is a data URI, and the page asks nothing of the network, so it opens offline and can
+be mailed. This module reads the image files it is given and calls `to_html` on the figures; it
+knows nothing of where they came from or how the numbers were computed (no torch, no store).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+ACCURACY_METRICS = ("overall", "aligned", "conflicting", "unbiased")
+MAX_TILES = 40  # per gallery: every tile is inlined, so the page grows with each one
+MAX_PROMPTS = 60
+MAX_CAM_ROWS = 16
+MAX_KEYWORDS = 6  # per class
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of a gallery with the caption under it."""
+
+    image: Path
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    class_names: tuple[str, ...]
+    split_sizes: Mapping[str, int]  # split -> images, in the order shown
+    image_size: int | None  # px, the side models train on
+    bias_names: tuple[str, ...] = ()  # empty: the bias attribute is unknown
+    n_skipped: int = 0  # files skipped at import
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Stages 1-3: the biased model's per-sample scores and the top-K candidates."""
+
+    n_scored: int
+    n_candidates: int
+    n_excluded: int | None  # excluded by a reviewer; None where nobody reviews (the CLI)
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # only the numbers are shown
+    histogram: go.Figure | None = None
+    candidates: tuple[Tile, ...] = ()  # one per candidate, highest loss first
+    sheets: tuple[Tile, ...] = ()  # contact sheets of candidates, shown at their own size
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptLine:
+    label: str  # class name
+    text: str
+    edited: bool = False  # a person changed the caption's text
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """A term that describes a class's candidates far more often than its aligned samples."""
+
+    term: str
+    n_candidates: int
+    n_aligned: int
+
+
+@dataclass(frozen=True)
+class Captions:
+    """Stages 4-5: captions of the candidates and the text filter's prompts."""
+
+    captioner: str
+    n_captions: int
+    n_images: int
+    top_f: int
+    top_words: tuple[str, ...]
+    n_kept: int
+    n_edited: int
+    prompts: tuple[PromptLine, ...] = ()  # the kept ones
+    keywords: Mapping[str, tuple[Keyword, ...]] | None = None  # class -> keywords; None: not run
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Stage 6: the generated images."""
+
+    generator: str
+    n_images: int
+    n_rejected: int | None  # by a reviewer; None where nobody reviews (the CLI)
+    tiles: tuple[Tile, ...] = ()  # the kept images, prompt as caption
+    sheets: tuple[Tile, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelAccuracy:
+    model: str  # biased, vanilla, debiased or a baseline
+    test: Mapping[str, float | None]  # metric (ACCURACY_METRICS) -> accuracy; None: no samples
+    n_train: int | None = None
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Stages 7-8: test accuracy of each model."""
+
+    models: tuple[ModelAccuracy, ...]
+    figure: go.Figure | None = None
+
+
+@dataclass(frozen=True)
+class CamRow:
+    image: Path
+    before: Path  # the biased model's Grad-CAM overlay
+    after: Path  # the debiased model's
+    captions: tuple[str, str, str]  # under the image, before and after
+
+
+@dataclass(frozen=True)
+class GradCam:
+    """Stage 9: where the biased and the debiased model look."""
+
+    method: str
+    n_samples: int
+    sample_set: str  # which samples were explained, e.g. "conflicting"
+    agreement: Mapping[str, float] = field(default_factory=dict)  # model -> accuracy on them
+    figure: go.Figure | None = None  # CAM mass inside the object, when there are masks
+    rows: tuple[CamRow, ...] = ()
+    sheets: tuple[Tile, ...] = ()  # or comparison sheets holding many rows
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything a report shows. A step left as None was not run."""
+
+    name: str  # what was audited: the project, or the dataset of a run folder
+    source: str  # where its data came from
+    created: datetime  # shown as UTC
+    dataset: DatasetSummary
+    detection: Detection | None = None
+    captions: Captions | None = None
+    generation: Generation | None = None
+    accuracy: Accuracy | None = None
+    gradcam: GradCam | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the whole configuration
+
+
+def render_report_html(content: ReportContent) -> str:
+    """The whole report as one HTML page that needs nothing but itself."""
+    figures = _Figures()
+    parts = [f"<h1>Bias audit: {_e(content.name)}</h1>",
+             f"<p class=muted>DiffuBias Studio report, {content.created:%Y-%m-%d %H:%M} UTC. "
+             f"Source: {_e(content.source)}.</p>"]
+    parts += ["<h2>1. Dataset</h2>", *_dataset(content.dataset)]
+    for title, step, render in (("2. Bias detection", content.detection, _detection),
+                                ("3. Captions and prompts", content.captions, _captions),
+                                ("4. Generated images", content.generation, _generation),
+                                ("5. Accuracy before and after", content.accuracy, _accuracy),
+                                ("6. Where the models look (Grad-CAM)", content.gradcam,
+                                 _gradcam)):
+        parts += [f"<h2>{title}</h2>", *(render(step, figures) if step is not None
+                                          else [NOT_RUN])]
+    parts += ["<h2>Settings</h2>", _settings(content.settings)]
+    return _page(f"Bias audit: {content.name}", "\n".join(parts))
+
+
+# -- the sections -------------------------------------------------------------------------------
+
+NOT_RUN = "<p>Not run.</p>"
+
+
+class _Figures:
+    """Renders charts in page order; plotly.js goes into the first one only."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, figure: go.Figure) -> str:
+        self.n += 1
+        return figure.to_html(include_plotlyjs=self.n == 1, full_html=False)
+
+
+def _dataset(d: DatasetSummary) -> list[str]:
+    bias = "known: " + _e(", ".join(d.bias_names)) if d.bias_names else "unknown"
+    return [_table(["split", "images"], [[s, n] for s, n in d.split_sizes.items()]),
+            f"<p>{len(d.class_names)} classes ({_e(', '.join(d.class_names))}); image size "
+            f"{d.image_size} px; bias attribute {bias}; {d.n_skipped} file(s) skipped at "
+            "import.</p>"]
+
+
+def _detection(d: Detection, figure: _Figures) -> list[str]:
+    excluded = f" ({d.n_excluded} excluded by the reviewer)" if d.n_excluded is not None else ""
+    parts = [f"<p>A deliberately biased classifier (GCE, settings below) scored {d.n_scored} "
+             f"training samples; the highest-loss samples of each class (top-K per class, "
+             f"{d.n_candidates} in all) are the bias-conflicting candidates{excluded}.</p>"]
+    metrics = {k: v for k, v in d.metrics.items() if isinstance(v, (int, float))}
+    if metrics:
+        parts.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()]))
+    if d.histogram is not None:
+        parts.append(figure(d.histogram))
+    parts += ["<h3>Top candidates</h3>", *_images(d.candidates[:MAX_TILES], d.sheets),
+              _settings(d.settings)]
+    return parts
+
+
+def _captions(c: Captions, _: _Figures) -> list[str]:
+    parts = [f"<p>Captioner <b>{_e(c.captioner)}</b>: {c.n_captions} captions of {c.n_images} "
+             f"candidates. Text filter: top {c.top_f} words ({_e(', '.join(c.top_words))}); "
+             f"{c.n_kept} prompts kept, {c.n_edited} edited by hand.</p>",
+             _table(["class", "prompt", "edited"],
+                    [[p.label, p.text, "yes" if p.edited else ""]
+                     for p in c.prompts[:MAX_PROMPTS]])]
+    if c.keywords:
+        parts += ["<h3>Bias keywords per class</h3>",
+                  _table(["class", "keywords (candidates / aligned samples using it)"],
+                         [[label, ", ".join(f"{k.term} ({k.n_candidates}/{k.n_aligned})"
+                                            for k in found[:MAX_KEYWORDS])]
+                          for label, found in c.keywords.items()])]
+    return parts
+
+
+def _generation(g: Generation, _: _Figures) -> list[str]:
+    rejected = f", {g.n_rejected} rejected by the reviewer" if g.n_rejected is not None else ""
+    return [f"<p>{g.n_images} images{rejected}. Generator: {_e(g.generator)}.</p>",
+            *_images(g.tiles[:MAX_TILES], g.sheets), _settings(g.settings)]
+
+
+def _accuracy(a: Accuracy, figure: _Figures) -> list[str]:
+    parts = [_table(["model", *ACCURACY_METRICS, "training images"],
+                    [[m.model, *(_fmt(m.test.get(k)) for k in ACCURACY_METRICS),
+                      m.n_train if m.n_train is not None else ""] for m in a.models])]
+    if a.figure is not None:
+        parts.append(figure(a.figure))
+    return parts
+
+
+def _gradcam(g: GradCam, figure: _Figures) -> list[str]:
+    text = (f"{_e(g.method)} on {g.n_samples} {_e(g.sample_set)} samples; each model explains "
+            "its own prediction.")
+    if g.agreement:
+        text += " Accuracy on them: " + ", ".join(f"{k} {v:.1%}" for k, v in g.agreement.items()) \
+            + "."
+    parts = [f"<p>{text}</p>"]
+    if g.figure is not None:
+        parts.append(figure(g.figure))
+    tiles = [Tile(path, caption) for row in g.rows[:MAX_CAM_ROWS]
+             for path, caption in zip((row.image, row.before, row.after), row.captions)]
+    parts += _images(tiles, g.sheets, columns=3)
+    if g.settings:
+        parts.append(_settings(g.settings))
+    return parts
+
+
+# -- HTML pieces --------------------------------------------------------------------------------
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return _e(value)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _settings(settings: Mapping[str, Any]) -> str:
+    """A folded table of the scalar settings; lists and dicts are left out."""
+    rows = [[k, v] for k, v in sorted(settings.items()) if not isinstance(v, (list, dict))]
+    return "<details><summary>settings</summary>" + _table(["setting", "value"], rows) + \
+        "</details>"
+
+
+def _data_uri(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    mime = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg",
+            "jpeg": "image/jpeg"}.get(suffix, "image/png")
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _tile_html(tile: Tile) -> str:
+    return (f'<figure><img src="{_data_uri(Path(tile.image))}" alt=""><figcaption>'
+            f"{_e(tile.caption)}</figcaption></figure>")
+
+
+def _gallery(tiles: tuple[Tile, ...] | list[Tile], columns: int | None = None) -> str:
+    style = f' style="grid-template-columns: repeat({columns}, 120px)"' if columns else ""
+    return f'<div class="gallery"{style}>{"".join(_tile_html(t) for t in tiles)}</div>'
+
+
+def _sheets(sheets: tuple[Tile, ...]) -> str:
+    """Contact sheets, many tiles in one image: shown at their own size, not as a tile."""
+    return f'<div class="sheets">{"".join(_tile_html(s) for s in sheets)}</div>'
+
+
+def _images(tiles: tuple[Tile, ...] | list[Tile], sheets: tuple[Tile, ...],
+            columns: int | None = None) -> list[str]:
+    """A gallery of the tiles (an empty one when there are no sheets either), then the sheets."""
+    return ([_gallery(tiles, columns)] if tiles or not sheets else []) + \
+        ([_sheets(sheets)] if sheets else [])
+
+
+def _page(title: str, body: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #1f2933; }}
+h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em;
+       margin-top: 2em; }}
+.muted {{ color: #667; }}
+table {{ border-collapse: collapse; margin: 0.8em 0; }}
+td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: left; font-size: 0.92em; }}
+th {{ background: #f4f6f8; }}
+.gallery {{ display: grid; grid-template-columns: repeat(auto-fill, 120px); gap: 8px; }}
+figure {{ margin: 0; }} figure img {{ width: 112px; height: 112px; object-fit: contain;
+       image-rendering: pixelated; background: #eee; }}
+figcaption {{ font-size: 0.75em; color: #445; }}
+.sheets figure img {{ width: auto; height: auto; max-width: 100%; image-rendering: auto; }}
+</style></head><body>
+{body}
+</body></html>
+"""
