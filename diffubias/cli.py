@@ -16,7 +16,8 @@ from pathlib import Path
 
 from diffubias.baselines import baseline_names
 from diffubias.config import ARCHITECTURES, CAM_METHODS, RunConfig
-from diffubias.pipeline import STAGES, Run, run_stages
+from diffubias.pipeline import STAGES, run_stages
+from diffubias.run_folder import Run
 from diffubias.run_folder_report import REPORT_HTML
 
 DOCS = "docs/guide"  # in the repository; tests/test_docs.py checks every page and anchor below

@@ -16,112 +16,30 @@ Each `stage_*` reads its inputs from the run folder, calls the stage function of
 
 from __future__ import annotations
 
-import csv
 import json
-import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffubias import __version__
 from diffubias.backends import captioner_for, generator_for
 from diffubias.baselines import baseline_names
 from diffubias.captions import Caption
-from diffubias.config import RunConfig
 from diffubias.dataset import SPLITS, ImageDataset
 from diffubias.decoding import read_images
-from diffubias.files import atomic_path, atomic_write_text
+from diffubias.files import atomic_write_text
 from diffubias.generated_folder import generate_to_folder, load_generated, read_manifest
 from diffubias.models import load_classifier, save_classifier
-from diffubias.prepared import PreparedDataset
+from diffubias.run_folder import PROMPT_FIELDS, Run, prompt_is_kept, read_csv, write_csv
 from diffubias.stages.caption import ScoredSamples, caption_candidates
 from diffubias.stages.debias import train_debiased
 from diffubias.stages.detect import Detection, detect_bias
 from diffubias.stages.explain import cam_positions, explain_models
 from diffubias.stages.prompts import filter_prompts, resolved_top_f
 from diffubias.text_filter import Prompt
-from diffubias.text_safety import csv_row, from_csv_cell
 
 STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam", "report")
-Log = Callable[[str], None]
-
-
-def library_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "diffubias": __version__}
-    for name in ("torch", "torchvision", "numpy", "scikit-learn", "grad-cam", "plotly",
-                 "diffusers", "transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-@dataclass
-class Run:
-    """One run folder: its config, dataset and report, loaded lazily and saved per stage."""
-
-    out_dir: Path
-    config: RunConfig
-    log: Log = field(default=lambda msg: None)
-
-    @classmethod
-    def create(cls, out_dir: Path, config: RunConfig, log: Log | None = None) -> Run:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        config.save(out_dir / "config.json")
-        return cls(out_dir, config, log or (lambda msg: None))
-
-    @classmethod
-    def open(cls, out_dir: Path, log: Log | None = None) -> Run:
-        path = Path(out_dir) / "config.json"
-        if not path.exists():
-            raise ValueError(f"{out_dir} is not a run folder (no config.json); "
-                             "start one with `python -m diffubias run` or `detect`")
-        return cls(Path(out_dir), RunConfig.load(path), log or (lambda msg: None))
-
-    @cached_property
-    def data(self) -> PreparedDataset:
-        data = PreparedDataset.load(self.config)
-        for skipped in data.ds.skipped:
-            self.log(f"skipped {skipped.path}: {skipped.reason}")
-        return data
-
-    @property
-    def report_path(self) -> Path:
-        return self.out_dir / "report.json"
-
-    def read_report(self) -> dict:
-        return json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
-
-    def update_report(self, *, drop_models: tuple[str, ...] = (), **parts) -> dict:
-        """Merges `parts` into report.json (`models` and `timings_s` key by key); `drop_models`
-        removes entries of `models` that a stage no longer produces."""
-        report = self.read_report()
-        for name in drop_models:
-            report.get("models", {}).pop(name, None)
-        report.update(config=self.config.to_dict(), seed=self.config.seed,
-                      versions=library_versions())
-        for key, value in parts.items():
-            if key in ("models", "timings_s"):
-                report.setdefault(key, {}).update(value)
-            else:
-                report[key] = value
-        atomic_write_text(self.report_path, json.dumps(report, indent=2, sort_keys=True))
-        return report
-
-    def require(self, name: str, stage: str) -> Path:
-        path = self.out_dir / name
-        if not path.exists():
-            raise ValueError(f"{path} is missing: run the `{stage}` stage first")
-        return path
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -157,26 +75,11 @@ def stage_detect(run: Run) -> dict:
         timings_s={"biased_model_and_scoring": t1 - t0})
 
 
-def _write_csv(path: Path, header: tuple[str, ...], rows) -> None:
-    """Writes a CSV atomically (temp file + rename). Text cells that a spreadsheet would run as a
-    formula (=, +, -, @ first) are guarded with a leading quote; `_read_csv` takes it off."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(csv_row(list(row)) for row in rows)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: from_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
 def _write_scores(path: Path, det: Detection, ds: ImageDataset) -> None:
     candidate = np.zeros(len(det.positions), dtype=bool)
     candidate[det.selected] = True
     conflict = det.is_conflict
-    _write_csv(path, ("position", "path", "label", "loss", "candidate", "conflict"),
+    write_csv(path, ("position", "path", "label", "loss", "candidate", "conflict"),
                ([int(p), ds.paths[p], ds.class_names[ds.labels[p]], f"{det.losses[i]:.9g}",
                  int(candidate[i]), "" if conflict is None else int(conflict[i])]
                 for i, p in enumerate(det.positions)))
@@ -184,7 +87,7 @@ def _write_scores(path: Path, det: Detection, ds: ImageDataset) -> None:
 
 def read_scores(run: Run) -> ScoredSamples:
     """scores.csv as the caption stage takes it."""
-    rows = _read_csv(run.require("scores.csv", "detect"))
+    rows = read_csv(run.require("scores.csv", "detect"))
     return ScoredSamples(np.array([int(r["position"]) for r in rows], dtype=np.int64),
                          np.array([float(r["loss"]) for r in rows]),
                          np.array([r["candidate"] == "1" for r in rows]))
@@ -217,24 +120,21 @@ def stage_caption(run: Run) -> dict:
 
 
 def _write_caption_csv(path: Path, captions, ds: ImageDataset) -> None:
-    _write_csv(path, ("position", "path", "text", "backend", "model", "params"),
+    write_csv(path, ("position", "path", "text", "backend", "model", "params"),
                ([c.position, ds.paths[c.position], c.text, c.backend, c.model or "",
                  json.dumps(dict(c.params), sort_keys=True)] for c in captions))
 
 
 def read_captions(run: Run) -> list[Caption]:
     return [Caption(int(r["position"]), r["text"], r["backend"], r["model"] or None)
-            for r in _read_csv(run.require("captions.csv", "caption"))]
-
-
-PROMPT_FIELDS = ("keep", "label", "text", "source", "source_path", "matched_words")
+            for r in read_csv(run.require("captions.csv", "caption"))]
 
 
 def stage_filter(run: Run) -> dict:
     """Stage 5: the text filter; writes prompts.csv, which a person may edit before generation."""
     cfg, ds = run.config, run.data.ds
     result = filter_prompts(read_captions(run), ds.labels, cfg, num_classes=ds.num_classes)
-    _write_csv(run.out_dir / "prompts.csv", PROMPT_FIELDS,
+    write_csv(run.out_dir / "prompts.csv", PROMPT_FIELDS,
                ([int(p.keep), ds.class_names[p.label], p.text, p.source, ds.paths[p.source],
                  " ".join(p.matched_words)] for p in result.kept + result.dropped))
     run.log(f"filter: kept {len(result.kept)} of {len(result.kept) + len(result.dropped)} "
@@ -250,8 +150,8 @@ def read_prompts(run: Run) -> list[Prompt]:
     ds = run.data.ds
     index = {name: i for i, name in enumerate(ds.class_names)}
     prompts = []
-    for line, r in enumerate(_read_csv(run.require("prompts.csv", "filter")), start=2):
-        if r["keep"].strip().lower() not in ("1", "true", "yes"):
+    for line, r in enumerate(read_csv(run.require("prompts.csv", "filter")), start=2):
+        if not prompt_is_kept(r["keep"]):
             continue
         if r["label"] not in index:
             raise ValueError(f"prompts.csv line {line}: unknown class {r['label']!r}; "

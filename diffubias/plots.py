@@ -23,8 +23,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from diffubias.files import atomic_path
+from diffubias.report import ACCURACY_METRICS
 
-ACCURACY_ORDER: tuple[str, ...] = ("overall", "aligned", "conflicting", "unbiased")
 _ALIGNED_COLOR = "#4C78A8"
 _CONFLICT_COLOR = "#E45756"
 _CAPTION_LINES = 2  # a caption longer than this many lines is cut with an ellipsis
@@ -123,7 +123,7 @@ def accuracy_bars(rows: Mapping[str, Mapping[str, float | None]]) -> go.Figure:
     samples) is left out."""
     if not rows:
         raise ValueError("rows must name at least one model")
-    metrics = [m for m in ACCURACY_ORDER if any(m in r for r in rows.values())]
+    metrics = [m for m in ACCURACY_METRICS if any(m in r for r in rows.values())]
     for row in rows.values():
         metrics += [m for m in row if m not in metrics]
     fig = go.Figure()

@@ -9,7 +9,6 @@ rather than one file per candidate or Grad-CAM overlay, so those galleries are t
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ from diffubias.report import (
     ReportContent,
     Tile,
 )
-from diffubias.text_safety import from_csv_cell
+from diffubias.run_folder import prompt_is_kept, read_csv
 
 REPORT_HTML = "report.html"
 # the config fields that each step's settings table shows
@@ -76,7 +75,7 @@ def _detection(out_dir: Path, report: Mapping[str, Any], names: list[str]) -> De
 
     if not (out_dir / "scores.csv").exists():
         return None
-    rows = _read_csv(out_dir / "scores.csv")
+    rows = read_csv(out_dir / "scores.csv")
     losses = np.array([float(r["loss"]) for r in rows])
     is_candidate = np.array([r["candidate"] == "1" for r in rows], dtype=bool)
     index = {name: i for i, name in enumerate(names)}
@@ -101,12 +100,12 @@ def _captions(out_dir: Path, report: Mapping[str, Any]) -> Captions | None:
         return None
     captioned: dict[str, set[str]] = {}  # source position -> its captions, spaces normalised
     if (out_dir / "captions.csv").exists():
-        for row in _read_csv(out_dir / "captions.csv"):
+        for row in read_csv(out_dir / "captions.csv"):
             captioned.setdefault(row["position"], set()).add(" ".join(row["text"].split()))
     kept = []
     if (out_dir / "prompts.csv").exists():
-        for row in _read_csv(out_dir / "prompts.csv"):
-            if row["keep"].strip().lower() in ("1", "true", "yes") and row["text"].strip():
+        for row in read_csv(out_dir / "prompts.csv"):
+            if prompt_is_kept(row["keep"]) and row["text"].strip():
                 text = " ".join(row["text"].split())
                 # the filter writes each caption as it is: other text was typed by a person
                 kept.append(PromptLine(row["label"], row["text"].strip(),
@@ -127,7 +126,7 @@ def _generation(out_dir: Path, report: Mapping[str, Any]) -> Generation | None:
     manifest = out_dir / (summary or {}).get("manifest", "generated/manifest.csv")
     if summary is None or not manifest.exists():
         return None
-    rows = _read_csv(manifest)
+    rows = read_csv(manifest)
     sheets = _sheets(out_dir, "generated_samples.png")
     tiles = () if sheets else tuple(Tile(manifest.parent / r["file"], r["prompt"])
                                     for r in rows[:MAX_TILES])
@@ -175,10 +174,3 @@ def _ordered(keys: Mapping[str, Any], first: tuple[str, ...]) -> list[str]:
 
 def _pick(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: config[k] for k in keys if k in config}
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    """A run folder CSV's rows, with the spreadsheet formula guard taken off."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: from_csv_cell(v) if isinstance(v, str) else v for k, v in row.items()}
-                for row in csv.DictReader(f)]

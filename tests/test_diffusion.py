@@ -24,7 +24,8 @@ from diffubias.diffusion import DiffusersGenerator, DiffusionSettings, load_diff
 from diffubias.generated_folder import (GenerationOutput, generate_to_folder, load_generated,
                                         read_manifest)
 from diffubias.generation import DemoGenerator, item_seed, plan_images, prompt_id
-from diffubias.pipeline import Run, read_prompts
+from diffubias.pipeline import read_prompts
+from diffubias.run_folder import Run
 from diffubias.stages.generate import MemorySink, generate_images
 from diffubias.text_filter import Prompt
 from tiny_models import build_tiny_sd, make_run_folder, write_tiny_dataset

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from diffubias.config import RunConfig
-from diffubias.pipeline import Run, read_candidates, run_stages
+from diffubias.pipeline import read_candidates, run_stages
+from diffubias.run_folder import Run
 from storage import repository as repo
 from storage.models import JobKind
 from tests.ui_support import link_demo_dataset

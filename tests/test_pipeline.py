@@ -205,7 +205,7 @@ def test_baseline_names_match_the_library(capsys):
 
 
 def test_run_csvs_guard_formulas_and_read_them_back_exactly(tmp_path):
-    from diffubias.pipeline import _read_csv, _write_csv
+    from diffubias.run_folder import read_csv as _read_csv, write_csv as _write_csv
 
     texts = ["=HYPERLINK(\"http://x\")", "+1 blue seven", "@cmd", "a plain caption", "'=kept"]
     _write_csv(tmp_path / "p.csv", ("n", "text"), ([i, t] for i, t in enumerate(texts)))

@@ -185,7 +185,7 @@ def make_run_folder(out_dir: Path, dataset_root: Path, *, prompts: list[tuple[st
     top `k` per class marked candidates, and prompts.csv of (class name, text, source) rows."""
     from diffubias.config import RunConfig
     from diffubias.dataset_sources import load_dataset
-    from diffubias.pipeline import PROMPT_FIELDS, Run
+    from diffubias.run_folder import PROMPT_FIELDS, Run
 
     out_dir = Path(out_dir)
     cfg = RunConfig(dataset=str(dataset_root), cache_dir=str(out_dir.parent / "cache"), **config)

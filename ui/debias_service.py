@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffubias.baselines import baseline_names
+from diffubias.report import ACCURACY_METRICS
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.datasets import project_config, save_project_config
@@ -36,7 +37,6 @@ def roles() -> tuple[str, ...]:
     return (*(role.value for role in ModelRole), *baseline_names())
 
 
-METRICS = ("overall", "aligned", "conflicting", "unbiased")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,8 @@ def debias_view(studio: Studio, project_id: int | None, *,
     if with_figure and any(r.test for r in rows):
         from diffubias.plots import accuracy_bars
 
-        figure = accuracy_bars({r.role: {m: r.test.get(m) for m in METRICS} for r in rows})
+        figure = accuracy_bars({r.role: {m: r.test.get(m) for m in ACCURACY_METRICS}
+                                for r in rows})
         figure.update_layout(height=360, margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return DebiasView(job.id if job else None, rows,
                       job.result.get("n_generated", 0) if job else 0,

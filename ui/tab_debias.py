@@ -14,7 +14,8 @@ import gradio as gr
 
 from diffubias.baselines import baseline_methods
 from diffubias.config import RunConfig
-from ui.debias_service import METRICS, DebiasView
+from diffubias.report import ACCURACY_METRICS
+from ui.debias_service import DebiasView
 from ui.events import (
     GPU,
     TabRefresh,
@@ -25,7 +26,7 @@ from ui.events import (
     shows_errors,
 )
 
-TABLE_HEADERS = ["model", *METRICS, "training images", "epochs"]
+TABLE_HEADERS = ["model", *ACCURACY_METRICS, "training images", "epochs"]
 EXPLAIN = """**overall**: all test images · **aligned**: images whose bias attribute is the one
 their class usually has · **conflicting**: the others, where a biased model fails ·
 **unbiased**: the mean over every (class, attribute) group, so rare groups count as much as
@@ -106,7 +107,7 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
 def view_outputs(view: DebiasView) -> tuple:
     import pandas as pd
 
-    rows = [[r.role, *(percent(r.test.get(m)) for m in METRICS),
+    rows = [[r.role, *(percent(r.test.get(m)) for m in ACCURACY_METRICS),
              r.n_train if r.n_train is not None else "", r.epochs or ""] for r in view.rows]
     by_role = {r.role: r.test for r in view.rows}
     if "debiased" in by_role and ("vanilla" in by_role or "biased" in by_role):
