@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffubias.zoo.augment import random_shift
 from diffubias.zoo.corpus import Corpus, corpus_vocabulary
 from diffubias.zoo.loop import BatchOrder, LoopResult, train_steps
 
@@ -42,7 +43,7 @@ class CaptionerSpec:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 200
-    per_cell: int = 100  # pretraining corpus size: classes x attributes x per_cell images
+    per_cell: int = 200  # corpus: 10 x 10 x 200 digits, each train source digit ~18 times
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +51,7 @@ class CaptionerSpec:
 
 # Per domain: 64 px scenes take 8 px patches (8 x 8 of them), as many tokens as the digits' 7 x 7.
 DOMAIN_SPECS = {"colored-digits": CaptionerSpec(),
-                "shape-scenes": CaptionerSpec(patch=8, per_cell=200)}
+                "shape-scenes": CaptionerSpec(patch=8, per_cell=300)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +132,8 @@ def train_captioner(corpus: Corpus, checkpoint_dir: Path, *, spec: CaptionerSpec
 
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.from_numpy(batches.at(step))
-        out = model(pixel_values=pixel_values(images[idx], processor), input_ids=input_ids[idx],
+        shifted = random_shift(images[idx], np.random.default_rng([seed, 2, step]))
+        out = model(pixel_values=pixel_values(shifted, processor), input_ids=input_ids[idx],
                     attention_mask=mask[idx], labels=labels[idx])
         return out.loss
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from diffubias.models import Classifier, ModelSpec, build_classifier
+from diffubias.zoo.augment import random_shift
 from diffubias.zoo.corpus import Corpus
 from diffubias.zoo.loop import BatchOrder, LoopResult, train_steps
 
@@ -104,7 +105,7 @@ def train_judge(corpus: Corpus, checkpoint_dir: Path, *, spec: JudgeSpec, steps:
                 checkpoint_every: int = 250, show_progress: bool = True,
                 on_checkpoint: Callable[[int], None] | None = None) -> tuple[Judge, LoopResult]:
     """A judge trained `steps` steps on `corpus` (the judge corpus), resuming from
-    `checkpoint_dir`. Random shifts of a few pixels keep it from memorising the source images."""
+    `checkpoint_dir`, with random shifts of a few pixels (`diffubias.zoo.augment`)."""
     num_classes = len(corpus.class_names)
     judge = Judge(build_classifier(num_classes=num_classes + len(corpus.attribute_names),
                                    image_size=corpus.image_size, arch="small-cnn",
@@ -116,7 +117,7 @@ def train_judge(corpus: Corpus, checkpoint_dir: Path, *, spec: JudgeSpec, steps:
 
     def loss_at(step: int) -> torch.Tensor:
         idx = torch.from_numpy(batches.at(step))
-        x = _shift(images[idx].float() / 255, np.random.default_rng([seed, 2, step]))
+        x = random_shift(images[idx], np.random.default_rng([seed, 2, step])).float() / 255
         class_logits, attribute_logits = judge.logits(x)
         return (F.cross_entropy(class_logits, labels[idx])
                 + F.cross_entropy(attribute_logits, attributes[idx]))
@@ -167,12 +168,6 @@ def load_judge(path: Path) -> Judge:
     return Judge(classifier.eval(), tuple(json.loads(meta["class_names"])),
                  tuple(json.loads(meta["attribute_names"])))
 
-
-def _shift(images: torch.Tensor, rng: np.random.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Each image rolled by up to `max_shift` px each way (cheap translation augmentation)."""
-    shifts = rng.integers(-max_shift, max_shift + 1, size=(len(images), 2))
-    return torch.stack([torch.roll(im, (int(dy), int(dx)), dims=(1, 2))
-                        for im, (dy, dx) in zip(images, shifts)])
 
 
 # ---------------------------------------------------------------------------------------------
