@@ -55,3 +55,19 @@ def test_module_entry_point_prints_help():
     done = subprocess.run([sys.executable, "-m", "diffubias.zoo", "train", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--checkpoint-every" in done.stdout
+
+
+def test_documented_zoo_commands_parse():
+    import re
+    import shlex
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+             *sorted((ROOT / "models").glob("*/README.md"))]
+    found = [(page, m) for page in pages if page.is_file()  # up to a redirection or backquote
+             for m in re.findall(r"python -m diffubias\.zoo ([^`\n>&]+)", page.read_text())
+             if "<" not in m]  # placeholders such as `train <model>` are prose
+    parser = cli.build_parser()
+    for page, rest in found:
+        args = shlex.split(rest.rstrip("\\ "))
+        if "--help" not in args:
+            parser.parse_args(args)
