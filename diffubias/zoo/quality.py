@@ -25,7 +25,7 @@ class CaptionQuality:
     class_share: float  # captions naming the image's class
     attribute_share: float  # captions naming the image's attribute
     both_share: float  # captions naming both
-    examples: tuple[str, ...]  # a few captions, "<truth>: <caption>", for the model card
+    examples: tuple[str, ...]  # one caption each of the first few images, "<truth>: <caption>"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,9 +53,9 @@ def caption_quality(captioner: Any, corpus: Corpus, *, images: int | None = None
             for text in per_image:
                 names_class.append(corpus.names_class(text, label))
                 names_attribute.append(corpus.names_attribute(text, attribute))
-                if len(shown) < examples:
-                    truth = f"{corpus.class_names[label]}/{corpus.attribute_names[attribute]}"
-                    shown.append(f"{truth}: {text}")
+            if len(shown) < examples:  # the first caption of the first few images
+                truth = f"{corpus.class_names[label]}/{corpus.attribute_names[attribute]}"
+                shown.append(f"{truth}: {per_image[0]}")
     c, a = np.array(names_class), np.array(names_attribute)
     return CaptionQuality(count, len(c), float(c.mean()), float(a.mean()), float((c & a).mean()),
                           tuple(shown))
