@@ -26,6 +26,9 @@ def test_judge_scores_both_heads_and_learns_the_colour_first(trained):
     np.testing.assert_allclose(scores.class_probs.sum(1), 1, rtol=1e-5)
     quality = judge_quality(judge, check)
     assert quality.attribute_accuracy > 0.5  # colour is easy: learnt within 40 steps
+    shares = scores.agreement(check.labels, check.attributes)
+    assert shares["attribute"] == pytest.approx(quality.attribute_accuracy)
+    assert shares["both"] <= min(shares["class"], shares["attribute"])
     assert loop.steps == 40
 
 
