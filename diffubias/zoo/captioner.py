@@ -144,7 +144,8 @@ def train_captioner(corpus: Corpus, checkpoint_dir: Path, *, spec: CaptionerSpec
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate,
                                   weight_decay=spec.weight_decay)
     fingerprint = {"model": "blip-captioner", "recipe": RECIPE_VERSION, "domain": corpus.domain,
-                   "seed": seed, "corpus_seed": corpus.seed, "corpus_size": len(corpus), **spec.to_dict()}
+                   "seed": seed, "corpus_seed": corpus.seed, "corpus_size": len(corpus),
+                   **spec.to_dict()}
     hook = None if on_checkpoint is None else (lambda step: on_checkpoint(step, model, processor))
     loop = train_steps(model=model, optimizer=optimizer, loss_at=loss_at, steps=steps,
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
