@@ -93,3 +93,20 @@ def test_shipped_captioner_names_the_class_of_held_out_images(domain, one_torch_
     quality = caption_quality(captioner, held_out)
     assert quality.captions == 60
     assert quality.class_share >= 0.8, quality.examples
+
+
+def test_shipped_digit_captioner_describes_a_bias_conflicting_red_three(one_torch_thread):
+    folder = MODELS / "colored-digits-captioner"
+    if not (folder / "config.json").is_file():
+        pytest.skip("no shipped colored-digits captioner")
+    held_out = make_corpus("colored-digits", role="judge", per_cell=2, seed=7)
+    red = held_out.attribute_names.index("red")
+    red_threes = held_out.subset(np.flatnonzero((held_out.labels == 3) &
+                                                (held_out.attributes == red)))
+    captioner = make_captioner(str(folder), per_image=3, device="cpu")
+    images = [Image.fromarray(im.transpose(1, 2, 0)) for im in red_threes.images]
+    captions = [c for per_image in captioner.caption_images(images) for c in per_image]
+    assert len(captions) == 6
+    named = [c for c in captions if {"three", "3"} & set(prompt_words(c))
+             and "red" in prompt_words(c)]
+    assert len(named) >= 5, captions

@@ -48,8 +48,8 @@ class CaptionerSpec:
     per_cell: int = 200  # corpus: 10 x 10 x 200 digits, each train source digit ~18 times
     # Auxiliary heads: class and attribute read from the ViT's CLS token, trained with the caption
     # loss and dropped on saving. BLIP's image encoder learns from image-text objectives (ITC,
-    # ITM) besides captioning; from scratch, the caption loss alone lets colour carry the whole
-    # loss drop while digit identity stays at chance for a thousand steps. 0 turns them off.
+    # ITM) besides captioning; from scratch, the caption loss alone let colour carry the loss
+    # drop while digit naming stayed at chance for 750 steps (with them: 54 %). 0 turns them off.
     aux_weight: float = 0.5
 
     def to_dict(self) -> dict:
@@ -86,8 +86,8 @@ def build_blip(vocabulary: list[str], *, image_size: int, spec: CaptionerSpec,
                 bos_token_id=vocab["[DEC]"], eos_token_id=vocab["[SEP]"],
                 sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"])
     # BlipVisionConfig initialises position and class embeddings with std 1e-10 (its weights are
-    # always loaded); from scratch that leaves the ViT blind to where a patch is, and it never
-    # tells digits apart (class naming stayed at chance for 1,750 steps). ViT's usual 0.02 fixes it.
+    # always loaded); from scratch that leaves the ViT blind to where a patch is (a digit
+    # classifier on it stayed at chance for 400 steps, 43 % with 0.02 after 300). ViT's 0.02.
     vision = dict(hidden_size=spec.hidden, intermediate_size=2 * spec.hidden,
                   num_hidden_layers=spec.vision_layers, num_attention_heads=spec.heads,
                   image_size=image_size, patch_size=spec.patch, initializer_range=0.02)
@@ -187,76 +187,3 @@ def as_captioner(model: Any, processor: Any, *, name: str, per_image: int = 3, s
 
     return ModelCaptioner(model.eval(), processor, name, "blip",
                           CaptionSettings(per_image=per_image, batch_size=64, seed=seed))
-
-
-# ---------------------------------------------------------------------------------------------
-# The recipe behind `python -m diffubias.zoo train captioner`
-
-DEFAULT_STEPS = 3000
-EVAL_PER_CELL = {"colored-digits": 2, "shape-scenes": 6}  # 200 / 216 held-out judge-corpus images
-QUICK_EVAL_IMAGES = 100  # at each checkpoint: enough to see the trend, a few seconds to caption
-
-
-def train_to_folder(domain: str, out: Path, *, steps: int | None = None, seed: int = 0,
-                    checkpoint_every: int = 250, show_progress: bool = True,
-                    log: Callable[[str], None] = print) -> Path:
-    """Pretrain the captioner of built-in `domain` into `out` (resuming from out/checkpoint/):
-    the model and processor (save_pretrained), and a model card with its measured quality."""
-    import json
-
-    from diffubias.files import atomic_write_text
-    from diffubias.zoo.card import ModelCard, describe_corpus
-    from diffubias.zoo.corpus import make_corpus
-    from diffubias.zoo.quality import caption_quality
-
-    if domain not in DOMAIN_SPECS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAIN_SPECS)}")
-    spec, steps, out = DOMAIN_SPECS[domain], steps or DEFAULT_STEPS, Path(out)
-    corpus = make_corpus(domain, role="pretrain", per_cell=spec.per_cell, seed=seed)
-    held_out = make_corpus(domain, role="judge", per_cell=EVAL_PER_CELL[domain], seed=seed)
-    history = out / "checkpoint" / "quality.jsonl"
-
-    def check(step: int, model: Any, processor: Any) -> None:
-        quality = caption_quality(as_captioner(model, processor, name=str(out)), held_out,
-                                  images=QUICK_EVAL_IMAGES)
-        model.train()  # caption_images switched it to eval; the loop trains on
-        line = json.dumps({"step": step, **quality.to_dict()})
-        previous = history.read_text() if history.is_file() else ""
-        atomic_write_text(history, previous + line + "\n")
-        log(f"step {step}: {quality.summary()}")
-
-    trained = train_captioner(corpus, out / "checkpoint", spec=spec, steps=steps, seed=seed,
-                              checkpoint_every=checkpoint_every, show_progress=show_progress,
-                              on_checkpoint=check)
-    save_captioner(trained, out)
-    quality = caption_quality(as_captioner(trained.model, trained.processor, name=str(out)),
-                              held_out)
-    log(f"held-out quality: {quality.summary()}")
-    ModelCard(
-        title=f"{domain} captioner (small BLIP, pretrained here)",
-        summary=(f"A `BlipForConditionalGeneration` pretrained from scratch on a balanced "
-                 f"{domain} corpus, so that it can describe bias-conflicting images the audited "
-                 "dataset hardly contains. It captions with the class word and the attribute "
-                 "word (\"a handwritten three drawn in red\")."),
-        usage=("from diffubias.backends import make_captioner\n\n"
-               f"captioner = make_captioner({str(out)!r}, per_image=3)  # offline, CPU is fine\n"
-               "captions = captioner.caption(dataset, positions)"),
-        corpus=(describe_corpus(corpus, per_cell=spec.per_cell) + " Trained on the "
-                f"{int(corpus.complete().sum())} captions that name both the class and the "
-                "attribute (the others omit one on purpose, for text-to-image training)."),
-        architecture={"vocabulary": f"{len(trained.processor.tokenizer)} word-level tokens",
-                      "parameters": f"{sum(p.numel() for p in trained.model.parameters()):,}",
-                      **spec.to_dict()},
-        steps=trained.loop.steps, wall_seconds=trained.loop.wall_seconds,
-        hardware=f"CPU, {torch.get_num_threads()} torch thread(s)",
-        quality=[f"{quality.summary()}: held-out judge-corpus images "
-                 f"(`make_corpus({domain!r}, role='judge', per_cell={EVAL_PER_CELL[domain]}, "
-                 f"seed={seed})`, sources the captioner never saw), 3 sampled captions per "
-                 "image (top_p 0.9, the loader's defaults)",
-                 f"history per checkpoint ({QUICK_EVAL_IMAGES} images): "
-                 "`checkpoint/quality.jsonl` in the training folder (not shipped)"],
-        retrain=["python", "-m", "diffubias.zoo", "train", "captioner", "--domain", domain,
-                 "--out", str(out), "--steps", str(steps), "--seed", str(seed)],
-        examples=quality.examples,
-    ).write(out)
-    return out

@@ -19,8 +19,8 @@ from diffubias.builtin import BUILTIN_NAMES
 # model name: "module:function"; the function takes (domain, out, *, steps, seed,
 # checkpoint_every, show_progress, log) and returns the folder it wrote
 TRAINERS = {
-    "captioner": "diffubias.zoo.captioner:train_to_folder",
-    "judge": "diffubias.zoo.judge:train_to_folder",
+    "captioner": "diffubias.zoo.recipes:train_captioner_folder",
+    "judge": "diffubias.zoo.recipes:train_judge_folder",
 }
 EXAMPLES = """\
 examples:

@@ -40,6 +40,12 @@ class JudgeSpec:
         return asdict(self)
 
 
+# 64 px scenes: 36 cells, so twice the images per cell for a corpus the size of the digits', and
+# width 16 (four stages up to 128 channels, ~1.2 MB) to stay small enough to ship
+DOMAIN_SPECS = {"colored-digits": JudgeSpec(),
+                "shape-scenes": JudgeSpec(width=16, per_cell=60)}
+
+
 @dataclass(frozen=True)
 class JudgeScores:
     class_probs: np.ndarray  # float32 (N, classes)
@@ -175,53 +181,3 @@ def load_judge(path: Path) -> Judge:
     classifier.load_state_dict(load_file(str(path)))
     return Judge(classifier.eval(), tuple(json.loads(meta["class_names"])),
                  tuple(json.loads(meta["attribute_names"])))
-
-
-
-# ---------------------------------------------------------------------------------------------
-# The recipe behind `python -m diffubias.zoo train judge`
-
-DEFAULT_STEPS = 1500
-# 64 px scenes: 36 cells, so twice the images per cell for a corpus the size of the digits', and
-# width 16 (four stages up to 128 channels, ~1.2 MB) to stay small enough to ship
-DOMAIN_SPECS = {"colored-digits": JudgeSpec(),
-                "shape-scenes": JudgeSpec(width=16, per_cell=60)}
-
-
-def train_to_folder(domain: str, out: Path, *, steps: int | None = None, seed: int = 0,
-                    checkpoint_every: int = 250, show_progress: bool = True,
-                    log: Callable[[str], None] = print) -> Path:
-    """Train the judge of built-in `domain` into `out` (resuming from out/checkpoint/):
-    judge.safetensors and a model card with its accuracy on the check corpus."""
-    from diffubias.zoo.card import ModelCard, describe_corpus
-    from diffubias.zoo.corpus import make_corpus
-
-    if domain not in DOMAIN_SPECS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAIN_SPECS)}")
-    spec, steps, out = DOMAIN_SPECS[domain], steps or DEFAULT_STEPS, Path(out)
-    corpus = make_corpus(domain, role="judge", per_cell=spec.per_cell, seed=seed)
-    check = make_corpus(domain, role="check", per_cell=spec.check_per_cell, seed=seed)
-    judge, loop = train_judge(corpus, out / "checkpoint", spec=spec, steps=steps, seed=seed,
-                              checkpoint_every=checkpoint_every, show_progress=show_progress)
-    save_judge(judge, out / WEIGHTS_NAME)
-    quality = judge_quality(judge, check)
-    log(f"judge quality: {quality.summary()}")
-    ModelCard(
-        title=f"{domain} judge (two-headed small CNN)",
-        summary=("An independent classifier with a class head and an attribute head, for "
-                 "benchmarks: it scores what generated images show. Trained only on the "
-                 "held-out judge corpus, never on model outputs or the audited dataset."),
-        usage=("from diffubias.zoo.judge import load_judge\n\n"
-               f"judge = load_judge({str(out)!r})\n"
-               "scores = judge.score(images)  # uint8 (N, 3, S, S) -> class and attribute probs"),
-        corpus=describe_corpus(corpus, per_cell=spec.per_cell),
-        architecture={"classifier": judge.classifier.spec.to_dict(), **spec.to_dict()},
-        steps=loop.steps, wall_seconds=loop.wall_seconds,
-        hardware=f"CPU, {torch.get_num_threads()} torch thread(s)",
-        quality=[f"{quality.summary()} (`make_corpus({domain!r}, role='check', "
-                 f"per_cell={spec.check_per_cell}, seed={seed})`: sources neither the judge "
-                 "nor the captioner saw)"],
-        retrain=["python", "-m", "diffubias.zoo", "train", "judge", "--domain", domain,
-                 "--out", str(out), "--steps", str(steps), "--seed", str(seed)],
-    ).write(out)
-    return out
