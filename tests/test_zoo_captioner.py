@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from diffubias.backends import make_captioner
-from diffubias.builtin import BUILTIN_NAMES
 from diffubias.builtin.generator_parts import prompt_words
 from diffubias.dataset_sources import load_dataset
 from diffubias.zoo.captioner import (build_blip, encode_captions, pixel_values, save_captioner,
@@ -83,11 +82,10 @@ def test_saved_captioner_loads_offline_and_captions_a_dataset(trained, tmp_path)
     assert [c.text for c in again] == [c.text for c in captions]  # seeded sampling
 
 
-@pytest.mark.parametrize("domain", BUILTIN_NAMES)
+# the shipped captioners (shape-scenes has none yet: issue 12 is open)
+@pytest.mark.parametrize("domain", ["colored-digits"])
 def test_shipped_captioner_names_the_class_of_held_out_images(domain, one_torch_thread):
     folder = MODELS / f"{domain}-captioner"
-    if not (folder / "config.json").is_file():
-        pytest.skip(f"no shipped {domain} captioner")
     held_out = make_corpus(domain, role="judge", per_cell=1, seed=7).subset(range(20))
     captioner = make_captioner(str(folder), per_image=3, device="cpu")
     quality = caption_quality(captioner, held_out)
@@ -97,8 +95,6 @@ def test_shipped_captioner_names_the_class_of_held_out_images(domain, one_torch_
 
 def test_shipped_digit_captioner_describes_a_bias_conflicting_red_three(one_torch_thread):
     folder = MODELS / "colored-digits-captioner"
-    if not (folder / "config.json").is_file():
-        pytest.skip("no shipped colored-digits captioner")
     held_out = make_corpus("colored-digits", role="judge", per_cell=2, seed=7)
     red = held_out.attribute_names.index("red")
     red_threes = held_out.subset(np.flatnonzero((held_out.labels == 3) &

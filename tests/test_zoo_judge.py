@@ -59,8 +59,6 @@ def test_missing_judge_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("domain", ["colored-digits", "shape-scenes"])
 def test_shipped_judge_sees_class_and_attribute_of_unseen_images(domain):
     folder = Path(__file__).resolve().parents[1] / "models" / f"{domain}-judge"
-    if not (folder / WEIGHTS_NAME).is_file():
-        pytest.skip(f"no shipped {domain} judge")
     check = make_corpus(domain, role="check", per_cell=2, seed=7)
     quality = judge_quality(load_judge(folder), check)
     assert quality.class_accuracy >= 0.9 and quality.attribute_accuracy >= 0.9, quality
