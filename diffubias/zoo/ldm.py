@@ -211,8 +211,19 @@ def assemble_pipeline(parts: LDMParts):
         feature_extractor=None, requires_safety_checker=False)
 
 
+def sampler_for(scheduler: Any):
+    """DPM-Solver++ with Karras sigmas over the training schedule: what the loader sets anyway,
+    shipped so that a pipeline loaded with its own scheduler samples well in 20-25 steps too."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(scheduler.config, use_karras_sigmas=True)
+
+
 def save_pipeline(parts: LDMParts, folder: Path | str) -> Path:
-    """Saves the assembled pipeline (safetensors weights) into `folder`."""
+    """Saves the assembled pipeline (safetensors weights, the DPM-Solver sampler) into
+    `folder`."""
     folder = Path(folder)
-    assemble_pipeline(parts).save_pretrained(folder, safe_serialization=True)
+    pipe = assemble_pipeline(parts)
+    pipe.scheduler = sampler_for(parts.scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -93,10 +93,9 @@ def draw(generator: DiffusersGenerator, prompts: Sequence[ProbePrompt], *, seed:
 def in_memory_generator(pipe: Any, *, steps: int = 25, guidance_scale: float = 7.5,
                         batch_size: int = 50) -> DiffusersGenerator:
     """A DiffusersGenerator over an assembled pipeline with the sampler the loader sets."""
-    from diffusers import DPMSolverMultistepScheduler
+    from diffubias.zoo.ldm import sampler_for
 
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
-                                                             use_karras_sigmas=True)
+    pipe.scheduler = sampler_for(pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)
     settings = DiffusionSettings(steps=steps, guidance_scale=guidance_scale,
                                  batch_size=batch_size)

@@ -227,7 +227,7 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         f"| class accuracy | {evaluation['class_accuracy']:.3f} | >= 0.90 |",
         f"| attribute accuracy | {evaluation['attribute_accuracy']:.3f} | >= 0.90 |",
         f"| both right | {evaluation['both_accuracy']:.3f} | |",
-        f"| images/s (CPU, batch 50) | {evaluation['images_per_second']:.1f} | |", "",
+        f"| images/s ({s.device}, batch 50) | {evaluation['images_per_second']:.1f} | |", "",
         f"Per-class accuracy: {evaluation['per_class']}.",
         f"The judge itself on the check corpus: class {judge.held_out_accuracy[0]:.3f}, "
         f"attribute {judge.held_out_accuracy[1]:.3f}.", "",
