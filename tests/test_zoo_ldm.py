@@ -14,7 +14,7 @@ from diffubias.diffusion import DiffusionSettings, load_diffusers_generator
 from diffubias.generation import WorkItem
 from diffubias.stages.generate import MemorySink, generate_images
 from diffubias.text_filter import Prompt
-from diffubias.zoo.corpus import corpus_vocabulary, make_corpus
+from diffubias.zoo.corpus import corpus_vocabulary
 from diffubias.zoo.ldm import LDMConfig, build_parts, build_tokenizer, save_pipeline, word_merges
 from diffubias.zoo.ldm_probe import fit_size
 from diffubias.zoo.ldm_run import RunSettings, add_arguments, train_ldm
@@ -46,7 +46,7 @@ def tiny_images(n: int = 8, size: int = 16) -> CaptionedImages:
 
 def trainer(**settings) -> LDMTrainer:
     defaults = dict(steps=4, vae_steps=2, batch_size=4, vae_batch_size=4, warmup=1,
-                    checkpoint_every=2)
+                    checkpoint_every=2, device="cpu")
     return LDMTrainer(TINY, tiny_images(), TrainSettings(**(defaults | settings)))
 
 
@@ -128,7 +128,8 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     t = trainer()
     t.save(tmp_path / "state.pt")
     other = LDMTrainer(LDMConfig(**{**TINY.__dict__, "pooled_text": False}), tiny_images(),
-                       TrainSettings(steps=4, vae_steps=2, batch_size=4, vae_batch_size=4))
+                       TrainSettings(steps=4, vae_steps=2, batch_size=4, vae_batch_size=4,
+                                     device="cpu"))
     with pytest.raises(ValueError, match="config"):
         other.load(tmp_path / "state.pt")
 
@@ -144,14 +145,14 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
     config = LDMConfig(image_size=32, vae_channels=(8, 16, 16), unet_channels=(16, 32),
                        attention_head_dim=8, text_width=16, text_layers=1, text_heads=2)
     train = TrainSettings(steps=2, vae_steps=2, batch_size=4, vae_batch_size=4, warmup=1,
-                          checkpoint_every=2)
+                          checkpoint_every=2, device="cpu")
     run = RunSettings(per_cell=1, probe_every=2, eval_per_cell=1, judge_steps=2, judge_per_cell=1)
     out = tmp_path / "ldm"
     logs = []
     result = train_ldm("colored-digits", out, train=train, run=run, config=config,
                        log=logs.append)
     assert result["n_images"] == 100 and 0 <= result["class_accuracy"] <= 1
-    assert (out / "model_index.json").is_file() and (out / "checkpoint" / "state.pt").is_file()
+    assert (out / "model_index.json").is_file() and (out / "checkpoint" / "last.pt").is_file()
     card = (out / "README.md").read_text()
     assert "below the targets" in card and "python -m diffubias.zoo train ldm" in card
     history = json.loads((out / "checkpoint" / "history.json").read_text())
@@ -166,12 +167,22 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
     assert history["state"]["unet_step"] == 4
 
 
-def test_cli_arguments():
+def test_the_zoo_command_dispatches_ldm_and_the_module_takes_every_option(monkeypatch):
     import argparse
+
+    from diffubias.zoo import cli, ldm_run
+
+    calls = []
+    monkeypatch.setattr(ldm_run, "train_ldm", lambda *a, **k: calls.append((a, k)) or {})
+    assert cli.main(["train", "ldm", "--domain", "colored-digits", "--out", "m", "--steps", "9",
+                     "--seed", "2", "--no-progress"]) == 0
+    (domain, out), kwargs = calls[0]
+    assert (domain, str(out), kwargs["train"].steps, kwargs["train"].seed) == \
+        ("colored-digits", "m", 9, 2)
+    assert kwargs["train"].device == "auto" and not kwargs["run"].show_progress
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--domain", "colored-digits", "--out", "m", "--steps", "9",
                               "--device", "cuda", "--max-minutes", "5"])
     assert (args.steps, args.device, args.max_minutes) == (9, "cuda", 5.0)
-    assert make_corpus is not None

@@ -21,6 +21,7 @@ from diffubias.builtin import BUILTIN_NAMES
 TRAINERS = {
     "captioner": "diffubias.zoo.captioner:train_to_folder",
     "judge": "diffubias.zoo.judge:train_to_folder",
+    "ldm": "diffubias.zoo.ldm_run:train_to_folder",
 }
 EXAMPLES = """\
 examples:

@@ -131,7 +131,28 @@ def fit_size(images: np.ndarray, size: int) -> np.ndarray:
     return resized.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-# -- the fallback judge ------------------------------------------------------------------------
+# -- judges ------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class ZooJudge:
+    """The independent zoo judge (`diffubias.zoo.judge`) behind the `Judge` protocol."""
+
+    judge: Any
+    folder: str
+
+    @classmethod
+    def load(cls, folder: str) -> ZooJudge:
+        from diffubias.zoo.judge import load_judge
+
+        return cls(load_judge(folder), str(folder))
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.judge.score(fit_size(images, self.judge.image_size))
+        return scores.classes, scores.attributes
+
+    def describe(self) -> str:
+        return f"the zoo judge in {self.folder}"
+
 
 class _TwoHeads(nn.Module):
     def __init__(self, num_classes: int, num_attributes: int) -> None:
@@ -179,6 +200,10 @@ class QuickJudge:
         judge.held_out_accuracy = (float((pred_c == labels[held]).mean()),
                                    float((pred_a == attributes[held]).mean()))
         return judge
+
+    def describe(self) -> str:
+        return ("a quick CNN trained here on the judge corpus (check corpus: class "
+                f"{self.held_out_accuracy[0]:.3f}, attribute {self.held_out_accuracy[1]:.3f})")
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ guidance), with an EMA copy that is what gets sampled and shipped.
 
 Every random draw of step `s` comes from a generator seeded by (seed, phase, s), so the step
 counter is the whole RNG state: a run stopped at a checkpoint and resumed ends in the same
-weights as one that never stopped. Checkpoints go to `<out>/checkpoint/state.pt`, written
+weights as one that never stopped. Checkpoints go to `<out>/checkpoint/last.pt`, written
 atomically. Does not know: where images come from, judges or the command line
 (`diffubias.zoo.ldm_run`).
 """
@@ -47,7 +47,7 @@ class TrainSettings:
     kl_weight: float = 1e-5  # per latent element; keeps latents tame without blurring strokes
     checkpoint_every: int = 500
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # a GPU when there is one
 
     def __post_init__(self) -> None:
         for name in ("steps", "vae_steps", "batch_size", "vae_batch_size", "checkpoint_every"):
@@ -96,7 +96,10 @@ class LDMTrainer:
 
     def __init__(self, config: LDMConfig, corpus: CaptionedImages, settings: TrainSettings) -> None:
         self.config, self.corpus, self.settings = config, corpus, settings
-        self.device = torch.device(settings.device)
+        from diffubias.hf_loading import pick_device
+
+        self.device = torch.device(pick_device(settings.device))
+        self.show_progress = True
         self.parts: LDMParts = build_parts(config, corpus.all_captions, seed=settings.seed)
         for name in ("text_encoder", "vae", "unet"):
             getattr(self.parts, name).to(self.device)
@@ -114,7 +117,8 @@ class LDMTrainer:
         s, vae = self.settings, self.parts.vae
         until = s.vae_steps if until is None else min(until, s.vae_steps)
         vae.train()
-        bar = tqdm(total=until, initial=self.state.vae_step, desc="vae", leave=False)
+        bar = tqdm(total=until, initial=self.state.vae_step, desc="vae", leave=False,
+                   disable=not self.show_progress)
         while self.state.vae_step < until:
             gen = self._step_generator("vae", self.state.vae_step)
             idx = torch.randint(len(self.corpus.images), (s.vae_batch_size,), generator=gen)
@@ -195,7 +199,8 @@ class LDMTrainer:
         self.encode_corpus()
         self.parts.unet.train()
         self.parts.text_encoder.train()
-        bar = tqdm(total=until, initial=self.state.unet_step, desc="unet", leave=False)
+        bar = tqdm(total=until, initial=self.state.unet_step, desc="unet", leave=False,
+                   disable=not self.show_progress)
         running = None
         while self.state.unet_step < until:
             loss = self.unet_loss(self.state.unet_step)
