@@ -64,10 +64,12 @@ def test_documented_zoo_commands_parse():
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
              *sorted((ROOT / "models").glob("*/README.md"))]
     found = [(page, m) for page in pages if page.is_file()  # up to a redirection or backquote
-             for m in re.findall(r"python -m diffubias\.zoo ([^`\n>&]+)", page.read_text())
+             for m in re.findall(r"python -m diffubias\.zoo ([^`\n>&]+)",
+                                 re.sub(r"\\\n\s*", " ", page.read_text()))  # join continuations
              if "<" not in m]  # placeholders such as `train <model>` are prose
+    assert any(page.parts[-2:] == ("guide", "models.md") for page, _ in found)
     parser = cli.build_parser()
     for page, rest in found:
-        args = shlex.split(rest.rstrip("\\ "))
+        args = shlex.split(rest)
         if "--help" not in args:
             parser.parse_args(args)

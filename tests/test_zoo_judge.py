@@ -1,6 +1,8 @@
 """The zoo judge: two heads over one small CNN, trained on the judge corpus, saved and loaded
 with both heads' names, and it learns a planted colour at once."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -26,6 +28,9 @@ def test_judge_scores_both_heads_and_learns_the_colour_first(trained):
     np.testing.assert_allclose(scores.class_probs.sum(1), 1, rtol=1e-5)
     quality = judge_quality(judge, check)
     assert quality.attribute_accuracy > 0.5  # colour is easy: learnt within 40 steps
+    shares = scores.agreement(check.labels, check.attributes)
+    assert shares["attribute"] == pytest.approx(quality.attribute_accuracy)
+    assert shares["both"] <= min(shares["class"], shares["attribute"])
     assert loop.steps == 40
 
 
@@ -49,3 +54,13 @@ def test_judge_refuses_images_of_another_size(trained):
 def test_missing_judge_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no judge at"):
         load_judge(tmp_path)
+
+
+@pytest.mark.parametrize("domain", ["colored-digits", "shape-scenes"])
+def test_shipped_judge_sees_class_and_attribute_of_unseen_images(domain):
+    folder = Path(__file__).resolve().parents[1] / "models" / f"{domain}-judge"
+    if not (folder / WEIGHTS_NAME).is_file():
+        pytest.skip(f"no shipped {domain} judge")
+    check = make_corpus(domain, role="check", per_cell=2, seed=7)
+    quality = judge_quality(load_judge(folder), check)
+    assert quality.class_accuracy >= 0.9 and quality.attribute_accuracy >= 0.9, quality

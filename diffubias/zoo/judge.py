@@ -53,6 +53,14 @@ class JudgeScores:
     def attributes(self) -> np.ndarray:
         return self.attribute_probs.argmax(1)
 
+    def agreement(self, labels: np.ndarray, attributes: np.ndarray) -> dict[str, float]:
+        """Shares of images the judge sees as the intended class, attribute, and both (e.g. of
+        generated images and the class and attribute their prompts asked for)."""
+        right_class = self.classes == np.asarray(labels)
+        right_attribute = self.attributes == np.asarray(attributes)
+        return {"class": float(right_class.mean()), "attribute": float(right_attribute.mean()),
+                "both": float((right_class & right_attribute).mean())}
+
 
 @dataclass(frozen=True, eq=False)
 class Judge:
@@ -174,6 +182,10 @@ def load_judge(path: Path) -> Judge:
 # The recipe behind `python -m diffubias.zoo train judge`
 
 DEFAULT_STEPS = 1500
+# 64 px scenes: 36 cells, so twice the images per cell for a corpus the size of the digits', and
+# width 16 (four stages up to 128 channels, ~1.2 MB) to stay small enough to ship
+DOMAIN_SPECS = {"colored-digits": JudgeSpec(),
+                "shape-scenes": JudgeSpec(width=16, per_cell=60)}
 
 
 def train_to_folder(domain: str, out: Path, *, steps: int | None = None, seed: int = 0,
@@ -184,7 +196,9 @@ def train_to_folder(domain: str, out: Path, *, steps: int | None = None, seed: i
     from diffubias.zoo.card import ModelCard, describe_corpus
     from diffubias.zoo.corpus import make_corpus
 
-    spec, steps, out = JudgeSpec(), steps or DEFAULT_STEPS, Path(out)
+    if domain not in DOMAIN_SPECS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAIN_SPECS)}")
+    spec, steps, out = DOMAIN_SPECS[domain], steps or DEFAULT_STEPS, Path(out)
     corpus = make_corpus(domain, role="judge", per_cell=spec.per_cell, seed=seed)
     check = make_corpus(domain, role="check", per_cell=spec.check_per_cell, seed=seed)
     judge, loop = train_judge(corpus, out / "checkpoint", spec=spec, steps=steps, seed=seed,
