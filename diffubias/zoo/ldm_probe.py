@@ -180,7 +180,7 @@ class QuickJudge:
 
     @classmethod
     def train(cls, images: np.ndarray, labels: np.ndarray, attributes: np.ndarray, *,
-              steps: int = 400, seed: int = 0) -> QuickJudge:
+              steps: int = 1000, seed: int = 0) -> QuickJudge:
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(images))
         held, train = order[: len(order) // 10], order[len(order) // 10:]
@@ -190,7 +190,10 @@ class QuickJudge:
         y_c, y_a = torch.from_numpy(labels).long(), torch.from_numpy(attributes).long()
         for _ in range(steps):
             idx = torch.from_numpy(rng.choice(train, 128))
-            logits_c, logits_a = model(_float(images[idx.numpy()]))
+            # shifted by up to 2 px: generated digits sit a little off where real ones do
+            dy, dx = (int(v) for v in rng.integers(-2, 3, size=2))
+            batch = torch.roll(_float(images[idx.numpy()]), shifts=(dy, dx), dims=(2, 3))
+            logits_c, logits_a = model(batch)
             loss = F.cross_entropy(logits_c, y_c[idx]) + F.cross_entropy(logits_a, y_a[idx])
             opt.zero_grad()
             loss.backward()

@@ -6,9 +6,10 @@ The run, in chunks of `checkpoint_every` steps: VAE steps, then UNet steps; afte
 whole state goes to `DIR/checkpoint/last.pt` (atomic), and every `probe_every` UNet steps the
 EMA model samples one prompt per (class, attribute) cell, a judge scores them, and the best
 pipeline so far is saved to `DIR/checkpoint/best/`. Rerunning the same command resumes; a larger
-`--steps` continues; `--max-minutes` stops cleanly at a chunk's end. At the end the best pipeline
-is copied into DIR, loaded back through `load_diffusers_generator` (the product's own path),
-measured on `eval_per_cell` seeds per cell, and described in DIR/README.md.
+`--steps` continues; `--max-minutes` stops cleanly after the step under way. At the end the
+model is probed once more, the best pipeline is copied into DIR, loaded back through
+`load_diffusers_generator` (the product's own path), measured on `eval_per_cell` seeds per
+cell, and described in DIR/README.md.
 
 Knows: the corpus, the judge, the files of DIR. The model and its training are
 `diffubias.zoo.ldm` and `diffubias.zoo.ldm_train`.
@@ -43,12 +44,12 @@ class RunSettings:
     per_cell: int = 50  # corpus images per (class, attribute) cell: 5,000 for colored digits
     probe_every: int = 1000
     eval_per_cell: int = 10  # seeds per cell in the final measurement; 0: report the best probe
-    max_minutes: float = 0.0  # 0: no limit; else stop at the first chunk end past it
+    max_minutes: float = 0.0  # 0: no limit; else stop training after the step under way
     judge: str = ""  # folder of a zoo judge (`python -m diffubias.zoo train judge`) for the final
     # measurement; the probes always use the quick judge trained here
     show_progress: bool = True
-    judge_steps: int = 400  # the fallback judge's training steps
-    judge_per_cell: int = 20  # its corpus: 2,000 judge-role images on colored digits
+    judge_steps: int = 1000  # the quick judge's training steps
+    judge_per_cell: int = 30  # its corpus: 3,000 judge-role images on colored digits
 
 
 def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
@@ -85,18 +86,21 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
 
     s = train
     while trainer.state.vae_step < s.vae_steps and not out_of_time():
-        trainer.train_vae(until=_next(trainer.state.vae_step, s.checkpoint_every))
+        trainer.train_vae(until=_next(trainer.state.vae_step, s.checkpoint_every),
+                          stop=out_of_time)
         checkpoint()
         log(f"VAE step {trainer.state.vae_step}: {trainer.state.history[-1]}")
     while (trainer.state.vae_step >= s.vae_steps and trainer.state.unet_step < s.steps
            and not out_of_time()):
-        trainer.train_unet(until=_next(trainer.state.unet_step, s.checkpoint_every))
+        trainer.train_unet(until=_next(trainer.state.unet_step, s.checkpoint_every),
+                           stop=out_of_time)
         step = trainer.state.unet_step
         if step % run.probe_every == 0 or step == s.steps:
             _probe(trainer, judge, prompts, out, corpus.image_size, log)
         checkpoint()
         log(f"UNet step {step}: loss {trainer.state.history[-1].get('loss')}")
-    if trainer.state.unet_step and trainer.state.best.get("step") is None:
+    probed = [h["step"] for h in trainer.state.history if h["phase"] == "probe"]
+    if trainer.state.unet_step and trainer.state.unet_step not in probed:
         _probe(trainer, judge, prompts, out, corpus.image_size, log)
         checkpoint()
     if not (out / "checkpoint" / "best").is_dir():

@@ -29,7 +29,11 @@ from tqdm.auto import tqdm
 from diffubias.files import atomic_path
 from diffubias.zoo.ldm import LDMConfig, LDMParts, build_parts
 
-Log = Callable[[str], None]
+Stop = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,14 @@ class LDMTrainer:
 
     # -- the VAE phase -------------------------------------------------------------------------
 
-    def train_vae(self, *, until: int | None = None, log: Log = print) -> None:
+    def train_vae(self, *, until: int | None = None, stop: Stop = _never) -> None:
+        """Steps to `until` (default: the configured total) or until `stop()` says so."""
         s, vae = self.settings, self.parts.vae
         until = s.vae_steps if until is None else min(until, s.vae_steps)
         vae.train()
         bar = tqdm(total=until, initial=self.state.vae_step, desc="vae", leave=False,
                    disable=not self.show_progress)
-        while self.state.vae_step < until:
+        while self.state.vae_step < until and not stop():
             gen = self._step_generator("vae", self.state.vae_step)
             idx = torch.randint(len(self.corpus.images), (s.vae_batch_size,), generator=gen)
             x = self._pixels(idx)  # (B, 3, S, S) in [-1, 1]
@@ -190,10 +195,8 @@ class LDMTrainer:
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
         return (per_sample * self._snr_weight(t)).mean()
 
-    def train_unet(self, *, until: int | None = None, log: Log = print,
-                   on_step: Callable[[int], None] | None = None) -> None:
-        """Steps to `until` (default: the configured total); `on_step(step)` after each step
-        (checkpoints and probes hang there)."""
+    def train_unet(self, *, until: int | None = None, stop: Stop = _never) -> None:
+        """Steps to `until` (default: the configured total) or until `stop()` says so."""
         s = self.settings
         until = s.steps if until is None else min(until, s.steps)
         self.encode_corpus()
@@ -202,7 +205,7 @@ class LDMTrainer:
         bar = tqdm(total=until, initial=self.state.unet_step, desc="unet", leave=False,
                    disable=not self.show_progress)
         running = None
-        while self.state.unet_step < until:
+        while self.state.unet_step < until and not stop():
             loss = self.unet_loss(self.state.unet_step)
             self._set_lr(self.unet_opt, s.lr, self.state.unet_step)
             self.unet_opt.zero_grad(set_to_none=True)
@@ -217,8 +220,6 @@ class LDMTrainer:
                 self.state.history.append({"phase": "unet", "step": self.state.unet_step,
                                            "loss": round(running, 5)})
                 bar.set_postfix(loss=f"{running:.4f}")
-            if on_step is not None:
-                on_step(self.state.unet_step)
         bar.close()
 
     def ema_parts(self) -> LDMParts:
