@@ -98,7 +98,9 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
         if step % run.probe_every == 0 or step == s.steps:
             _probe(trainer, judge, prompts, out, corpus.image_size, log)
         checkpoint()
-        log(f"UNet step {step}: loss {trainer.state.history[-1].get('loss')}")
+        losses = [h["loss"] for h in trainer.state.history if h["phase"] == "unet"]
+        log(f"UNet step {step}: loss {losses[-1] if losses else '-'}, "
+            f"{(time.monotonic() - start) / 60:.1f} min in this session")
     probed = [h["step"] for h in trainer.state.history if h["phase"] == "probe"]
     if trainer.state.unet_step and trainer.state.unet_step not in probed:
         _probe(trainer, judge, prompts, out, corpus.image_size, log)
@@ -299,6 +301,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=r.max_minutes)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: keep)")
     parser.add_argument("--judge", default="", help="a zoo judge folder for the final measurement")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -309,17 +312,21 @@ def run_from_args(args: argparse.Namespace) -> int:
                     checkpoint_every=args.checkpoint_every)
     run = RunSettings(per_cell=args.per_cell, probe_every=args.probe_every,
                       eval_per_cell=args.eval_per_cell, max_minutes=args.max_minutes,
-                      judge=args.judge)
-    train_ldm(args.domain, args.out, train=train, run=run)
+                      judge=args.judge, show_progress=not args.no_progress)
+    train_ldm(args.domain, args.out, train=train, run=run, log=_stamped)
     return 0
 
 
+def _stamped(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffubias.zoo train ldm",
+    parser = argparse.ArgumentParser(prog="python -m diffubias.zoo.ldm_run",
                                      description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 
 
-if __name__ == "__main__":  # until the zoo command dispatches here: python -m diffubias.zoo.ldm_run
+if __name__ == "__main__":  # every option; `python -m diffubias.zoo train ldm`: the common ones
     raise SystemExit(main())
