@@ -41,7 +41,7 @@ TARGETS = {"class_accuracy": 0.9, "attribute_accuracy": 0.9}
 
 @dataclass(frozen=True)
 class RunSettings:
-    per_cell: int = 50  # corpus images per (class, attribute) cell: 5,000 for colored digits
+    per_cell: int = 100  # corpus images per (class, attribute) cell: 10,000 for colored digits
     probe_every: int = 1000
     eval_per_cell: int = 10  # seeds per cell in the final measurement; 0: report the best probe
     max_minutes: float = 0.0  # 0: no limit; else stop training after the step under way
@@ -90,6 +90,9 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
                           stop=out_of_time)
         checkpoint()
         log(f"VAE step {trainer.state.vae_step}: {trainer.state.history[-1]}")
+    if trainer.state.vae_step >= s.vae_steps and not trainer.state.best.get("vae_ceiling"):
+        trainer.state.best["vae_ceiling"] = _vae_ceiling(trainer, judge, check, config)
+        log(f"judge on VAE reconstructions of check images: {trainer.state.best['vae_ceiling']}")
     while (trainer.state.vae_step >= s.vae_steps and trainer.state.unet_step < s.steps
            and not out_of_time()):
         trainer.train_unet(until=_next(trainer.state.unet_step, s.checkpoint_every),
@@ -115,10 +118,12 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
                                      seed=train.seed, device=train.device)
         evaluation["judge"] = final_judge.describe()
     else:  # no final measurement asked for: the card reports the best probe
-        evaluation = {k: v for k, v in trainer.state.best.items() if k not in ("step", "quality")}
+        evaluation = {k: v for k, v in trainer.state.best.items()
+                      if k not in ("step", "quality", "vae_ceiling")}
     log(f"final: {evaluation}")
     card = model_card(domain, config, trainer, run, evaluation, corpus_size=len(corpus),
-                      judge=judge, weights_mb=_size_mb(out, skip="checkpoint"))
+                      judge=judge, weights_mb=_size_mb(out, skip="checkpoint"),
+                      weights_dir=out)
     atomic_write_text(out / "README.md", card)
     atomic_write_text(out / "checkpoint" / "history.json", json.dumps(
         {"state": {k: v for k, v in asdict(trainer.state).items()}, "final": evaluation},
@@ -156,8 +161,20 @@ def _probe(trainer: LDMTrainer, judge, prompts: Sequence[ProbePrompt], out: Path
     quality = (score.class_accuracy + score.attribute_accuracy) / 2
     if quality >= trainer.state.best.get("quality", -1.0):
         _replace_folder(out / "checkpoint" / "best", lambda tmp: save_pipeline(parts, tmp))
-        trainer.state.best = {"step": step, "quality": quality, **trainer.state.history[-1]}
+        ceiling = trainer.state.best.get("vae_ceiling")
+        trainer.state.best = {"step": step, "quality": quality, **trainer.state.history[-1],
+                              "vae_ceiling": ceiling}
     return score
+
+
+def _vae_ceiling(trainer: LDMTrainer, judge, check, config: LDMConfig) -> dict:
+    """The judge's accuracy on VAE reconstructions of check images: what generated images can
+    reach at best through this VAE."""
+    recon = fit_size(trainer.reconstruct(fit_size(check.images, config.image_size)),
+                     check.image_size)
+    classes, attributes = judge.predict(recon)
+    return {"class_accuracy": round(float((classes == check.labels).mean()), 4),
+            "attribute_accuracy": round(float((attributes == check.attributes).mean()), 4)}
 
 
 def _fallback_judge(domain: str, check, run: RunSettings, seed: int, log: Log) -> QuickJudge:
@@ -208,8 +225,10 @@ def _size_mb(folder: Path, *, skip: str) -> float:
 
 def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSettings,
                evaluation: dict, *, corpus_size: int, judge: QuickJudge,
-               weights_mb: float) -> str:
+               weights_mb: float, weights_dir: Path) -> str:
     s, st = trainer.settings, trainer.state
+    ckpt = Path(weights_dir) / "checkpoint" / "last.pt"
+    ckpt_mb = ckpt.stat().st_size / 1e6 if ckpt.is_file() else 0.0
     counts = trainer.parts.num_parameters()
     met = all(evaluation.get(k, 0) >= v for k, v in TARGETS.items())
     probes = [h for h in st.history if h["phase"] == "probe"]
@@ -229,9 +248,8 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         f"or `--generator models/{domain}-ldm` on the command line. Images are "
         f"{config.image_size} px (the corpus's images padded/resized to that size).", "",
         "## Measured quality", "",
-        f"{evaluation['n_images']} images ({run.eval_per_cell or 1} seeds per class x attribute "
-        "cell, "
-        "corpus captions that name both), drawn through `load_diffusers_generator` with its "
+        f"{evaluation['n_images']} images ({run.eval_per_cell or 1} seed(s) per class x "
+        "attribute cell, check-corpus captions that name both), drawn through `load_diffusers_generator` with its "
         f"defaults ({evaluation['settings']['scheduler']}, {evaluation['settings']['steps']} "
         f"steps, guidance {evaluation['settings']['guidance_scale']}), scored by "
         f"{evaluation.get('judge', judge.describe())}:", "",
@@ -239,14 +257,17 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         f"| class accuracy | {evaluation['class_accuracy']:.3f} | >= 0.90 |",
         f"| attribute accuracy | {evaluation['attribute_accuracy']:.3f} | >= 0.90 |",
         f"| both right | {evaluation['both_accuracy']:.3f} | |",
-        f"| images/s ({s.device}, batch 50) | {evaluation['images_per_second']:.1f} | |", "",
+        f"| images/s ({s.device}, batch 50, with guidance) | "
+        f"{evaluation['images_per_second']:.1f} | |", "",
         f"Per-class accuracy: {evaluation['per_class']}. The judges see real images only "
         "(the judge corpus: digit sources / scene seeds no shipped model trains on).", "",
         "## Training", "",
         f"- corpus: `make_corpus({domain!r}, per_cell={run.per_cell}, seed={s.seed})`, "
         f"{corpus_size} images, one caption each (a tenth omit the class, a tenth the attribute);",
         f"- VAE: {st.vae_step} steps, batch {s.vae_batch_size}, final reconstruction MSE "
-        f"{vae_mse[-1] if vae_mse else 'n/a'} (pixels in [-1, 1]); scaling factor "
+        f"{vae_mse[-1] if vae_mse else 'n/a'} (pixels in [-1, 1]); the quick judge on its "
+        f"reconstructions of check images (the ceiling for generated ones): "
+        f"{st.best.get('vae_ceiling')}; scaling factor "
         f"{st.scaling_factor:.4f} (1 / std of the latents);",
         f"- UNet + text encoder: {st.unet_step} of {s.steps} steps, batch {s.batch_size}, AdamW "
         f"lr {s.lr}, {config.prediction_type} target, min-SNR gamma {s.min_snr_gamma}, "
@@ -263,7 +284,12 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         "```", f"python -m diffubias.zoo train ldm --domain {domain} --out models/{domain}-ldm "
         f"--steps {s.steps} --seed {s.seed}", "```", "",
         "The same command resumes from `checkpoint/last.pt` when it exists (a larger `--steps` "
-        "continues the run); `--device cuda` trains on a GPU; `--max-minutes` stops cleanly.",
+        "continues the run) and trains on the GPU when there is one. "
+        "`python -m diffubias.zoo.ldm_run` takes the same options and more (`--device`, "
+        "`--max-minutes`, `--judge`, `--per-cell`, `--batch-size`). The checkpoint "
+        f"(`checkpoint/last.pt`, {ckpt_mb:.0f} MB with EMA and optimiser state) is "
+        + ("committed." if ckpt_mb < 10 else "not committed (over 10 MB): a later session "
+           "retrains from scratch, which the command does in minutes on a GPU."),
         "Targets for a later session: >= 0.90 class and >= 0.90 attribute accuracy under the "
         "judge at the loader's defaults.", ""]
     return "\n".join(lines)

@@ -166,6 +166,16 @@ class LDMTrainer:
             self._latents = (mean, std)
         return self._latents
 
+    @torch.no_grad()
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, 3, S, S) images through the VAE (posterior mean) and back."""
+        vae, out = self.parts.vae.eval(), []
+        for start in range(0, len(images), 256):
+            x = torch.from_numpy(images[start:start + 256]).to(self.device, torch.float32)
+            recon = vae.decode(vae.encode(x / 127.5 - 1).latent_dist.mean).sample
+            out.append(((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        return torch.cat(out).numpy()
+
     # -- the UNet phase ------------------------------------------------------------------------
 
     def unet_loss(self, step: int) -> torch.Tensor:
