@@ -250,8 +250,8 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         "## Measured quality", "",
         f"{evaluation['n_images']} images ({run.eval_per_cell or 1} seed(s) per class x "
         "attribute cell, check-corpus captions that name both), drawn through "
-        f"`load_diffusers_generator` with its defaults ({evaluation['settings']['scheduler']}, {evaluation['settings']['steps']} "
-        f"steps, guidance {evaluation['settings']['guidance_scale']}), scored by "
+        f"`load_diffusers_generator` with its defaults ({evaluation['settings']['scheduler']}, "
+        f"{evaluation['settings']['steps']} steps, guidance {evaluation['settings']['guidance_scale']}), scored by "
         f"{evaluation.get('judge', judge.describe())}:", "",
         "| measure | value | target |", "|---|---|---|",
         f"| class accuracy | {evaluation['class_accuracy']:.3f} | >= 0.90 |",
