@@ -227,6 +227,7 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
                evaluation: dict, *, corpus_size: int, judge: QuickJudge,
                weights_mb: float, weights_dir: Path) -> str:
     s, st = trainer.settings, trainer.state
+    sampler = evaluation["settings"]
     ckpt = Path(weights_dir) / "checkpoint" / "last.pt"
     ckpt_mb = ckpt.stat().st_size / 1e6 if ckpt.is_file() else 0.0
     counts = trainer.parts.num_parameters()
@@ -250,8 +251,8 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         "## Measured quality", "",
         f"{evaluation['n_images']} images ({run.eval_per_cell or 1} seed(s) per class x "
         "attribute cell, check-corpus captions that name both), drawn through "
-        f"`load_diffusers_generator` with its defaults ({evaluation['settings']['scheduler']}, "
-        f"{evaluation['settings']['steps']} steps, guidance {evaluation['settings']['guidance_scale']}), scored by "
+        f"`load_diffusers_generator` with its defaults ({sampler['scheduler']}, "
+        f"{sampler['steps']} steps, guidance {sampler['guidance_scale']}), scored by "
         f"{evaluation.get('judge', judge.describe())}:", "",
         "| measure | value | target |", "|---|---|---|",
         f"| class accuracy | {evaluation['class_accuracy']:.3f} | >= 0.90 |",
