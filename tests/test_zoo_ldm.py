@@ -155,6 +155,7 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
     assert (out / "model_index.json").is_file() and (out / "checkpoint" / "last.pt").is_file()
     card = (out / "README.md").read_text()
     assert "below the targets" in card and "python -m diffubias.zoo train ldm" in card
+    assert "At guidance 3.0 (100 images)" in card and "| 2 | 0." in card  # the probe table
     history = json.loads((out / "checkpoint" / "history.json").read_text())
     assert [h["step"] for h in history["state"]["history"] if h["phase"] == "probe"] == [2]
     load_diffusers_generator(str(out), device="cpu")  # the shipped folder loads

@@ -45,6 +45,7 @@ class RunSettings:
     probe_every: int = 1000
     eval_per_cell: int = 10  # seeds per cell in the final measurement; 0: report the best probe
     max_minutes: float = 0.0  # 0: no limit; else stop training after the step under way
+    other_guidance: tuple[float, ...] = (3.0,)  # also measured, on a fifth of the images
     judge: str = ""  # folder of a zoo judge (`python -m diffubias.zoo train judge`) for the final
     # measurement; the probes always use the quick judge trained here
     show_progress: bool = True
@@ -117,6 +118,11 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
         evaluation = evaluate_folder(out, final_judge, complete, per_cell=run.eval_per_cell,
                                      seed=train.seed, device=train.device)
         evaluation["judge"] = final_judge.describe()
+        evaluation["other_guidance"] = {
+            str(g): evaluate_folder(out, final_judge, complete, seed=train.seed,
+                                    per_cell=max(1, run.eval_per_cell // 5),
+                                    device=train.device, guidance_scale=g)
+            for g in run.other_guidance}
     else:  # no final measurement asked for: the card reports the best probe
         evaluation = {k: v for k, v in trainer.state.best.items()
                       if k not in ("step", "quality", "vae_ceiling")}
@@ -132,13 +138,15 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
 
 
 def evaluate_folder(folder: Path, judge, corpus, *, per_cell: int, seed: int,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", guidance_scale: float | None = None) -> dict:
     """Loads `folder` with load_diffusers_generator (defaults: DPM-Solver++, 25 steps, guidance
     7.5), draws `per_cell` prompts per cell with fresh seeds, and scores them."""
     from diffubias.diffusion import DiffusionSettings, load_diffusers_generator
 
-    generator = load_diffusers_generator(str(folder), device=device,
-                                         settings=DiffusionSettings(batch_size=50))
+    settings = DiffusionSettings(batch_size=50)
+    if guidance_scale is not None:
+        settings = replace(settings, guidance_scale=guidance_scale)
+    generator = load_diffusers_generator(str(folder), device=device, settings=settings)
     prompts = probe_prompts([(c,) for c in corpus.captions], corpus.labels, corpus.attributes,
                             per_cell=per_cell, seed=seed + 1)
     images, per_second = draw(generator, prompts, seed=seed + 1, corpus_size=corpus.image_size)
@@ -260,6 +268,9 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         f"| both right | {evaluation['both_accuracy']:.3f} | |",
         f"| images/s ({s.device}, batch 50, with guidance) | "
         f"{evaluation['images_per_second']:.1f} | |", "",
+        *(f"At guidance {g} ({e['n_images']} images): class {e['class_accuracy']:.3f}, "
+          f"attribute {e['attribute_accuracy']:.3f}, both {e['both_accuracy']:.3f}.\n"
+          for g, e in evaluation.get("other_guidance", {}).items()),
         f"Per-class accuracy: {evaluation['per_class']}. The judges see real images only "
         "(the judge corpus: digit sources / scene seeds no shipped model trains on).", "",
         "## Training", "",
