@@ -16,7 +16,7 @@ from diffubias.stages.generate import MemorySink, generate_images
 from diffubias.text_filter import Prompt
 from diffubias.zoo.corpus import corpus_vocabulary
 from diffubias.zoo.ldm import LDMConfig, build_parts, build_tokenizer, save_pipeline, word_merges
-from diffubias.zoo.ldm_probe import fit_size
+from diffubias.zoo.ldm_probe import QuickJudge, fit_size
 from diffubias.zoo.ldm_run import RunSettings, add_arguments, train_ldm
 from diffubias.zoo.ldm_train import CaptionedImages, LDMTrainer, TrainSettings
 
@@ -187,3 +187,12 @@ def test_the_zoo_command_dispatches_ldm_and_the_module_takes_every_option(monkey
     args = parser.parse_args(["--domain", "colored-digits", "--out", "m", "--steps", "9",
                               "--device", "cuda", "--max-minutes", "5"])
     assert (args.steps, args.device, args.max_minutes) == (9, "cuda", 5.0)
+
+
+def test_the_quick_judge_learns_a_planted_class_and_attribute():
+    data = tiny_images(n=64)
+    attributes = np.arange(64) % 2  # red or blue
+    labels = (np.arange(64) // 2) % 2  # left or right
+    judge = QuickJudge.train(data.images, labels, attributes, steps=60, seed=0)
+    classes, colours = judge.predict(data.images)
+    assert (classes == labels).mean() > 0.9 and (colours == attributes).all()
