@@ -35,6 +35,8 @@ COPY app.py ./
 COPY diffubias ./diffubias
 COPY storage ./storage
 COPY ui ./ui
+# the project's own small models (a few MB): --captioner /opt/diffubias/models/<name>
+COPY models ./models
 RUN python -m pip install --no-cache-dir --no-deps . \
     && diffubias --help > /dev/null \
     && diffubias-studio --help > /dev/null

@@ -13,7 +13,7 @@ from diffubias.backends import make_captioner
 from diffubias.builtin import BUILTIN_NAMES
 from diffubias.builtin.generator_parts import prompt_words
 from diffubias.dataset_sources import load_dataset
-from diffubias.zoo.captioner import (encode_captions, pixel_values, save_captioner,
+from diffubias.zoo.captioner import (build_blip, encode_captions, pixel_values, save_captioner,
                                      train_captioner)
 from diffubias.zoo.corpus import corpus_vocabulary, make_corpus
 from diffubias.zoo.quality import caption_quality
@@ -53,6 +53,14 @@ def test_captions_encode_as_blip_decoder_input(trained):
     assert tokens == ["[DEC]", "a", "red", "three", "[SEP]"]
     assert (labels[0][mask[0] == 0] == -100).all() and (labels[mask == 1] == ids[mask == 1]).all()
     assert processor.tokenizer.unk_token_id not in ids[1].tolist()  # numerals are words too
+
+
+def test_vit_knows_where_each_patch_is_from_the_start():
+    # BlipVisionConfig's default std of 1e-10 leaves position embeddings at zero: a bag of patches
+    model, _ = build_blip(["a"], image_size=28, spec=TINY_SPEC, seed=0)
+    embeddings = model.vision_model.embeddings
+    assert 0.01 < float(embeddings.position_embedding.detach().std()) < 0.05
+    assert 0.01 < float(embeddings.class_embedding.detach().std()) < 0.05
 
 
 def test_vocabulary_is_the_corpus_words(trained):
