@@ -146,7 +146,14 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
                        attention_head_dim=8, text_width=16, text_layers=1, text_heads=2)
     train = TrainSettings(steps=2, vae_steps=2, batch_size=4, vae_batch_size=4, warmup=1,
                           checkpoint_every=2, device="cpu")
-    run = RunSettings(per_cell=1, probe_every=2, eval_per_cell=1, judge_steps=2, judge_per_cell=1)
+    from diffubias.models import build_classifier
+    from diffubias.zoo.judge import Judge, save_judge
+
+    names = tuple(str(i) for i in range(10))  # a random zoo judge: the final measurement's
+    zoo_judge = save_judge(Judge(build_classifier(num_classes=20, image_size=28), names, names),
+                           tmp_path / "judge" / "judge.safetensors")
+    run = RunSettings(per_cell=1, probe_every=2, eval_per_cell=1, judge_steps=2,
+                      judge_per_cell=1, judge=str(zoo_judge.parent))
     out = tmp_path / "ldm"
     logs = []
     result = train_ldm("colored-digits", out, train=train, run=run, config=config,
@@ -156,12 +163,13 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
     card = (out / "README.md").read_text()
     assert "below the targets" in card and "python -m diffubias.zoo train ldm" in card
     assert "At guidance 3.0 (100 images)" in card and "| 2 | 0." in card  # the probe table
+    assert f"the zoo judge in {zoo_judge.parent}" in card
     history = json.loads((out / "checkpoint" / "history.json").read_text())
     assert [h["step"] for h in history["state"]["history"] if h["phase"] == "probe"] == [2]
     load_diffusers_generator(str(out), device="cpu")  # the shipped folder loads
 
     more = TrainSettings(**{**train.__dict__, "steps": 4})
-    quick = RunSettings(**{**run.__dict__, "eval_per_cell": 0})  # the card reports the probe
+    quick = RunSettings(**{**run.__dict__, "eval_per_cell": 0, "judge": ""})  # the best probe
     train_ldm("colored-digits", out, train=more, run=quick, config=config, log=logs.append)
     assert any("resumed at VAE step 2, UNet step 2" in line for line in logs)
     history = json.loads((out / "checkpoint" / "history.json").read_text())

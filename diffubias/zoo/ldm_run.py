@@ -72,7 +72,13 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
         log(f"resumed at VAE step {trainer.state.vae_step}, UNet step {trainer.state.unet_step}")
     wall_before = trainer.state.wall_seconds
     check = make_corpus(domain, role="check", per_cell=10, seed=train.seed)
-    judge = _fallback_judge(domain, check, run, train.seed, log)
+    quick: list[QuickJudge] = []
+
+    def judge() -> QuickJudge:  # trained only when a probe or a measurement needs it
+        if not quick:
+            quick.append(_fallback_judge(domain, check, run, train.seed, log))
+        return quick[0]
+
     # prompts: captions naming both class and attribute, of every cell (checks' own phrasings)
     complete = check.subset(np.flatnonzero(check.complete()))
     prompts = probe_prompts([(c,) for c in complete.captions], complete.labels,
@@ -92,7 +98,7 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
         checkpoint()
         log(f"VAE step {trainer.state.vae_step}: {trainer.state.history[-1]}")
     if trainer.state.vae_step >= s.vae_steps and not trainer.state.best.get("vae_ceiling"):
-        trainer.state.best["vae_ceiling"] = _vae_ceiling(trainer, judge, check, config)
+        trainer.state.best["vae_ceiling"] = _vae_ceiling(trainer, judge(), check, config)
         log(f"judge on VAE reconstructions of check images: {trainer.state.best['vae_ceiling']}")
     while (trainer.state.vae_step >= s.vae_steps and trainer.state.unet_step < s.steps
            and not out_of_time()):
@@ -100,21 +106,21 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
                            stop=out_of_time)
         step = trainer.state.unet_step
         if step % run.probe_every == 0 or step == s.steps:
-            _probe(trainer, judge, prompts, out, corpus.image_size, log)
+            _probe(trainer, judge(), prompts, out, corpus.image_size, log)
         checkpoint()
         losses = [h["loss"] for h in trainer.state.history if h["phase"] == "unet"]
         log(f"UNet step {step}: loss {losses[-1] if losses else '-'}, "
             f"{(time.monotonic() - start) / 60:.1f} min in this session")
     probed = [h["step"] for h in trainer.state.history if h["phase"] == "probe"]
     if trainer.state.unet_step and trainer.state.unet_step not in probed:
-        _probe(trainer, judge, prompts, out, corpus.image_size, log)
+        _probe(trainer, judge(), prompts, out, corpus.image_size, log)
         checkpoint()
     if not (out / "checkpoint" / "best").is_dir():
         log("no UNet step taken yet: nothing to ship")
         return {}
     _export(out / "checkpoint" / "best", out)
     if run.eval_per_cell:
-        final_judge = ZooJudge.load(run.judge) if run.judge else judge
+        final_judge = ZooJudge.load(run.judge) if run.judge else judge()
         evaluation = evaluate_folder(out, final_judge, complete, per_cell=run.eval_per_cell,
                                      seed=train.seed, device=train.device)
         evaluation["judge"] = final_judge.describe()
@@ -126,9 +132,10 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
     else:  # no final measurement asked for: the card reports the best probe
         evaluation = {k: v for k, v in trainer.state.best.items()
                       if k not in ("step", "quality", "vae_ceiling")}
+        evaluation["judge"] = "the quick judge of the probes"
     log(f"final: {evaluation}")
     card = model_card(domain, config, trainer, run, evaluation, corpus_size=len(corpus),
-                      judge=judge, weights_mb=_size_mb(out, skip="checkpoint"),
+                      weights_mb=_size_mb(out, skip="checkpoint"),
                       weights_dir=out)
     atomic_write_text(out / "README.md", card)
     atomic_write_text(out / "checkpoint" / "history.json", json.dumps(
@@ -232,7 +239,7 @@ def _size_mb(folder: Path, *, skip: str) -> float:
 
 
 def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSettings,
-               evaluation: dict, *, corpus_size: int, judge: QuickJudge,
+               evaluation: dict, *, corpus_size: int,
                weights_mb: float, weights_dir: Path) -> str:
     s, st = trainer.settings, trainer.state
     sampler = evaluation["settings"]
@@ -261,7 +268,7 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         "attribute cell, check-corpus captions that name both), drawn through "
         f"`load_diffusers_generator` with its defaults ({sampler['scheduler']}, "
         f"{sampler['steps']} steps, guidance {sampler['guidance_scale']}), scored by "
-        f"{evaluation.get('judge', judge.describe())}:", "",
+        f"{evaluation['judge']}:", "",
         "| measure | value | target |", "|---|---|---|",
         f"| class accuracy | {evaluation['class_accuracy']:.3f} | >= 0.90 |",
         f"| attribute accuracy | {evaluation['attribute_accuracy']:.3f} | >= 0.90 |",
@@ -288,7 +295,7 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         f"- parameters: {counts}; weights {weights_mb:.1f} MB of safetensors (float32);",
         f"- wall time: {st.wall_seconds / 60:.1f} min on {s.device} "
         f"({torch.get_num_threads()} threads).", "",
-        "Probes during training (one prompt per cell, seed fixed):", "",
+        "Probes during training (the quick judge, one prompt per cell, seed fixed):", "",
         "| UNet step | class acc | attribute acc |", "|---|---|---|",
         *(f"| {p['step']} | {p['class_accuracy']:.2f} | {p['attribute_accuracy']:.2f} |"
           for p in probes), "",
