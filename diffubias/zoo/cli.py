@@ -21,6 +21,7 @@ from diffubias.builtin import BUILTIN_NAMES
 TRAINERS = {
     "captioner": "diffubias.zoo.recipes:train_captioner_folder",
     "judge": "diffubias.zoo.recipes:train_judge_folder",
+    "ldm": "diffubias.zoo.ldm_run:train_to_folder",
 }
 EXAMPLES = """\
 examples:
