@@ -203,10 +203,8 @@ def build_parser(prog: str = "diffubias") -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict:
     out = {name: getattr(args, name) for name, _ in _OPTIONS
            if getattr(args, name, None) is not None}
-    for name in ("extra_stop_words", "baselines"):
-        if name in out:
-            out[name] = tuple(w.strip() for w in out[name].split(",") if w.strip())
-    if out.get("baselines") == ("all",):
+    # comma-separated word lists go to RunConfig as typed; it splits and checks them
+    if out.get("baselines", "").strip().lower() == "all":
         out["baselines"] = baseline_names()
     return out
 

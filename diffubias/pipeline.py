@@ -198,20 +198,18 @@ def stage_generate(run: Run) -> dict:
 
 
 def stage_debias(run: Run) -> dict:
-    """Stages 7-8: vanilla, debiased and baseline models; test accuracies of all of them. The
-    baselines start from this run's top-K (scores.csv) with captions from the config, not the
-    edited prompts."""
+    """Stages 7-8: vanilla, debiased and baseline models; test accuracies of all of them (the
+    biased model's is already in report.json, from `detect`). The baselines start from this
+    run's top-K (scores.csv) with captions from the config, not the edited prompts."""
     cfg, data = run.config, run.data
     manifest = run.require("generated/manifest.csv", "generate")
-    biased = load_classifier(run.require("biased.safetensors", "detect"))
+    run.require("biased.safetensors", "detect")
     gen_images, gen_labels = load_generated(manifest, size=data.image_size)
     t0 = time.perf_counter()
     candidates = np.asarray(read_candidates(run), dtype=np.int64) if cfg.baselines else None
     result = train_debiased(data, cfg, gen_images, gen_labels, candidates=candidates,
                             before_each=lambda name: run.log(f"== {name}"))
-    from diffubias.prepared import test_accuracy
-
-    models = {"biased": {"test": test_accuracy(data, biased, cfg).to_dict()}}
+    models = {}
     for role, trained in result.models.items():
         entry = trained.metrics(cfg)
         entry.pop("history")

@@ -82,10 +82,9 @@ def run_captioner(studio: Studio, project_id: int, changes: Mapping[str, Any], *
         detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
         if detection is None:
             raise ValueError("no candidates yet: train the biased model in tab 2 first")
-        candidates = repo.top_candidates(session, detection.id, limit=None,
-                                         include_excluded=False)
+        n_candidates = repo.count_candidates(session, detection.id, include_excluded=False)
         settings = project.settings
-    if not candidates:
+    if not n_candidates:
         raise ValueError("every candidate is excluded: include some in tab 2 first")
     config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
@@ -121,8 +120,8 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int,
     loaded = time.perf_counter()
     with studio.store.sessions() as session:
         columns = repo.score_columns(session, detection_id)
-        positions = {sample_id: position for position, sample_id
-                     in repo.sample_ids_by_position(session, project_id).items()}
+        sample_ids = repo.sample_ids_by_position(session, project_id)
+    positions = {sample_id: position for position, sample_id in sample_ids.items()}
     scores = ScoredSamples(
         np.array([positions[i] for i in columns.sample_ids], dtype=np.int64),
         np.asarray(columns.losses), np.asarray(columns.is_candidate) & ~np.asarray(columns.excluded))
@@ -132,7 +131,6 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int,
         summary["keywords"] = result.keywords_by_class(data.ds.class_names)
     progress.check()
     with studio.store.sessions.begin() as session:
-        sample_ids = repo.sample_ids_by_position(session, project_id)
         repo.add_captions(session, progress.job_id, (
             {"sample_id": sample_ids[c.position], "text": c.text, "source": c.model or c.backend,
              "params": {**dict(c.params), "set": role}}
