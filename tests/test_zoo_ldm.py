@@ -113,9 +113,9 @@ def test_resume_ends_in_the_same_state_as_continuing(tmp_path):
     stopped = trainer()
     stopped.train_vae()
     stopped.train_unet(until=2)
-    stopped.save(tmp_path / "state.pt")
+    stopped.save(tmp_path / "state.safetensors")
     resumed = trainer()
-    resumed.load(tmp_path / "state.pt")
+    resumed.load(tmp_path / "state.safetensors")
     resumed.train_unet()
     assert resumed.state.unet_step == straight.state.unet_step == 4
     assert resumed.state.scaling_factor == straight.state.scaling_factor
@@ -126,12 +126,12 @@ def test_resume_ends_in_the_same_state_as_continuing(tmp_path):
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     t = trainer()
-    t.save(tmp_path / "state.pt")
+    t.save(tmp_path / "state.safetensors")
     other = LDMTrainer(LDMConfig(**{**TINY.__dict__, "pooled_text": False}), tiny_images(),
                        TrainSettings(steps=4, vae_steps=2, batch_size=4, vae_batch_size=4,
                                      device="cpu"))
     with pytest.raises(ValueError, match="config"):
-        other.load(tmp_path / "state.pt")
+        other.load(tmp_path / "state.safetensors")
 
 
 def test_fit_size_pads_and_crops_back():
@@ -159,7 +159,7 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
     result = train_ldm("colored-digits", out, train=train, run=run, config=config,
                        log=logs.append)
     assert result["n_images"] == 100 and 0 <= result["class_accuracy"] <= 1
-    assert (out / "model_index.json").is_file() and (out / "checkpoint" / "last.pt").is_file()
+    assert (out / "model_index.json").is_file() and (out / "checkpoint" / "last.safetensors").is_file()
     card = (out / "README.md").read_text()
     assert "below the targets" in card and "python -m diffubias.zoo train ldm" in card
     assert "At guidance 3.0 (100 images)" in card and "| 2 | 0." in card  # the probe table

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffubias.zoo.captioner import train_captioner
+from diffubias.zoo.checkpoint import load_checkpoint
 from diffubias.zoo.corpus import make_corpus
 from diffubias.zoo.loop import (CHECKPOINT_NAME, BatchOrder, read_checkpoint_step,
                                 warmup_cosine)
@@ -26,7 +27,8 @@ def _train(corpus, folder, *, steps=6, on_checkpoint=None, spec=TINY_SPEC):
 
 
 def _checkpoint(folder):
-    return torch.load(folder / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    groups, meta = load_checkpoint(folder / CHECKPOINT_NAME)
+    return {**meta, **groups}
 
 
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(corpus, tmp_path, one_torch_thread):

@@ -29,7 +29,7 @@ examples:
   {prog} train judge --domain shape-scenes --out runs/zoo/shape-scenes-judge --steps 1500
   nohup {prog} train captioner --domain shape-scenes --out runs/zoo/ss-cap > cap.log 2>&1 &
 
-Interrupted? Run the same command again: it continues from DIR/checkpoint/last.pt. With the same
+Interrupted? Run the same command again: it continues from DIR/checkpoint/last.safetensors. With the same
 --steps the result equals an uninterrupted run's; another --steps continues with the schedule of
 the new total. --steps at or below the checkpoint's step writes the model as it stands."""
 
@@ -53,7 +53,7 @@ def build_parser(prog: str = "python -m diffubias.zoo") -> argparse.ArgumentPars
     train.add_argument("--seed", type=_non_negative, default=0,
                        help="seeds the corpus, the initial weights and the batch order")
     train.add_argument("--checkpoint-every", type=_positive, default=250, metavar="N",
-                       help="write DIR/checkpoint/last.pt every N steps (default 250)")
+                       help="write DIR/checkpoint/last.safetensors every N steps (default 250)")
     train.add_argument("--threads", type=_positive, default=None,
                        help="torch CPU threads (default: torch's choice)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -3,7 +3,7 @@ on a built-in's balanced corpus, checkpointing and probing along the way, and sh
 pipeline with its model card.
 
 The run, in chunks of `checkpoint_every` steps: VAE steps, then UNet steps; after each chunk the
-whole state goes to `DIR/checkpoint/last.pt` (atomic), and every `probe_every` UNet steps the
+whole state goes to `DIR/checkpoint/last.safetensors` (atomic), and every `probe_every` UNet steps the
 EMA model samples one prompt per (class, attribute) cell, a judge scores them, and the best
 pipeline so far is saved to `DIR/checkpoint/best/`. Rerunning the same command resumes; a larger
 `--steps` continues; `--max-minutes` stops cleanly after the step under way. At the end the
@@ -66,7 +66,7 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
                            tuple((c,) for c in corpus.captions))
     trainer = LDMTrainer(config, data, train)
     trainer.show_progress = run.show_progress
-    state_path = out / "checkpoint" / "last.pt"
+    state_path = out / "checkpoint" / "last.safetensors"
     if state_path.is_file():
         trainer.load(state_path)
         log(f"resumed at VAE step {trainer.state.vae_step}, UNet step {trainer.state.unet_step}")
@@ -243,7 +243,7 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
                weights_mb: float, weights_dir: Path) -> str:
     s, st = trainer.settings, trainer.state
     sampler = evaluation["settings"]
-    ckpt = Path(weights_dir) / "checkpoint" / "last.pt"
+    ckpt = Path(weights_dir) / "checkpoint" / "last.safetensors"
     ckpt_mb = ckpt.stat().st_size / 1e6 if ckpt.is_file() else 0.0
     counts = trainer.parts.num_parameters()
     met = all(evaluation.get(k, 0) >= v for k, v in TARGETS.items())
@@ -302,11 +302,11 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         "## Retrain or continue", "",
         "```", f"python -m diffubias.zoo train ldm --domain {domain} --out models/{domain}-ldm "
         f"--steps {s.steps} --seed {s.seed}", "```", "",
-        "The same command resumes from `checkpoint/last.pt` when it exists (a larger `--steps` "
+        "The same command resumes from `checkpoint/last.safetensors` when it exists (a larger `--steps` "
         "continues the run) and trains on the GPU when there is one. "
         "`python -m diffubias.zoo.ldm_run` takes the same options and more (`--device`, "
         "`--max-minutes`, `--judge`, `--per-cell`, `--batch-size`). The checkpoint "
-        f"(`checkpoint/last.pt`, {ckpt_mb:.0f} MB with EMA and optimiser state) is "
+        f"(`checkpoint/last.safetensors`, {ckpt_mb:.0f} MB with EMA and optimiser state) is "
         + ("committed." if ckpt_mb < 10 else "not committed (over 10 MB): a later session "
            "retrains from scratch, which the command does in minutes on a GPU."),
         "Targets for a later session: >= 0.90 class and >= 0.90 attribute accuracy under the "

@@ -8,7 +8,7 @@ guidance), with an EMA copy that is what gets sampled and shipped.
 
 Every random draw of step `s` comes from a generator seeded by (seed, phase, s), so the step
 counter is the whole RNG state: a run stopped at a checkpoint and resumed ends in the same
-weights as one that never stopped. Checkpoints go to `<out>/checkpoint/last.pt`, written
+weights as one that never stopped. Checkpoints go to `<out>/checkpoint/last.safetensors`, written
 atomically. Does not know: where images come from, judges or the command line
 (`diffubias.zoo.ldm_run`).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffubias.files import atomic_path
+from diffubias.zoo.checkpoint import (load_checkpoint, optimizer_parts, optimizer_state,
+                                      save_checkpoint)
 from diffubias.zoo.ldm import LDMConfig, LDMParts, build_parts
 
 Stop = Callable[[], bool]
@@ -250,23 +252,22 @@ class LDMTrainer:
 
     def save(self, path: Path) -> None:
         """Writes everything a resume needs to `path`, atomically."""
-        payload = {
-            "config": asdict(self.config), "settings": asdict(self.settings),
-            "vocab": self.parts.tokenizer.get_vocab(), "state": asdict(self.state),
-            "vae": self.parts.vae.state_dict(), "denoiser": self._denoiser_state(),
-            "ema": self.ema, "vae_opt": self.vae_opt.state_dict(),
-            "unet_opt": self.unet_opt.state_dict(),
-            # every draw of step s is seeded by (seed, phase, s); the global state is kept
-            # for anything outside the loop that draws from it
-            "torch_rng": torch.get_rng_state(),
-        }
-        with atomic_path(path) as temp:
-            torch.save(payload, temp)
+        vae_opt, vae_layout = optimizer_parts(self.vae_opt.state_dict())
+        unet_opt, unet_layout = optimizer_parts(self.unet_opt.state_dict())
+        groups = {"vae": self.parts.vae.state_dict(), "denoiser": self._denoiser_state(),
+                  "ema": self.ema, "vae_opt": vae_opt, "unet_opt": unet_opt,
+                  # every draw of step s is seeded by (seed, phase, s); the global state is
+                  # kept for anything outside the loop that draws from it
+                  "rng": {"torch": torch.get_rng_state()}}
+        meta = {"config": asdict(self.config), "settings": asdict(self.settings),
+                "vocab": self.parts.tokenizer.get_vocab(), "state": asdict(self.state),
+                "vae_opt": vae_layout, "unet_opt": unet_layout}
+        save_checkpoint(path, groups, meta)
 
     def load(self, path: Path) -> None:
         """Restores a checkpoint written by `save` for the same config, corpus and seed."""
-        payload = torch.load(path, map_location=self.device, weights_only=False)
-        if payload["config"] != asdict(self.config):
+        groups, payload = load_checkpoint(path, self.device)
+        if payload["config"] != json.loads(json.dumps(asdict(self.config))):
             raise ValueError(f"checkpoint {path} was trained with config {payload['config']}, "
                              f"not {asdict(self.config)}; use another --out or the same config")
         if payload["vocab"] != self.parts.tokenizer.get_vocab():
@@ -275,16 +276,18 @@ class LDMTrainer:
             raise ValueError(f"checkpoint {path} was trained with seed "
                              f"{payload['settings']['seed']}, not {self.settings.seed}")
         self.state = TrainState(**payload["state"])
-        self.parts.vae.load_state_dict(payload["vae"])
-        denoiser = payload["denoiser"]
+        self.parts.vae.load_state_dict(groups["vae"])
+        denoiser = groups["denoiser"]
         for prefix, module in (("unet.", self.parts.unet),
                                ("text_encoder.", self.parts.text_encoder)):
             module.load_state_dict({k[len(prefix):]: v for k, v in denoiser.items()
                                     if k.startswith(prefix)})
-        self.ema = {k: v.to(self.device) for k, v in payload["ema"].items()}
-        self.vae_opt.load_state_dict(payload["vae_opt"])
-        self.unet_opt.load_state_dict(payload["unet_opt"])
-        torch.set_rng_state(payload["torch_rng"].cpu())
+        self.ema = groups["ema"]
+        self.vae_opt.load_state_dict(optimizer_state(groups.get("vae_opt", {}),
+                                                     payload["vae_opt"]))
+        self.unet_opt.load_state_dict(optimizer_state(groups.get("unet_opt", {}),
+                                                      payload["unet_opt"]))
+        torch.set_rng_state(groups["rng"]["torch"].cpu())
         self._latents = None
         if self.state.vae_step >= self.settings.vae_steps:
             self.encode_corpus()

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffubias.files import atomic_path
+from diffubias.zoo.checkpoint import (load_checkpoint, optimizer_parts, optimizer_state,
+                                      read_meta, save_checkpoint)
 
-CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_NAME = "last.safetensors"
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def read_checkpoint_step(checkpoint_dir: Path) -> int:
     path = Path(checkpoint_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return 0
-    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    return int(read_meta(path)["step"])
 
 
 def _fingerprint_text(fingerprint: dict) -> str:
@@ -121,11 +122,11 @@ def _fingerprint_text(fingerprint: dict) -> str:
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
           wall_seconds: float, loss: float, fingerprint: dict) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "wall_seconds": wall_seconds, "loss": loss, "torch_rng": torch.get_rng_state(),
-             "fingerprint": _fingerprint_text(fingerprint)}
-    with atomic_path(path) as temp:
-        torch.save(state, temp)
+    opt_tensors, opt_layout = optimizer_parts(optimizer.state_dict())
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt_tensors,
+                           "rng": {"torch": torch.get_rng_state()}},
+                    {"step": step, "wall_seconds": wall_seconds, "loss": loss,
+                     "optimizer": opt_layout, "fingerprint": _fingerprint_text(fingerprint)})
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -134,14 +135,14 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     (0, 0.0) when there is none. A checkpoint of another run is refused, not overwritten."""
     if not path.is_file():
         return 0, 0.0
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    groups, state = load_checkpoint(path)
     if state["fingerprint"] != _fingerprint_text(fingerprint):
         theirs, ours = json.loads(state["fingerprint"]), json.loads(_fingerprint_text(fingerprint))
         differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise ValueError(f"the checkpoint {path} belongs to another training run (differs in "
                          f"{', '.join(differ)}); train into another folder, or delete it to "
                          "start over")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
+    model.load_state_dict(groups["model"])
+    optimizer.load_state_dict(optimizer_state(groups.get("optimizer", {}), state["optimizer"]))
+    torch.set_rng_state(groups["rng"]["torch"])
     return int(state["step"]), float(state["wall_seconds"])
