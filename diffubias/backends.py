@@ -2,12 +2,16 @@
 
 `captioner_for(config)` and `generator_for(config, ...)` build what a `RunConfig` names; both
 front ends and the baselines call them, so a model is loaded with the same options everywhere.
-`make_captioner` and `make_generator` take the options one by one (tests, benchmarks). Names:
-`metadata` (captions shipped with the dataset) or a transformers captioner (`blip`, `llava`, a hub
-id or a local folder); `demo` (the built-in datasets' renderer) or a diffusers pipeline (`sd15`,
-`sdxl`, `sd35`, a hub id or a local folder). Model modules are imported only when a model is
-asked for, so listing names and building `metadata`/`demo` never imports transformers or
-diffusers.
+`make_captioner` and `make_generator` take the options one by one (tests, benchmarks).
+
+Captioners: `builtin-blip` (the small BLIP this project pretrains for the built-in datasets, the
+default), `metadata` (captions shipped with the dataset; on the built-ins an oracle, see
+`shipped_models.oracle_note`) or any transformers captioner (`blip`, `llava`, a hub id or a local
+folder). Generators: `builtin-ldm` (the project's own latent diffusion model, the default),
+`oracle-renderer` (the built-ins' own renderer: an upper bound, not a model) or any diffusers
+pipeline (`sd15`, `sdxl`, `sd35`, a hub id or a local folder). Model modules are imported only
+when a model is asked for, so listing names and building `metadata`/`oracle-renderer` never
+imports transformers or diffusers.
 """
 
 from __future__ import annotations
@@ -16,30 +20,34 @@ from collections.abc import Callable, Sequence
 
 from diffubias.captions import Captioner, MetadataCaptioner
 from diffubias.config import RunConfig
-from diffubias.generation import DemoGenerator, Generator
+from diffubias.generation import Generator, OracleRenderer
+from diffubias.shipped_models import BUILTIN_CAPTIONER, BUILTIN_GENERATOR, shipped_folder
 
 Log = Callable[[str], None]
 
 
 def captioner_names() -> list[str]:
-    """`metadata` plus the short names of the model captioners."""
+    """The shipped captioner, `metadata` and the short names of the model captioners."""
     from diffubias.hf_captioners import CAPTION_MODELS
 
-    return ["metadata", *CAPTION_MODELS]
+    return [BUILTIN_CAPTIONER, "metadata", *CAPTION_MODELS]
 
 
 def generator_names() -> list[str]:
-    """`demo` plus the short names of the diffusion pipelines."""
+    """The shipped generator, the oracle renderer and the short names of the diffusion
+    pipelines."""
     from diffubias.diffusion import GENERATOR_MODELS
 
-    return ["demo", *GENERATOR_MODELS]
+    return [BUILTIN_GENERATOR, "oracle-renderer", *GENERATOR_MODELS]
 
 
-def make_captioner(name: str, *, per_image: int = 3, instruction: str | None = None,
-                   batch_size: int = 16, max_new_tokens: int = 40, seed: int = 0,
-                   device: str = "auto", dtype: str = "auto") -> Captioner:
-    """A captioner by name: `metadata`, or a BLIP / image-text-to-text VLM by hub id, local
-    folder or short name (blip, blip-base, llava, llava-llama3); see diffubias.hf_captioners.
+def make_captioner(name: str, *, dataset_name: str = "", per_image: int = 3,
+                   instruction: str | None = None, batch_size: int = 16,
+                   max_new_tokens: int = 40, seed: int = 0, device: str = "auto",
+                   dtype: str = "auto") -> Captioner:
+    """A captioner by name: `builtin-blip` (built-in datasets; `dataset_name` picks the domain),
+    `metadata`, or a BLIP / image-text-to-text VLM by hub id, local folder or short name (blip,
+    blip-base, llava, llava-llama3); see diffubias.hf_captioners.
 
     `instruction` is the VLM prompt (None: the default); the other options apply to models only.
     """
@@ -47,6 +55,8 @@ def make_captioner(name: str, *, per_image: int = 3, instruction: str | None = N
         return MetadataCaptioner(per_image=per_image)
     from diffubias.hf_captioners import CaptionSettings, load_captioner
 
+    if name == BUILTIN_CAPTIONER:
+        name = str(shipped_folder(name, dataset_name))
     settings = CaptionSettings(per_image=per_image, batch_size=batch_size,
                                max_new_tokens=max_new_tokens, seed=seed,
                                **({"instruction": instruction} if instruction else {}))
@@ -57,24 +67,29 @@ def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str],
                    settings=None, device: str = "auto", dtype: str = "auto",
                    offload: str = "none", compile_mode: str = "",
                    log: Log | None = None) -> Generator:
-    """A generator by name: `demo` (built-in datasets only), or any diffusers text-to-image
-    pipeline by hub id, local folder or short name (sd15, sdxl, sd35); `settings` (a
+    """A generator by name: `builtin-ldm` (built-in datasets), `oracle-renderer` (built-in
+    datasets; an upper bound, not a model), or any diffusers text-to-image pipeline by hub id,
+    local folder or short name (sd15, sdxl, sd35); `settings` (a
     `diffubias.diffusion.DiffusionSettings`) and the keyword options apply to diffusers only."""
-    if name == "demo":
+    if name == "oracle-renderer":
         if not dataset_name.startswith("builtin:"):
             raise ValueError(
-                f"the demo generator renders only the built-in datasets, not {dataset_name!r}; "
+                f"the oracle renderer draws only the built-in datasets, not {dataset_name!r}; "
                 "use a diffusion model generator, or run `detect` for detection only")
-        return DemoGenerator(dataset_name.removeprefix("builtin:"), tuple(class_names))
+        return OracleRenderer(dataset_name.removeprefix("builtin:"), tuple(class_names))
     from diffubias.diffusion import load_diffusers_generator
+
+    if name == BUILTIN_GENERATOR:
+        name = str(shipped_folder(name, dataset_name))
 
     return load_diffusers_generator(name, settings=settings, device=device, dtype=dtype,
                                     offload=offload, compile_mode=compile_mode, log=log)
 
 
-def captioner_for(config: RunConfig) -> Captioner:
+def captioner_for(config: RunConfig, *, dataset_name: str) -> Captioner:
     """The captioner `config.captioner` names, with the run's caption settings."""
-    return make_captioner(config.captioner, per_image=config.captions_per_image,
+    return make_captioner(config.captioner, dataset_name=dataset_name,
+                          per_image=config.captions_per_image,
                           instruction=config.caption_instruction,
                           batch_size=config.caption_batch_size,
                           max_new_tokens=config.caption_max_new_tokens, seed=config.seed,
@@ -85,7 +100,7 @@ def generator_for(config: RunConfig, *, dataset_name: str, class_names: Sequence
                   log: Log | None = None) -> Generator:
     """The generator `config.generator` names, with the run's diffusion settings."""
     settings = None
-    if config.generator != "demo":
+    if config.generator != "oracle-renderer":
         from diffubias.diffusion import DiffusionSettings
 
         settings = DiffusionSettings(steps=config.gen_steps, guidance_scale=config.guidance_scale,

@@ -82,7 +82,8 @@ NO_CONFIG_OPTIONS = ("report",)  # commands that only read a run folder: nothing
 _ERROR_DOCS = (
     (("Hugging Face", "hub id", "save_pretrained", "HF_HUB_OFFLINE", "chat template",
       "not a BLIP"), "models.md#offline-use-with-a-pre-filled-cache"),
-    (("demo generator",), "models.md#diffusion-models"),
+    (("oracle renderer", "builtin-ldm", "builtin-blip", "pretrained on the built-in"),
+     "models.md#diffusion-models"),
     (("no captions", "model captioner"), "models.md#captioners"),
     (("CUDA", "cuda", "GPU", "offload"), "gpus.md"),
     (("not a run folder", "stage first"), "user-guide.md#the-command-line"),
@@ -136,13 +137,19 @@ _OPTIONS = (
     ("biased_epochs", "epochs of the biased (GCE) model"),
     ("gce_q", "GCE q in (0, 1]"),
     ("top_k", "candidates per class: a count >= 1, or a fraction in (0, 1) of the class"),
-    ("captioner", ("caption backend: metadata, or a BLIP / image-text-to-text VLM by hub id, local "
-                   "folder or short name (blip, blip-base, llava, llava-llama3)")),
+    ("captioner", ("caption backend: builtin-blip (the small BLIP pretrained here for the built-in "
+                   "datasets, in models/), metadata (the dataset's own captions; on the built-in "
+                   "datasets an ORACLE written from the true bias attribute: an upper bound), or a "
+                   "BLIP / image-text-to-text VLM by hub id, local folder or short name (blip, "
+                   "blip-base, llava, llava-llama3)")),
     ("captions_per_image", "captions per candidate"),
     ("top_f", "text filter: number of top words (0: 2 x classes)"),
     ("extra_stop_words", "text filter: extra stop words, comma-separated"),
-    ("generator", ("generation backend: demo (built-in datasets), or a diffusers text-to-image "
-                   "pipeline by hub id, local folder or short name (sd15, sdxl, sd35)")),
+    ("generator", ("generation backend: builtin-ldm (the small latent diffusion model pretrained "
+                   "here for the built-in datasets, in models/; runs on a CPU), oracle-renderer "
+                   "(the built-in datasets' own generator, which reads the sample's label: an "
+                   "ORACLE, an upper bound, not a model), or a diffusers text-to-image pipeline "
+                   "by hub id, local folder or short name (sd15, sdxl, sd35)")),
     ("images_per_prompt", "generated images per kept prompt"),
     ("max_images", "cap on generated images (0: none)"),
     ("debias_epochs", "epochs of the vanilla and debiased models"),
@@ -154,10 +161,12 @@ _OPTIONS = (
     ("caption_batch_size", "images per captioning call"),
     ("caption_max_new_tokens", "longest caption, in tokens"),
     ("keywords_top_n", "bias keywords per class in report.json (0: skip keyword discovery)"),
-    ("gen_steps", "diffusion denoising steps (alias --steps)"),
+    ("gen_steps", ("diffusion denoising steps (alias --steps), 0: auto (25 on Stable Diffusion, "
+                   "15 on small models such as builtin-ldm)")),
     ("guidance_scale", "classifier-free guidance scale"),
     ("negative_prompt", "negative prompt for every image"),
-    ("gen_batch_size", "images per diffusion call (halved on CUDA out-of-memory)"),
+    ("gen_batch_size", ("images per diffusion call, 0: auto (128 for small models such as "
+                        "builtin-ldm, 8 for Stable Diffusion; halved on CUDA out-of-memory)")),
     ("gen_width", "generated width in px, a multiple of 8 (0: the model's default)"),
     ("gen_height", "generated height in px, a multiple of 8 (0: the model's default)"),
     ("model_dtype", ("captioner/diffusion dtype: auto (bf16/fp16 on CUDA, fp32 on CPU), fp16, "

@@ -66,8 +66,8 @@ INT_RANGES = {  # field: (lowest, highest)
     "caption_batch_size": (1, MAX_BATCH_SIZE),
     "caption_max_new_tokens": (1, 4096),
     "keywords_top_n": (0, 10_000),
-    "gen_steps": (1, MAX_GEN_STEPS),
-    "gen_batch_size": (1, MAX_BATCH_SIZE),
+    "gen_steps": (0, MAX_GEN_STEPS),
+    "gen_batch_size": (0, MAX_BATCH_SIZE),
     "gen_width": (0, MAX_GEN_SIDE),
     "gen_height": (0, MAX_GEN_SIDE),
 }
@@ -112,6 +112,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIFFUBIAS_CACHE", Path.home() / ".cache" / "diffubias"))
 
 
+# backend names of earlier versions, still read from saved projects and run folders
+RENAMED_BACKENDS = {"demo": "oracle-renderer"}
+
 @dataclass(frozen=True)
 class RunConfig:
     dataset: str = "builtin:colored-digits"
@@ -132,12 +135,16 @@ class RunConfig:
     # stage 3: candidates; a number >= 1 is a count per class, in (0, 1) a fraction of the class
     top_k: float = 0.02
     # stages 4-5: captions and text filter
-    captioner: str = "metadata"
+    # builtin-blip: the captioner this project pretrains for the built-in datasets (models/);
+    # metadata: the dataset's own captions (an oracle on the built-ins); or a model id / folder
+    captioner: str = "builtin-blip"
     captions_per_image: int = 3
     top_f: int = 0  # 0: 2 x number of classes, as in the paper
     extra_stop_words: tuple[str, ...] = ()
     # stage 6: generation
-    generator: str = "demo"
+    # builtin-ldm: the project's own latent diffusion model for the built-ins (models/);
+    # oracle-renderer: the built-ins' own generator (an upper bound); or a diffusers id / folder
+    generator: str = "builtin-ldm"
     images_per_prompt: int = 6
     max_images: int = 0  # 0: no cap
     # stage 7: debiased and vanilla models
@@ -155,10 +162,12 @@ class RunConfig:
     caption_batch_size: int = 16  # images per generate() call
     caption_max_new_tokens: int = 40
     keywords_top_n: int = 10  # bias keywords per class; 0: no keywords, no aligned captions
-    gen_steps: int = 25  # DPM-Solver on UNet pipelines; SD 3.x's own scheduler wants ~28
+    gen_steps: int = 0  # 0: auto, 25 on Stable Diffusion (DPM-Solver), 15 on small models such
+    # as builtin-ldm (diffubias.diffusion.auto_settings); SD 3.x's own scheduler wants ~28
     guidance_scale: float = 7.5
     negative_prompt: str = ""
-    gen_batch_size: int = 8  # images per pipeline call; halved on CUDA out-of-memory
+    gen_batch_size: int = 0  # images per pipeline call, 0: auto (128 for small models such as
+    # builtin-ldm, 8 for Stable Diffusion); halved on CUDA out-of-memory
     gen_width: int = 0  # 0: the pipeline's default size
     gen_height: int = 0
     model_dtype: str = "auto"  # auto: bf16 on CUDA (fp16 without bf16 support), fp32 on CPU
@@ -199,6 +208,7 @@ class RunConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must name a backend, a model id or a local folder; "
                                  f"got {value!r}")
+            object.__setattr__(self, name, RENAMED_BACKENDS.get(value, value))
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; "

@@ -14,7 +14,7 @@ and hands the images to a sink.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,18 +42,21 @@ def _quiet(msg: str) -> None:
 
 @dataclass(frozen=True)
 class DiffusionSettings:
-    steps: int = 25  # DPM-Solver needs 20-25 on SD 1.x/SDXL; SD 3.x's own scheduler ~28
+    steps: int = 0  # 0: auto (see auto_settings): 25 on SD-sized models (DPM-Solver needs 20-25
+    # on SD 1.x/SDXL; SD 3.x's own scheduler ~28), fewer on small ones such as builtin-ldm
     guidance_scale: float = 7.5
     negative_prompt: str = ""
     width: int = 0  # 0: the pipeline's default size
     height: int = 0
-    batch_size: int = 8  # images per pipeline call; halved on CUDA out-of-memory
+    batch_size: int = 0  # images per pipeline call (0: auto, see auto_batch_size); halved on
+    # CUDA out-of-memory
     scheduler: str = "dpm"  # dpm: DPM-Solver++ (Karras sigmas) on UNet pipelines; default: keep
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be 0 (auto) or more, got {self.steps}")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size must be 0 (auto) or more, got {self.batch_size}")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value < 0 or value % 8:
@@ -76,6 +79,9 @@ class DiffusersGenerator:
     settings: DiffusionSettings = DiffusionSettings()
     log: Log = field(default=_quiet, repr=False)
     backend: str = "diffusers"
+
+    def __post_init__(self) -> None:
+        self.settings = auto_settings(self.pipe, self.settings)  # steps, batch of 0: auto
 
     def params(self) -> dict:
         """What produced an image (not the batch size, which changes speed only)."""
@@ -178,3 +184,21 @@ def load_diffusers_generator(model: str, *, settings: DiffusionSettings | None =
         part = "unet" if hasattr(pipe, "unet") else "transformer"
         setattr(pipe, part, torch.compile(getattr(pipe, part), mode=compile_mode))
     return DiffusersGenerator(pipe, name, settings, log or _quiet)
+
+
+SMALL_DENOISER = 20_000_000  # parameters; SD 1.5's UNet has 860M, builtin-ldm's 1.7M
+# (steps, images per call) when the settings leave them at 0. Small: builtin-ldm keeps its
+# class and attribute accuracy at 15 DPM-Solver++ steps (docs/BENCHMARKS.md, bench/zoo.py), and
+# a CPU draws a 128-image batch of it faster per image than a smaller one; large: the usual 25
+# steps, and 8 images a call for memory (halved further on out-of-memory).
+SMALL_AUTO, LARGE_AUTO = (15, 128), (25, 8)
+
+
+def auto_settings(pipe: Any, settings: DiffusionSettings) -> DiffusionSettings:
+    """`settings` with steps and batch size of 0 replaced by what suits the pipeline's size."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    size = 0 if denoiser is None else sum(p.numel() for p in denoiser.parameters())
+    small = 0 < size < SMALL_DENOISER
+    steps, batch = SMALL_AUTO if small else LARGE_AUTO
+    return replace(settings, steps=settings.steps or steps,
+                   batch_size=settings.batch_size or batch)

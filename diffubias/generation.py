@@ -1,14 +1,14 @@
-"""Generation's shared vocabulary: the plan of work items, the Generator protocol, and the demo
-renderer.
+"""Generation's shared vocabulary: the plan of work items, the Generator protocol, and the
+oracle renderer.
 
 Every generated image is one `WorkItem`: a prompt, the prompt's stable id (a hash of its text,
 source sample and label), the image's index under that prompt, and its seed. The seed depends on
 nothing but (run seed, prompt id, image index), so the command line and the app draw the same
 image for the same prompt, a resumed run redraws nothing that exists, and editing one prompt
-changes no other prompt's images. A generator turns items into images; the `demo` backend is the
-OFFLINE STAND-IN for a diffusion model: it renders prompts for the built-in datasets
-procedurally (reads the class and attribute words and draws that image). Real text-to-image
-pipelines (diffusers, `diffubias.diffusion`) follow the same protocol.
+changes no other prompt's images. A generator turns items into images: real text-to-image
+pipelines (diffusers, `diffubias.diffusion`, including the project's own `builtin-ldm`) and the
+`oracle-renderer`, an UPPER BOUND for the built-in datasets that draws with the dataset's own
+generator and, where a prompt names no class, the sample's label: what no model could know.
 
 Knows nothing of where images are written (`diffubias.stages.generate` and its sinks do that).
 """
@@ -97,12 +97,13 @@ class Generator(Protocol):
 
 
 @dataclass(frozen=True)
-class DemoGenerator:
-    """Renders prompts for a built-in dataset (offline stand-in for a latent diffusion model)."""
+class OracleRenderer:
+    """Renders prompts for a built-in dataset with its own generator, reading the sample's label
+    where the prompt names no class: an oracle (upper bound), not a model."""
 
     dataset: str  # built-in name, e.g. "colored-digits"
     class_names: tuple[str, ...]
-    backend: str = "demo"
+    backend: str = "oracle-renderer"
 
     def describe(self) -> dict:
         return {"backend": self.backend, "model": f"builtin:{self.dataset}", "params": {}}

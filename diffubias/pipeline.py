@@ -104,7 +104,8 @@ def stage_caption(run: Run) -> dict:
     cfg, ds = run.config, run.data.ds
     scores = read_scores(run)
     t0 = time.perf_counter()
-    result = caption_candidates(ds, cfg, scores, captioner=captioner_for(cfg))
+    captioner = captioner_for(cfg, dataset_name=ds.name)
+    result = caption_candidates(ds, cfg, scores, captioner=captioner)
     _write_caption_csv(run.out_dir / "captions.csv", result.captions, ds)
     if result.aligned_captions:
         _write_caption_csv(run.out_dir / "aligned_captions.csv", result.aligned_captions, ds)

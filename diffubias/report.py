@@ -88,6 +88,7 @@ class Captions:
     n_edited: int
     prompts: tuple[PromptLine, ...] = ()  # the kept ones
     keywords: Mapping[str, tuple[Keyword, ...]] | None = None  # class -> keywords; None: not run
+    oracle: str = ""  # why the captions are an upper bound (shipped_models.oracle_note), or ""
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Generation:
     tiles: tuple[Tile, ...] = ()  # the kept images, prompt as caption
     sheets: tuple[Tile, ...] = ()
     settings: Mapping[str, Any] = field(default_factory=dict)
+    oracle: str = ""  # why the images are an upper bound (shipped_models.oracle_note), or ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,12 @@ def render_report_html(content: ReportContent) -> str:
     parts = [f"<h1>Bias audit: {_e(content.name)}</h1>",
              f"<p class=muted>DiffuBias Studio report, {content.created:%Y-%m-%d %H:%M} UTC. "
              f"Source: {_e(content.source)}.</p>"]
+    oracles = [step.oracle for step in (content.captions, content.generation)
+               if step is not None and step.oracle]
+    if oracles:
+        parts.append("<p class=warn><b>Upper bound, not the method:</b> this run used an oracle "
+                     "that reads what no model could know, so its accuracies overstate what "
+                     f"DiffuBias achieves with real models. {_e(' '.join(oracles))}</p>")
     parts += ["<h2>1. Dataset</h2>", *_dataset(content.dataset)]
     for title, step, render in (("2. Bias detection", content.detection, _detection),
                                 ("3. Captions and prompts", content.captions, _captions),
@@ -214,7 +222,8 @@ def _detection(d: Detection, figure: _Figures) -> list[str]:
 
 
 def _captions(c: Captions, _: _Figures) -> list[str]:
-    parts = [f"<p>Captioner <b>{_e(c.captioner)}</b>: {c.n_captions} captions of {c.n_images} "
+    parts = [f"<p>Captioner <b>{_e(c.captioner)}</b>{_oracle(c.oracle)}: {c.n_captions} "
+             f"captions of {c.n_images} "
              f"candidates. Text filter: top {c.top_f} words ({_e(', '.join(c.top_words))}); "
              f"{c.n_kept} prompts kept, {c.n_edited} edited by hand.</p>",
              _table(["class", "prompt", "edited"],
@@ -231,8 +240,13 @@ def _captions(c: Captions, _: _Figures) -> list[str]:
 
 def _generation(g: Generation, _: _Figures) -> list[str]:
     rejected = f", {g.n_rejected} rejected by the reviewer" if g.n_rejected is not None else ""
-    return [f"<p>{g.n_images} images{rejected}. Generator: {_e(g.generator)}.</p>",
+    return [f"<p>{g.n_images} images{rejected}. Generator: <b>{_e(g.generator)}</b>"
+            f"{_oracle(g.oracle)}.</p>",
             *_images(g.tiles[:MAX_TILES], g.sheets), _settings(g.settings)]
+
+
+def _oracle(note: str) -> str:
+    return f" <span class=warn>({_e(note)})</span>" if note else ""
 
 
 def _accuracy(a: Accuracy, figure: _Figures) -> list[str]:
@@ -326,6 +340,7 @@ body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
 h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em;
        margin-top: 2em; }}
 .muted {{ color: #667; }}
+.warn {{ color: #8a4b00; }}
 table {{ border-collapse: collapse; margin: 0.8em 0; }}
 td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: left; font-size: 0.92em; }}
 th {{ background: #f4f6f8; }}

@@ -34,6 +34,7 @@ from diffubias.report import (
     Tile,
 )
 from diffubias.run_folder import prompt_is_kept, read_csv
+from diffubias.shipped_models import oracle_note
 
 REPORT_HTML = "report.html"
 # the config fields that each step's settings table shows
@@ -114,11 +115,12 @@ def _captions(out_dir: Path, report: Mapping[str, Any]) -> Captions | None:
     keywords = None if not report.get("keywords") else {
         label: tuple(Keyword(k["term"], k["n_candidates"], k["n_aligned"]) for k in found)
         for label, found in report["keywords"].items()}
-    return Captions(summary.get("model") or summary.get("backend", ""),
-                    summary.get("n_captions", 0), summary.get("n_images", 0),
+    name = report.get("config", {}).get("captioner") or summary.get("backend", "")
+    return Captions(name, summary.get("n_captions", 0), summary.get("n_images", 0),
                     text_filter.get("top_f", 0),
                     tuple(w for w, _ in text_filter.get("top_words", [])),
-                    len(kept), sum(p.edited for p in kept), tuple(kept[:MAX_PROMPTS]), keywords)
+                    len(kept), sum(p.edited for p in kept), tuple(kept[:MAX_PROMPTS]), keywords,
+                    oracle=oracle_note(name, _dataset_name(report)))
 
 
 def _generation(out_dir: Path, report: Mapping[str, Any]) -> Generation | None:
@@ -132,7 +134,14 @@ def _generation(out_dir: Path, report: Mapping[str, Any]) -> Generation | None:
                                     for r in rows[:MAX_TILES])
     settings = {**_pick(report.get("config", {}), GENERATION_SETTINGS),
                 "backend": summary.get("backend"), **summary.get("params", {})}
-    return Generation(str(summary.get("model")), len(rows), None, tiles, sheets, settings)
+    name = report.get("config", {}).get("generator") or str(summary.get("backend"))
+    return Generation(name, len(rows), None, tiles, sheets, settings,
+                      oracle=oracle_note(name, _dataset_name(report)))
+
+
+def _dataset_name(report: Mapping[str, Any]) -> str:
+    return str(report.get("dataset", {}).get("name")
+               or report.get("config", {}).get("dataset", ""))
 
 
 def _accuracy(models: Mapping[str, Any]) -> Accuracy | None:

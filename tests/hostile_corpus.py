@@ -510,7 +510,7 @@ PARAMETER_CASES = [
     ("absurd-cam-samples", {"cam_samples": 10**9}, r"cam_samples"),
     ("negative-max-images", {"max_images": -1}, r"max_images"),
     ("absurd-max-images", {"max_images": 10**12}, r"max_images"),
-    ("zero-steps", {"gen_steps": 0}, r"gen_steps"),
+    ("negative-steps", {"gen_steps": -1}, r"gen_steps"),
     ("absurd-steps", {"gen_steps": 10**6}, r"gen_steps"),
     ("nan-guidance", {"guidance_scale": math.nan}, r"guidance_scale"),
     ("absurd-guidance", {"guidance_scale": 1e6}, r"guidance_scale"),

@@ -23,7 +23,7 @@ from diffubias.config import RunConfig
 from diffubias.diffusion import DiffusersGenerator, DiffusionSettings, load_diffusers_generator
 from diffubias.generated_folder import (GenerationOutput, generate_to_folder, load_generated,
                                         read_manifest)
-from diffubias.generation import DemoGenerator, item_seed, plan_images, prompt_id
+from diffubias.generation import OracleRenderer, item_seed, plan_images, prompt_id
 from diffubias.pipeline import read_prompts
 from diffubias.run_folder import Run
 from diffubias.stages.generate import MemorySink, generate_images
@@ -157,7 +157,7 @@ def test_size_and_negative_prompt_reach_the_pipeline(generator):
     assert images[0][1].size == (48, 40) and g.describe()["params"]["negative_prompt"] == "blurry"
 
 
-@pytest.mark.parametrize("bad", [{"steps": 0}, {"batch_size": 0}, {"width": 30},
+@pytest.mark.parametrize("bad", [{"steps": -1}, {"batch_size": -1}, {"width": 30},
                                  {"scheduler": "euler"}])
 def test_settings_are_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -283,15 +283,15 @@ def test_safety_checker_blackouts_are_dropped_counted_and_not_redone(generator, 
     assert (again.n_new, again.n_blocked, again.n_images) == (0, 2, 4)
 
 
-def test_demo_generator_goes_through_the_same_writer(tmp_path):
+def test_oracle_renderer_goes_through_the_same_writer(tmp_path):
     from diffubias.builtin.colored_digits import CLASS_NAMES
 
-    demo = DemoGenerator("colored-digits", tuple(CLASS_NAMES))
+    demo = OracleRenderer("colored-digits", tuple(CLASS_NAMES))
     prompts = [Prompt(f"a {name} digit on a red background", i, i, ())
                for i, name in enumerate(CLASS_NAMES[:3])]
     out = _to_folder(demo, prompts, tmp_path / "gen", images_per_prompt=2, seed=0,
                              class_names=CLASS_NAMES)
-    assert (out.backend, out.n_images, out.n_new) == ("demo", 6, 6)
+    assert (out.backend, out.n_images, out.n_new) == ("oracle-renderer", 6, 6)
     rows = read_manifest(out.manifest)
     assert [int(r["label"]) for r in rows] == [0, 0, 1, 1, 2, 2]
     assert _to_folder(demo, prompts, tmp_path / "gen", images_per_prompt=2, seed=0,

@@ -5,6 +5,7 @@ text from models and people escaped."""
 from __future__ import annotations
 
 import base64
+import html
 import re
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def test_every_section_in_order_with_its_numbers(page):
     assert "scored 90 training samples" in page and "(1 excluded by the reviewer)" in page
     assert "<td>auroc</td><td>0.912</td>" in page and "<td>k_per_class</td>" not in page
     assert "sofa (5/1), indoors (3/0)" in page
-    assert "8 images, 2 rejected by the reviewer. Generator: sd15." in page
+    assert "8 images, 2 rejected by the reviewer. Generator: <b>sd15</b>." in page
+    assert "Upper bound" not in page  # no oracle in this run
     assert "<td>biased</td><td>0.800</td><td>n/a</td><td>n/a</td><td>n/a</td><td></td>" in page
     assert "<td>debiased</td><td>0.850</td><td>0.900</td><td>0.700</td><td>0.800</td>" \
         "<td>98</td>" in page
@@ -161,3 +163,17 @@ def test_the_renderer_needs_no_torch():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
     assert loaded == []
+
+
+def test_an_oracle_run_says_it_is_an_upper_bound(content):
+    from dataclasses import replace
+
+    from diffubias.shipped_models import oracle_note
+
+    note = oracle_note("oracle-renderer", "builtin:colored-digits")
+    page = render_report_html(replace(content, generation=replace(content.generation,
+                                                                  generator="oracle-renderer",
+                                                                  oracle=note)))
+    assert "Upper bound, not the method" in page
+    assert page.count(html.escape(note)) == 2  # the banner and the section
+    assert "Generator: <b>oracle-renderer</b> <span class=warn>(oracle: draws" in page

@@ -116,7 +116,7 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int,
     data = studio.datasets.get(project_id)
     start = time.perf_counter()
     progress(0.0, f"loading captioner {config.captioner}")
-    captioner = captioner_for(config)
+    captioner = captioner_for(config, dataset_name=data.ds.name)
     loaded = time.perf_counter()
     with studio.store.sessions() as session:
         columns = repo.score_columns(session, detection_id)

@@ -37,6 +37,7 @@ from diffubias.report import (
     Tile,
     render_report_html,
 )
+from diffubias.shipped_models import oracle_note
 from diffubias.text_safety import csv_cell
 from storage import atomic_write_bytes
 from storage import repository as repo
@@ -179,18 +180,19 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
             detection.n_scored, detection.n_candidates, detection.n_excluded,
             detection.metrics, detection.histogram, candidate_tiles,
             settings=detection.params),
-        captions=_captions(captions_view(studio, project_id)),
+        captions=_captions(captions_view(studio, project_id), project.source),
         generation=None if not images else Generation(
-            str(generate.result.get("model")), len(images), len(images) - len(kept_images),
+            generate.params.get("generator", ""), len(images), len(images) - len(kept_images),
             tuple(Tile(thumbnail(workspace, workspace.resolve(im.path), "generated", im.id),
                        prompt_text.get(im.prompt_id, "")) for im in kept_images[:MAX_TILES]),
-            settings={k: v for k, v in generate.params.items() if k != "filter_job_id"}),
+            settings={k: v for k, v in generate.params.items() if k != "filter_job_id"},
+            oracle=oracle_note(generate.params.get("generator", ""), project.source)),
         accuracy=_accuracy(debias_view(studio, project_id)),
         gradcam=_gradcam(gradcam_view(studio, project_id, rows_per_page=MAX_CAM_ROWS)),
         settings=project.settings.get("config", {}))
 
 
-def _captions(view: CaptionsView) -> Captions | None:
+def _captions(view: CaptionsView, source: str) -> Captions | None:
     if view.caption_job_id is None:
         return None
     kept = [p for p in view.prompts if p.keep]
@@ -201,7 +203,7 @@ def _captions(view: CaptionsView) -> Captions | None:
                     tuple(w for w, _ in view.top_words), len(kept),
                     sum(p.edited for p in view.prompts),
                     tuple(PromptLine(p.label, p.text, p.edited) for p in kept[:MAX_PROMPTS]),
-                    keywords)
+                    keywords, oracle=oracle_note(view.captioner, source))
 
 
 def _accuracy(view: DebiasView) -> Accuracy | None:

@@ -49,9 +49,11 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
             gr.Markdown("### Captioner\nDescribe each candidate in words; the filter keeps "
                         "the captions that use the most common words, which name what the "
                         "candidates share.")
-            captioner = gr.Dropdown(["metadata"], value="metadata",
+            captioner = gr.Dropdown([DEFAULTS.captioner], value=DEFAULTS.captioner,
                                     label="captioner", elem_id="captioner",
-                                    info="metadata: the dataset's own captions")
+                                    info="builtin-blip: the small BLIP pretrained here for the "
+                                    "built-in datasets; metadata: the dataset's own captions "
+                                    "(on the built-ins an oracle, written from the true bias)")
             model_id = gr.Textbox(label="or a model id / local folder", max_lines=1,
                                   placeholder="e.g. Salesforce/blip-image-captioning-base")
             per_image = gr.Number(DEFAULTS.captions_per_image, precision=0,

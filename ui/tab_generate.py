@@ -45,14 +45,17 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Generator\nEach kept prompt becomes new images labelled with the "
-                        "class of the sample it describes. `demo` renders the built-in "
-                        "datasets offline; diffusion models need a GPU.")
-            generator = gr.Dropdown(["demo"], value="demo",
+                        "class of the sample it describes. `builtin-ldm` is the small latent "
+                        "diffusion model pretrained here for the built-in datasets (runs on "
+                        "the CPU); `oracle-renderer` draws with the dataset's own generator, an "
+                        "upper bound, not a model; Stable Diffusion wants a GPU.")
+            generator = gr.Dropdown([DEFAULTS.generator], value=DEFAULTS.generator,
                                     label="backend", elem_id="generator")
             model_id = gr.Textbox(label="or a diffusers model id / local folder", max_lines=1,
                                   placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
             with gr.Row():
-                steps = gr.Number(DEFAULTS.gen_steps, precision=0, label="steps", min_width=80)
+                steps = gr.Number(DEFAULTS.gen_steps, precision=0, label="steps", min_width=80,
+                                  info="0: the model's own (25 SD, 15 builtin-ldm)")
                 guidance = gr.Number(DEFAULTS.guidance_scale, label="guidance", min_width=80)
             with gr.Row():
                 per_prompt = gr.Number(DEFAULTS.images_per_prompt, precision=0,

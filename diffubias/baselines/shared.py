@@ -159,7 +159,8 @@ class SharedStages:
         candidates = self.candidate_positions(progress)  # outside, so it is timed on its own
 
         def compute() -> tuple[Caption, ...]:
-            captioner = self.captioner or captioner_for(self.config)
+            captioner = self.captioner or captioner_for(self.config,
+                                                        dataset_name=self.data.ds.name)
             return tuple(captioner.caption(self.data.ds, candidates.tolist()))
 
         return self._once("captions", "captions", compute)

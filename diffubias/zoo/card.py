@@ -49,7 +49,8 @@ class ModelCard:
         if self.notes:
             lines += ["", "## Notes", "", *(f"- {n}" for n in self.notes)]
         lines += ["", "## Retrain", "", "```bash", shlex.join(self.retrain), "```",
-                  "", "The command resumes from `checkpoint/last.safetensors` when it is interrupted; "
+                  "", "The command resumes from `checkpoint/last.safetensors` when it is "
+                  "interrupted; "
                   "delete the folder to start over.", ""]
         return "\n".join(lines)
 

@@ -29,9 +29,9 @@ examples:
   {prog} train judge --domain shape-scenes --out runs/zoo/shape-scenes-judge --steps 1500
   nohup {prog} train captioner --domain shape-scenes --out runs/zoo/ss-cap > cap.log 2>&1 &
 
-Interrupted? Run the same command again: it continues from DIR/checkpoint/last.safetensors. With the same
---steps the result equals an uninterrupted run's; another --steps continues with the schedule of
-the new total. --steps at or below the checkpoint's step writes the model as it stands."""
+Interrupted? Run the same command again: it continues from DIR/checkpoint/last.safetensors.
+With the same --steps the result equals an uninterrupted run's; another --steps continues with
+the schedule of the new total. --steps at or below the checkpoint's step writes the model as it stands."""
 
 
 def build_parser(prog: str = "python -m diffubias.zoo") -> argparse.ArgumentParser:

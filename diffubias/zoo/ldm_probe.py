@@ -114,17 +114,17 @@ def score_images(judge: Judge, images: np.ndarray, prompts: Sequence[ProbePrompt
 
 
 def fit_size(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (N, 3, S, S) -> (N, 3, size, size): centre crop or zero padding when the sizes
-    differ by an even margin (digits padded 28 -> 32 on black), else bilinear resizing."""
+    """uint8 (N, 3, S, S) -> (N, 3, size, size). A small even margin (at most a quarter of the
+    size) is centre-cropped or zero-padded (digits padded 28 -> 32 on black, as the corpus draws
+    them); anything else is resized bilinearly (64 px scenes to a 32 px model and back)."""
     current = images.shape[-1]
     margin = current - size
     if margin == 0:
         return images
-    if margin % 2 == 0 and margin > 0:
-        m = margin // 2
-        return np.ascontiguousarray(images[:, :, m:m + size, m:m + size])
-    if margin % 2 == 0:
-        m = -margin // 2
+    if margin % 2 == 0 and abs(margin) <= min(current, size) // 4:
+        m = abs(margin) // 2
+        if margin > 0:
+            return np.ascontiguousarray(images[:, :, m:m + size, m:m + size])
         return np.pad(images, ((0, 0), (0, 0), (m, m), (m, m)))
     resized = F.interpolate(torch.from_numpy(images).float(), size=(size, size),
                             mode="bilinear", antialias=True, align_corners=False)

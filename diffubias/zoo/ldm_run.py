@@ -3,9 +3,9 @@ on a built-in's balanced corpus, checkpointing and probing along the way, and sh
 pipeline with its model card.
 
 The run, in chunks of `checkpoint_every` steps: VAE steps, then UNet steps; after each chunk the
-whole state goes to `DIR/checkpoint/last.safetensors` (atomic), and every `probe_every` UNet steps the
-EMA model samples one prompt per (class, attribute) cell, a judge scores them, and the best
-pipeline so far is saved to `DIR/checkpoint/best/`. Rerunning the same command resumes; a larger
+whole state goes to `DIR/checkpoint/last.safetensors` (atomic), and every `probe_every` UNet
+steps the EMA model samples one prompt per (class, attribute) cell, a judge scores them, and the
+best pipeline so far is saved to `DIR/checkpoint/best/`. Rerunning the same command resumes; a larger
 `--steps` continues; `--max-minutes` stops cleanly after the step under way. At the end the
 model is probed once more, the best pipeline is copied into DIR, loaded back through
 `load_diffusers_generator` (the product's own path), measured on `eval_per_cell` seeds per
@@ -302,7 +302,8 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
         "## Retrain or continue", "",
         "```", f"python -m diffubias.zoo train ldm --domain {domain} --out models/{domain}-ldm "
         f"--steps {s.steps} --seed {s.seed}", "```", "",
-        "The same command resumes from `checkpoint/last.safetensors` when it exists (a larger `--steps` "
+        "The same command resumes from `checkpoint/last.safetensors` when it exists (a larger "
+        "`--steps` "
         "continues the run) and trains on the GPU when there is one. "
         "`python -m diffubias.zoo.ldm_run` takes the same options and more (`--device`, "
         "`--max-minutes`, `--judge`, `--per-cell`, `--batch-size`). The checkpoint "

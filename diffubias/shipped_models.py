@@ -1,0 +1,60 @@
+"""The models this project pretrains itself and ships in `models/`, by built-in domain.
+
+`builtin-blip` (a small BLIP captioner) and `builtin-ldm` (a small text-to-image latent diffusion
+model) are the default backends for the built-in datasets: real models, trained by
+`python -m diffubias.zoo` on a balanced corpus drawn from sources the audited datasets never use,
+loaded through the same `from_pretrained` paths as BLIP and Stable Diffusion. `models/` sits at
+the top of the repository; `DIFFUBIAS_MODELS` points elsewhere (an installed copy, a retrained
+set).
+
+Knows: folder names. Does not know: how the models load (diffubias.backends) or train
+(diffubias.zoo).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BUILTIN_CAPTIONER = "builtin-blip"
+BUILTIN_GENERATOR = "builtin-ldm"
+KINDS = {BUILTIN_CAPTIONER: "captioner", BUILTIN_GENERATOR: "ldm", "judge": "judge"}
+
+
+def models_root() -> Path:
+    """`$DIFFUBIAS_MODELS`, else the repository's `models/`."""
+    return Path(os.environ.get("DIFFUBIAS_MODELS") or Path(__file__).resolve().parents[1]
+                / "models")
+
+
+def shipped_folder(name: str, dataset_name: str) -> Path:
+    """The folder of shipped model `name` (builtin-blip, builtin-ldm, judge) for a built-in
+    dataset; a ValueError that says what to choose instead for any other dataset."""
+    if name not in KINDS:
+        raise ValueError(f"no shipped model {name!r}; expected one of {', '.join(KINDS)}")
+    if not dataset_name.startswith("builtin:"):
+        raise ValueError(
+            f"{name} is pretrained on the built-in datasets only, not {dataset_name!r}: choose "
+            "a model id or local folder (e.g. --captioner blip, --generator sd15 with the weights "
+            "in the Hugging Face cache), or `metadata` for the captions in your metadata.csv")
+    domain = dataset_name.removeprefix("builtin:")
+    folder = models_root() / f"{domain}-{KINDS[name]}"
+    if not folder.is_dir():
+        raise ValueError(
+            f"{name} for {domain} should be in {folder}, which does not exist: run from a clone "
+            "of the repository, set DIFFUBIAS_MODELS to a folder holding it, or train it with "
+            f"`python -m diffubias.zoo train {KINDS[name]} --domain {domain} --out {folder}`")
+    return folder
+
+
+def oracle_note(name: str, dataset_name: str) -> str:
+    """Why the captioner or generator `name` is an oracle on `dataset_name` ("" when it is not):
+    it reads what a real model could not know, so its results are an upper bound."""
+    builtin = dataset_name.startswith("builtin:")
+    if name in ("oracle-renderer", "demo"):  # "demo": its name in earlier saved projects
+        return ("oracle: draws with the dataset's own generator and falls back to the sample's "
+                "label (an upper bound, not a model)")
+    if name == "metadata" and builtin:
+        return ("oracle captions: the built-in captions are written from the true bias "
+                "attribute (an upper bound, not a model)")
+    return ""
