@@ -106,13 +106,13 @@ def bench_startup_and_workflow(skip_workflow: bool) -> dict:
             steps["train biased model, score, top-K"] = time.perf_counter() - t
             out["gallery"] = bench_gallery(client, project, port)
             t = time.perf_counter()
-            _, _, table, _ = client.predict(project, "metadata", "", 3, "", 0, "", 10,
+            _, _, table, _ = client.predict(project, d.captioner, "", 3, "", 0, "", 10,
                                             api_name="/run_captioner")
             table["data"][0][3] = "a red digit on a black background"
             client.predict(project, table, api_name="/save_prompts")
             steps["caption, filter, keywords, edit a prompt"] = time.perf_counter() - t
             t = time.perf_counter()
-            client.predict(project, "demo", "", d.gen_steps, d.guidance_scale,
+            client.predict(project, d.generator, "", d.gen_steps, d.guidance_scale,
                            d.images_per_prompt, d.seed, d.max_images, api_name="/generate")
             steps["generate images"] = time.perf_counter() - t
             t = time.perf_counter()

@@ -21,36 +21,39 @@ from collections.abc import Callable, Sequence
 from diffubias.captions import Captioner, MetadataCaptioner
 from diffubias.config import RunConfig
 from diffubias.generation import Generator, OracleRenderer
-from diffubias.shipped_models import BUILTIN_CAPTIONER, BUILTIN_GENERATOR, shipped_folder
+from diffubias.shipped_models import (AUTO, BASE_CAPTIONERS, BASE_GENERATORS, BUILTIN_CAPTIONER,
+                                      BUILTIN_GENERATOR, resolve, shipped_folder)
 
 Log = Callable[[str], None]
 
 
 def captioner_names() -> list[str]:
-    """The shipped captioner, `metadata` and the short names of the model captioners."""
+    """`auto`, the shipped captioner, `metadata` and the short names of the model captioners."""
     from diffubias.hf_captioners import CAPTION_MODELS
 
-    return [BUILTIN_CAPTIONER, "metadata", *CAPTION_MODELS]
+    return [*BASE_CAPTIONERS, *CAPTION_MODELS]
 
 
 def generator_names() -> list[str]:
-    """The shipped generator, the oracle renderer and the short names of the diffusion
+    """`auto`, the shipped generator, the oracle renderer and the short names of the diffusion
     pipelines."""
     from diffubias.diffusion import GENERATOR_MODELS
 
-    return [BUILTIN_GENERATOR, "oracle-renderer", *GENERATOR_MODELS]
+    return [*BASE_GENERATORS, *GENERATOR_MODELS]
 
 
 def make_captioner(name: str, *, dataset_name: str = "", per_image: int = 3,
                    instruction: str | None = None, batch_size: int = 16,
                    max_new_tokens: int = 40, seed: int = 0, device: str = "auto",
                    dtype: str = "auto") -> Captioner:
-    """A captioner by name: `builtin-blip` (built-in datasets; `dataset_name` picks the domain),
-    `metadata`, or a BLIP / image-text-to-text VLM by hub id, local folder or short name (blip,
-    blip-base, llava, llava-llama3); see diffubias.hf_captioners.
+    """A captioner by name: `auto` (see shipped_models.resolve), `builtin-blip` (built-in
+    datasets; `dataset_name` picks the domain), `metadata`, or a BLIP / image-text-to-text VLM
+    by hub id, local folder or short name (blip, blip-base, llava, llava-llama3); see
+    diffubias.hf_captioners.
 
     `instruction` is the VLM prompt (None: the default); the other options apply to models only.
     """
+    name = resolve(name, dataset_name, kind="captioner")
     if name == "metadata":
         return MetadataCaptioner(per_image=per_image)
     from diffubias.hf_captioners import CaptionSettings, load_captioner
@@ -67,10 +70,16 @@ def make_generator(name: str, *, dataset_name: str, class_names: Sequence[str],
                    settings=None, device: str = "auto", dtype: str = "auto",
                    offload: str = "none", compile_mode: str = "",
                    log: Log | None = None) -> Generator:
-    """A generator by name: `builtin-ldm` (built-in datasets), `oracle-renderer` (built-in
-    datasets; an upper bound, not a model), or any diffusers text-to-image pipeline by hub id,
+    """A generator by name: `auto` (see shipped_models.resolve), `builtin-ldm` (built-in
+    datasets), `oracle-renderer` (built-in datasets; an upper bound, not a model), or any diffusers text-to-image pipeline by hub id,
     local folder or short name (sd15, sdxl, sd35); `settings` (a
     `diffubias.diffusion.DiffusionSettings`) and the keyword options apply to diffusers only."""
+    name = resolve(name, dataset_name, kind="generator")
+    if name == AUTO:
+        raise ValueError(
+            f"choose a generator for {dataset_name!r}: a diffusers text-to-image model id or "
+            "local folder (e.g. --generator sd15, with its weights in the Hugging Face cache "
+            "when offline); the shipped builtin-ldm draws only the built-in datasets")
     if name == "oracle-renderer":
         if not dataset_name.startswith("builtin:"):
             raise ValueError(
@@ -100,7 +109,7 @@ def generator_for(config: RunConfig, *, dataset_name: str, class_names: Sequence
                   log: Log | None = None) -> Generator:
     """The generator `config.generator` names, with the run's diffusion settings."""
     settings = None
-    if config.generator != "oracle-renderer":
+    if resolve(config.generator, dataset_name, kind="generator") != "oracle-renderer":
         from diffubias.diffusion import DiffusionSettings
 
         settings = DiffusionSettings(steps=config.gen_steps, guidance_scale=config.guidance_scale,

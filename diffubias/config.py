@@ -135,16 +135,18 @@ class RunConfig:
     # stage 3: candidates; a number >= 1 is a count per class, in (0, 1) a fraction of the class
     top_k: float = 0.02
     # stages 4-5: captions and text filter
-    # builtin-blip: the captioner this project pretrains for the built-in datasets (models/);
-    # metadata: the dataset's own captions (an oracle on the built-ins); or a model id / folder
-    captioner: str = "builtin-blip"
+    # auto: builtin-blip (the captioner this project pretrains, models/) on the built-in
+    # datasets, else metadata (the dataset's own captions; an oracle on the built-ins); or a
+    # model id / folder (diffubias.shipped_models.resolve)
+    captioner: str = "auto"
     captions_per_image: int = 3
     top_f: int = 0  # 0: 2 x number of classes, as in the paper
     extra_stop_words: tuple[str, ...] = ()
     # stage 6: generation
-    # builtin-ldm: the project's own latent diffusion model for the built-ins (models/);
-    # oracle-renderer: the built-ins' own generator (an upper bound); or a diffusers id / folder
-    generator: str = "builtin-ldm"
+    # auto: builtin-ldm (the project's own latent diffusion model, models/) on the built-in
+    # datasets, else the user must choose; oracle-renderer: the built-ins' own generator (an
+    # upper bound); or a diffusers id / folder
+    generator: str = "auto"
     images_per_prompt: int = 6
     max_images: int = 0  # 0: no cap
     # stage 7: debiased and vanilla models

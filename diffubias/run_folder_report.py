@@ -34,7 +34,7 @@ from diffubias.report import (
     Tile,
 )
 from diffubias.run_folder import prompt_is_kept, read_csv
-from diffubias.shipped_models import oracle_note
+from diffubias.shipped_models import oracle_note, resolve
 
 REPORT_HTML = "report.html"
 # the config fields that each step's settings table shows
@@ -115,7 +115,8 @@ def _captions(out_dir: Path, report: Mapping[str, Any]) -> Captions | None:
     keywords = None if not report.get("keywords") else {
         label: tuple(Keyword(k["term"], k["n_candidates"], k["n_aligned"]) for k in found)
         for label, found in report["keywords"].items()}
-    name = report.get("config", {}).get("captioner") or summary.get("backend", "")
+    name = resolve(report.get("config", {}).get("captioner") or summary.get("backend", ""),
+                   _dataset_name(report), kind="captioner")
     return Captions(name, summary.get("n_captions", 0), summary.get("n_images", 0),
                     text_filter.get("top_f", 0),
                     tuple(w for w, _ in text_filter.get("top_words", [])),
@@ -134,7 +135,8 @@ def _generation(out_dir: Path, report: Mapping[str, Any]) -> Generation | None:
                                     for r in rows[:MAX_TILES])
     settings = {**_pick(report.get("config", {}), GENERATION_SETTINGS),
                 "backend": summary.get("backend"), **summary.get("params", {})}
-    name = report.get("config", {}).get("generator") or str(summary.get("backend"))
+    name = resolve(report.get("config", {}).get("generator") or str(summary.get("backend")),
+                   _dataset_name(report), kind="generator")
     return Generation(name, len(rows), None, tiles, sheets, settings,
                       oracle=oracle_note(name, _dataset_name(report)))
 

@@ -19,6 +19,24 @@ from pathlib import Path
 BUILTIN_CAPTIONER = "builtin-blip"
 BUILTIN_GENERATOR = "builtin-ldm"
 KINDS = {BUILTIN_CAPTIONER: "captioner", BUILTIN_GENERATOR: "ldm", "judge": "judge"}
+AUTO = "auto"  # the default captioner and generator: see `resolve`
+# the names that need no model library to list (the UI offers them before its models load)
+BASE_CAPTIONERS = (AUTO, BUILTIN_CAPTIONER, "metadata")
+BASE_GENERATORS = (AUTO, BUILTIN_GENERATOR, "oracle-renderer")
+
+
+def resolve(name: str, dataset_name: str, *, kind: str) -> str:
+    """The backend `auto` stands for: the shipped models on a built-in dataset; on any other,
+    the dataset's own captions (`metadata`) for captioning, and no generator (`auto` stays, and
+    diffubias.backends asks the user to choose one). Other names are returned as they are."""
+    if name != AUTO:
+        return name
+    builtin = dataset_name.startswith("builtin:")
+    if kind == "captioner":
+        return BUILTIN_CAPTIONER if builtin else "metadata"
+    if kind == "generator":
+        return BUILTIN_GENERATOR if builtin else AUTO
+    raise ValueError(f"kind must be captioner or generator, got {kind!r}")
 
 
 def models_root() -> Path:

@@ -82,7 +82,8 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     assert excluded["excluded"] is True
 
     # 3. Captions: caption, then edit a prompt
-    status, summary, table, _ = client.predict(project, "metadata", "", 3, "", 0, "", 10,
+    # the defaults: auto is the shipped builtin-blip and builtin-ldm on the demo project
+    status, summary, table, _ = client.predict(project, "auto", "", 3, "", 0, "", 10,
                                                api_name="/run_captioner")
     assert "199 candidates" in status and "prompts kept" in summary
     table["data"][0][3] = "a red seven on a black background"
@@ -90,7 +91,7 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     assert saved == "✓ Saved 1 change(s)." and table["data"][0][3].startswith("a red seven")
 
     # 4. Generate, then reject one image
-    out = client.predict(project, "demo", "", 25, 7.5, TINY_GENERATE["images_per_prompt"], 0,
+    out = client.predict(project, "auto", "", 0, 7.5, TINY_GENERATE["images_per_prompt"], 0,
                          TINY_GENERATE["max_images"], api_name="/generate")
     gallery = out[2]["value"]  # an update: the gallery's columns follow images per prompt
     assert out[0] == "✓ 40 images from 20 prompts." and len(gallery) == 24  # 12 prompts a page

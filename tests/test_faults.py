@@ -24,11 +24,11 @@ from tests.ui_support import TINY_BIAS, launch, link_demo_dataset
 KILL_DEADLINE_S = 120
 # Generation sized to take a few seconds on a busy 2-core machine: every kept prompt, 2 images
 # (the /generate API's parameters, in order).
-RESUMABLE_GENERATION = {"generator": "demo", "model_id": "", "gen_steps": 25,
+RESUMABLE_GENERATION = {"generator": "oracle-renderer", "model_id": "", "gen_steps": 25,
                         "guidance_scale": 7.5, "images_per_prompt": 2, "seed": 0,
                         "max_images": 0}
 # 100 prompts of 2 images: several stored batches of 32 prompts
-GENERATION_200 = {"generator": "demo", "images_per_prompt": 2, "max_images": 200, "seed": 7}
+GENERATION_200 = {"generator": "oracle-renderer", "images_per_prompt": 2, "max_images": 200, "seed": 7}
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -268,12 +268,12 @@ def test_failing_jobs_end_with_a_message_and_the_app_keeps_serving(served, monke
     cases = [
         ("caption", "/run_captioner", (project, "metadata", "no-such-org/no-such-captioner", 3,
                                        "", 0, "", 10), "not in the Hugging Face cache"),
-        ("generate", "/generate", (project, "demo", "no-such-org/no-such-generator", 25, 7.5, 1,
+        ("generate", "/generate", (project, "oracle-renderer", "no-such-org/no-such-generator", 25, 7.5, 1,
                                    0, 4), "not in the Hugging Face cache"),
         ("caption", "/run_captioner", (project, "metadata", "test/broken-captioner", 3, "", 0,
                                        "", 10),
          "RuntimeError: captioner crashed on its first batch"),
-        ("generate", "/generate", (project, "demo", "test/oom-generator", 25, 7.5, 1, 0, 4),
+        ("generate", "/generate", (project, "oracle-renderer", "test/oom-generator", 25, 7.5, 1, 0, 4),
          "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): lower"),
     ]
     monkeypatch.setattr("diffubias.backends.make_captioner",
@@ -289,7 +289,7 @@ def test_failing_jobs_end_with_a_message_and_the_app_keeps_serving(served, monke
         # still serving: the page answers and shows the failure
         assert "Failed" in client.predict(api_name="/open_page")[2]
     # and the GPU slot is free: a good job runs at once
-    status = client.predict(project, "demo", "", 25, 7.5, 1, 0, 4, api_name="/generate")[0]
+    status = client.predict(project, "oracle-renderer", "", 25, 7.5, 1, 0, 4, api_name="/generate")[0]
     assert status.startswith("✓ 4 images")
 
 

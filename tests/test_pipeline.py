@@ -85,7 +85,8 @@ def test_generated_images_keep_label_prompt_and_seed(digits_run):
     assert len(rows) == len(kept) == report["generation"]["n_images"]
     for row, prompt in zip(rows, kept):
         assert row["prompt"] == prompt["text"] and row["label_name"] == prompt["label"]
-        assert row["backend"] == "demo" and row["seed"].isdigit()
+        assert row["backend"] == "diffusers" and row["seed"].isdigit()
+        assert row["model"].endswith("models/colored-digits-ldm")  # builtin-ldm, the default
     assert len({r["seed"] for r in rows}) == len(rows)
 
 

@@ -8,9 +8,9 @@ import torch
 
 from diffubias.backends import make_captioner, make_generator
 from diffubias.config import RunConfig
-from diffubias.diffusion import SMALL_DENOISER, auto_settings, DiffusionSettings
+from diffubias.diffusion import SMALL_DENOISER, DiffusionSettings, auto_settings
 from diffubias.generation import WorkItem
-from diffubias.shipped_models import models_root, oracle_note, shipped_folder
+from diffubias.shipped_models import models_root, oracle_note, resolve, shipped_folder
 from diffubias.text_filter import Prompt
 
 DIGITS = "builtin:colored-digits"
@@ -18,7 +18,12 @@ DIGITS = "builtin:colored-digits"
 
 def test_the_defaults_are_the_shipped_models_and_old_names_still_load():
     config = RunConfig()
-    assert (config.captioner, config.generator) == ("builtin-blip", "builtin-ldm")
+    assert (resolve(config.captioner, DIGITS, kind="captioner"),
+            resolve(config.generator, DIGITS, kind="generator")) == ("builtin-blip", "builtin-ldm")
+    # a user's dataset: its own captions; a generator must be chosen (no model can be fetched)
+    assert resolve(config.captioner, "pets", kind="captioner") == "metadata"
+    with pytest.raises(ValueError, match="choose a generator for 'pets'.*--generator sd15"):
+        make_generator(config.generator, dataset_name="pets", class_names=("cat", "dog"))
     assert RunConfig(generator="demo").generator == "oracle-renderer"  # saved before the rename
     for name in ("builtin-blip", "builtin-ldm", "judge"):
         assert (shipped_folder(name, DIGITS) / "README.md").is_file()  # a model card each

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffubias.shipped_models import oracle_note, resolve
 from diffubias.text_safety import check_prompt_text
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
@@ -54,10 +55,11 @@ class CaptionsView:
     keywords: dict[str, list[dict[str, Any]]] | None = None
     class_names: list[str] = field(default_factory=list)
     stale: str | None = None  # why the captions may not match the current candidates
+    oracle: str = ""  # why these captions are an upper bound (shipped_models.oracle_note), or ""
 
 
 def captioner_choices() -> list[str]:
-    """Every captioning backend the library offers: `metadata`, plus its model short names."""
+    """Every captioning backend the library offers: auto, builtin-blip, metadata, model names."""
     from diffubias.backends import captioner_names
 
     return captioner_names()
@@ -253,9 +255,12 @@ def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
     result = caption_job.result
     filter_params = filter_job.params if filter_job else {}
     filter_result = filter_job.result if filter_job else {}
+    captioner = resolve(caption_job.params.get("captioner", ""), project.source,
+                        kind="captioner")
     return CaptionsView(
-        caption_job.id, caption_job.params.get("captioner", ""), result.get("n_captions", 0),
+        caption_job.id, captioner, result.get("n_captions", 0),
         result.get("n_images", 0), filter_job.id if filter_job else None,
         filter_params.get("top_f", 0), list(filter_params.get("extra_stop_words", [])),
         [(w, c) for w, c in filter_result.get("top_words", [])], rows,
-        result.get("keywords"), list(project.class_names), stale)
+        result.get("keywords"), list(project.class_names), stale,
+        oracle_note(captioner, project.source))

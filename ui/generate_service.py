@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffubias.shipped_models import oracle_note
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind
@@ -42,6 +43,7 @@ class GenerationView:
     page: int
     n_pages: int
     params: dict[str, Any]
+    oracle: str = ""  # why these images are an upper bound (shipped_models.oracle_note), or ""
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,8 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
         job.result.get("model") if job else None, len(prompts), len(images),
         sum(1 for im in images if im.accepted is True),
         sum(1 for im in images if im.accepted is False), tiles, ids, columns, page, n_pages,
-        dict(job.params) if job else {})
+        dict(job.params) if job else {},
+        oracle_note(job.result.get("backend", ""), project.source) if job else "")
 
 
 def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:

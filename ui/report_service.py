@@ -37,7 +37,7 @@ from diffubias.report import (
     Tile,
     render_report_html,
 )
-from diffubias.shipped_models import oracle_note
+from diffubias.shipped_models import oracle_note, resolve
 from diffubias.text_safety import csv_cell
 from storage import atomic_write_bytes
 from storage import repository as repo
@@ -174,6 +174,8 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
         Tile(thumbnail(workspace, workspace.resolve(c.path), project.id, c.sample_id),
              f"{names[c.label]} · {c.loss:.2f}") for c in candidates)
     kept_images = [im for im in images if im.accepted is not False]
+    generator = resolve(generate.params.get("generator", "") if generate else "", project.source,
+                        kind="generator")
     return ReportContent(
         project.name, project.source, datetime.now(UTC), dataset,
         detection=None if detection.job_id is None else Detection(
@@ -182,11 +184,11 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
             settings=detection.params),
         captions=_captions(captions_view(studio, project_id), project.source),
         generation=None if not images else Generation(
-            generate.params.get("generator", ""), len(images), len(images) - len(kept_images),
+            generator, len(images), len(images) - len(kept_images),
             tuple(Tile(thumbnail(workspace, workspace.resolve(im.path), "generated", im.id),
                        prompt_text.get(im.prompt_id, "")) for im in kept_images[:MAX_TILES]),
             settings={k: v for k, v in generate.params.items() if k != "filter_job_id"},
-            oracle=oracle_note(generate.params.get("generator", ""), project.source)),
+            oracle=oracle_note(generator, project.source)),
         accuracy=_accuracy(debias_view(studio, project_id)),
         gradcam=_gradcam(gradcam_view(studio, project_id, rows_per_page=MAX_CAM_ROWS)),
         settings=project.settings.get("config", {}))
@@ -199,11 +201,12 @@ def _captions(view: CaptionsView, source: str) -> Captions | None:
     keywords = None if not view.keywords else {
         label: tuple(Keyword(k["term"], k["n_candidates"], k["n_aligned"]) for k in found)
         for label, found in view.keywords.items()}
-    return Captions(view.captioner, view.n_captions, view.n_images, view.top_f,
+    captioner = resolve(view.captioner, source, kind="captioner")
+    return Captions(captioner, view.n_captions, view.n_images, view.top_f,
                     tuple(w for w, _ in view.top_words), len(kept),
                     sum(p.edited for p in view.prompts),
                     tuple(PromptLine(p.label, p.text, p.edited) for p in kept[:MAX_PROMPTS]),
-                    keywords, oracle=oracle_note(view.captioner, source))
+                    keywords, oracle=oracle_note(captioner, source))
 
 
 def _accuracy(view: DebiasView) -> Accuracy | None:

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from diffubias.config import RunConfig
+from diffubias.shipped_models import BASE_CAPTIONERS
 from ui.caption_service import CaptionsView
 from ui.events import (
     GPU,
@@ -49,11 +50,12 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
             gr.Markdown("### Captioner\nDescribe each candidate in words; the filter keeps "
                         "the captions that use the most common words, which name what the "
                         "candidates share.")
-            captioner = gr.Dropdown([DEFAULTS.captioner], value=DEFAULTS.captioner,
+            captioner = gr.Dropdown(list(BASE_CAPTIONERS), value=DEFAULTS.captioner,
                                     label="captioner", elem_id="captioner",
-                                    info="builtin-blip: the small BLIP pretrained here for the "
-                                    "built-in datasets; metadata: the dataset's own captions "
-                                    "(on the built-ins an oracle, written from the true bias)")
+                                    info="auto: builtin-blip (the small BLIP pretrained here) on "
+                                    "the built-in datasets, else the dataset's own captions "
+                                    "(metadata; on the built-ins those are an oracle, written "
+                                    "from the true bias)")
             model_id = gr.Textbox(label="or a model id / local folder", max_lines=1,
                                   placeholder="e.g. Salesforce/blip-image-captioning-base")
             per_image = gr.Number(DEFAULTS.captions_per_image, precision=0,
@@ -174,6 +176,8 @@ def summary_markdown(view: CaptionsView) -> str:
                 if view.extra_stop_words else "")
              + f" → **{kept} of {len(view.prompts)} prompts kept**, {edited} edited.",
              "Top words: " + ", ".join(f"{w} ({c})" for w, c in view.top_words)]
+    if view.oracle:
+        lines.append(f"⚠ **Upper bound, not a model**: {view.oracle}.")
     if view.stale:
         lines.append(f"⚠ {view.stale}")
     return "\n\n".join(lines)

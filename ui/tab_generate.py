@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from diffubias.config import RunConfig
+from diffubias.shipped_models import BASE_GENERATORS
 from ui.events import (
     GPU,
     Pager,
@@ -45,11 +46,11 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Generator\nEach kept prompt becomes new images labelled with the "
-                        "class of the sample it describes. `builtin-ldm` is the small latent "
-                        "diffusion model pretrained here for the built-in datasets (runs on "
-                        "the CPU); `oracle-renderer` draws with the dataset's own generator, an "
-                        "upper bound, not a model; Stable Diffusion wants a GPU.")
-            generator = gr.Dropdown([DEFAULTS.generator], value=DEFAULTS.generator,
+                        "class of the sample it describes. `auto` is `builtin-ldm` on the "
+                        "built-in datasets: the small latent diffusion model pretrained here "
+                        "(runs on the CPU). `oracle-renderer` draws with the dataset's own "
+                        "generator: an upper bound, not a model. Stable Diffusion wants a GPU.")
+            generator = gr.Dropdown(list(BASE_GENERATORS), value=DEFAULTS.generator,
                                     label="backend", elem_id="generator")
             model_id = gr.Textbox(label="or a diffusers model id / local folder", max_lines=1,
                                   placeholder="e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
@@ -182,6 +183,8 @@ def view_outputs(view: GenerationView) -> tuple:
                    f"`{view.model or view.backend}` · {view.n_accepted} accepted, "
                    f"{view.n_rejected} rejected, {unreviewed} not reviewed · "
                    f"**{view.n_images - view.n_rejected} will be used for training**.")
+        if view.oracle:
+            summary += f"\n\n⚠ **Upper bound, not a model**: {view.oracle}."
     info = page_info(view.page, view.n_pages, view.n_images, "images") if view.n_images else ""
     # whole prompts per row: 2 per prompt -> 3 prompts a row, 6 -> 1, 12 -> 1 (12 wide)
     columns = max(view.columns, view.columns * (TILES_PER_ROW // max(view.columns, 1)))
