@@ -18,7 +18,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     HF_HOME=/data/huggingface \
-    DIFFUBIAS_CACHE=/data/workspace/cache
+    DIFFUBIAS_CACHE=/data/workspace/cache \
+    DIFFUBIAS_MODELS=/opt/diffubias/models
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /opt/diffubias
@@ -35,7 +36,7 @@ COPY app.py ./
 COPY diffubias ./diffubias
 COPY storage ./storage
 COPY ui ./ui
-# the project's own small models (a few MB): --captioner /opt/diffubias/models/<name>
+# the project's own small models (a few MB), the defaults on the built-in datasets
 COPY models ./models
 RUN python -m pip install --no-cache-dir --no-deps . \
     && diffubias --help > /dev/null \
