@@ -46,6 +46,7 @@ from diffubias.images import open_images  # noqa: E402
 from diffubias.prepared import (PreparedDataset, new_classifier, test_accuracy,  # noqa: E402
                               train_config)
 from diffubias.scoring import detection_metrics, score_samples  # noqa: E402
+from diffubias.shipped_models import oracle_note, resolve  # noqa: E402
 from diffubias.training import to_float, train_classifier  # noqa: E402
 
 DOCS = BENCHMARKS_MD.parent
@@ -579,6 +580,9 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
              "samples.", "",
              "Methods: " + "; ".join(f"`{m.name}`: {m.summary}" for m in METHODS.values()) + ".",
              "", _settings_text(cfg, meta["options"]), ""]
+    oracle = _oracle_text(cfg)
+    if oracle:
+        lines += [f"**Upper bound, not the method.** {oracle}", ""]
     lines += ["Read the baselines with their budgets in mind: every method gets the same "
               f"{cfg['debias_epochs']} epochs, while LfF's paper trains about 100 (its "
               "relative-difficulty weights only separate the conflicts once the debiased model "
@@ -601,7 +605,7 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
             for r in ratios:
                 cells += [_pm(unbiased.get((dataset, r, m))),
                           _pm(conflicting.get((dataset, r, m))), _pm(aligned.get((dataset, r, m)))]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_method_cell(m, cfg)} | " + " | ".join(cells) + " |")
     lines += _detection_lines(results)
     lines += _timing_lines(results)
     if results["skipped"]:
@@ -612,6 +616,24 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     lines += [f"![{p.stem}]({Path(os.path.relpath(p, image_root)).as_posix()})" for p in images]
     lines += ["", "Every row (each trained model, each ranking) is in `docs/benchmarks.json`."]
     return "\n".join(lines)
+
+
+def _oracle_text(cfg: dict) -> str:
+    """Why the DiffuBias rows are an upper bound on the built-ins, or "" (real models)."""
+    notes = [oracle_note(resolve(cfg[kind], "builtin:", kind=kind), "builtin:")
+             for kind in ("captioner", "generator")]
+    if not any(notes):
+        return ""
+    return ("Every DiffuBias row (`diffubias`, `diffubias-no-filter`) in this section ran with "
+            f"the `{cfg['captioner']}` captioner and the `{cfg['generator']}` generator: "
+            + "; ".join(n for n in notes if n) + ". They measure the method with a perfect "
+            "captioner and generator; `python bench/zoo.py` measures the project's real models, "
+            "and a rerun of this benchmark with the defaults (`auto`) uses them.")
+
+
+def _method_cell(name: str, cfg: dict) -> str:
+    return f"{name} (oracle: upper bound)" if (METHODS[name].generates
+                                               and _oracle_text(cfg)) else name
 
 
 def _resume_note(meta: dict) -> str:
@@ -637,9 +659,7 @@ def _settings_text(cfg: dict, options: dict) -> str:
             f"DiffuBias {cfg['captioner']} captions x {cfg['captions_per_image']}, "
             f"{cfg['generator']} generator x {cfg['images_per_prompt']} images per prompt; "
             f"oversampling {copies} copies per candidate (as many added images as DiffuBias makes "
-            "from a candidate whose captions all pass the filter). The `demo` generator is the "
-            "offline stand-in for a diffusion model: it renders exactly what the prompt says, so "
-            "the DiffuBias rows measure the method with a perfect generator.")
+            "from a candidate whose captions all pass the filter).")
 
 
 def _load(avg: Sequence[float]) -> str:
@@ -651,7 +671,9 @@ def _standing_lines(results: dict) -> list[str]:
     conflict_rows = {r["baseline"]: r for r in standing(results["rows"], metric="conflicting")}
     if not rows:
         return []
-    lines = ["### Where DiffuBias stands", "",
+    oracle = _oracle_text(results["meta"]["config"])
+    lines = ["### Where DiffuBias stands" + (" (with oracles: an upper bound)" if oracle else ""),
+             "",
              "Differences of mean accuracy, DiffuBias minus the other method, in points, over "
              "every (dataset, ratio) setting; a win or loss needs a difference above 0.05 "
              "points, anything smaller is a tie.", "",
