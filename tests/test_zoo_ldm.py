@@ -205,3 +205,17 @@ def test_the_quick_judge_learns_a_planted_class_and_attribute():
     judge = QuickJudge.train(data.images, labels, attributes, steps=60, seed=0)
     classes, colours = judge.predict(data.images)
     assert (classes == labels).mean() > 0.9 and (colours == attributes).all()
+
+
+def test_the_card_gives_the_command_that_retrains_the_model():
+    from diffubias.zoo.ldm_run import RunSettings, _retrain_command
+    from diffubias.zoo.ldm_train import TrainSettings
+
+    assert _retrain_command("colored-digits", TrainSettings(steps=300), RunSettings()) == (
+        "python -m diffubias.zoo train ldm --domain colored-digits --out "
+        "models/colored-digits-ldm --steps 300 --seed 0")
+    command = _retrain_command("shape-scenes", TrainSettings(steps=6000, vae_steps=1500),
+                               RunSettings(per_cell=250, probe_judge="models/shape-scenes-judge"))
+    assert command.startswith("python -m diffubias.zoo.ldm_run --domain shape-scenes")
+    assert command.endswith("--vae-steps 1500 --per-cell 250 --probe-judge "
+                            "models/shape-scenes-judge")
