@@ -214,8 +214,8 @@ def test_the_card_gives_the_command_that_retrains_the_model():
     assert _retrain_command("colored-digits", TrainSettings(steps=300), RunSettings()) == (
         "python -m diffubias.zoo train ldm --domain colored-digits --out "
         "models/colored-digits-ldm --steps 300 --seed 0")
-    command = _retrain_command("shape-scenes", TrainSettings(steps=6000, vae_steps=1500),
+    command = _retrain_command("shape-scenes", TrainSettings(steps=6000, vae_steps=2500),
                                RunSettings(per_cell=250, probe_judge="models/shape-scenes-judge"))
     assert command.startswith("python -m diffubias.zoo.ldm_run --domain shape-scenes")
-    assert command.endswith("--vae-steps 1500 --per-cell 250 --probe-judge "
+    assert command.endswith("--vae-steps 2500 --per-cell 250 --probe-judge "
                             "models/shape-scenes-judge")
