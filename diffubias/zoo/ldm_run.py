@@ -48,9 +48,8 @@ class RunSettings:
     other_guidance: tuple[float, ...] = (3.0,)  # also measured, on a fifth of the images
     judge: str = ""  # folder of a zoo judge (`python -m diffubias.zoo train judge`) for the final
     # measurement; the probes use the quick judge trained here unless `probe_judge` is given
-    probe_judge: str = ""  # a zoo judge folder for the probes (and so the best-checkpoint pick):
-    # the quick judge names only 56 % of real shape-scenes shapes; the final measurement draws
-    # other prompts with other seeds, so picking on the probes barely favours the final score
+    probe_judge: str = ""  # a zoo judge for the probes, so for the best-checkpoint pick (the
+    # quick judge names 56 % of real shapes); the final measurement draws other prompts, seeds
     show_progress: bool = True
     judge_steps: int = 1000  # the quick judge's training steps
     judge_per_cell: int = 30  # its corpus: 3,000 judge-role images on colored digits
@@ -324,20 +323,14 @@ def model_card(domain: str, config: LDMConfig, trainer: LDMTrainer, run: RunSett
 def _retrain_command(domain: str, train: TrainSettings, run: RunSettings) -> str:
     """The command that trains this model again: `train ldm` when only steps and seed differ
     from the defaults, else `ldm_run` with every option that does."""
-    options = []
-    for flag, value, default in (
-            ("--vae-steps", train.vae_steps, TrainSettings().vae_steps),
-            ("--batch-size", train.batch_size, TrainSettings().batch_size),
-            ("--per-cell", run.per_cell, RunSettings().per_cell),
-            ("--judge", run.judge, RunSettings().judge),
-            ("--probe-judge", run.probe_judge, RunSettings().probe_judge)):
-        if value != default:
-            options += [flag, str(value)]
-    base = (f"--domain {domain} --out models/{domain}-ldm --steps {train.steps} "
-            f"--seed {train.seed}")
-    if not options:
-        return f"python -m diffubias.zoo train ldm {base}"
-    return f"python -m diffubias.zoo.ldm_run {base} {' '.join(options)}"
+    t, r = TrainSettings(), RunSettings()
+    options = " ".join(f"--{name.replace('_', '-')} {value}" for name, value, default in (
+        ("vae_steps", train.vae_steps, t.vae_steps), ("batch_size", train.batch_size, t.batch_size),
+        ("per_cell", run.per_cell, r.per_cell), ("judge", run.judge, r.judge),
+        ("probe_judge", run.probe_judge, r.probe_judge)) if value != default)
+    base = f"--domain {domain} --out models/{domain}-ldm --steps {train.steps} --seed {train.seed}"
+    return (f"python -m diffubias.zoo.ldm_run {base} {options}" if options
+            else f"python -m diffubias.zoo train ldm {base}")
 
 
 # -- the command line --------------------------------------------------------------------------
