@@ -5,8 +5,8 @@ pipeline with its model card.
 The run, in chunks of `checkpoint_every` steps: VAE steps, then UNet steps; after each chunk the
 whole state goes to `DIR/checkpoint/last.safetensors` (atomic), and every `probe_every` UNet
 steps the EMA model samples one prompt per (class, attribute) cell, a judge scores them, and the
-best pipeline so far is saved to `DIR/checkpoint/best/`. Rerunning the same command resumes; a larger
-`--steps` continues; `--max-minutes` stops cleanly after the step under way. At the end the
+best pipeline so far goes to `DIR/checkpoint/best/`. Rerunning the same command resumes; a
+larger `--steps` continues; `--max-minutes` stops cleanly after the step under way. At the end the
 model is probed once more, the best pipeline is copied into DIR, loaded back through
 `load_diffusers_generator` (the product's own path), measured on `eval_per_cell` seeds per
 cell, and described in DIR/README.md.
