@@ -162,7 +162,10 @@ def test_the_run_checkpoints_probes_ships_and_resumes(tmp_path):
     assert (out / "model_index.json").is_file()
     assert (out / "checkpoint" / "last.safetensors").is_file()
     card = (out / "README.md").read_text()
-    assert "below the targets" in card and "python -m diffubias.zoo train ldm" in card
+    assert "below the targets" in card
+    # the retrain command carries the options that differ from the defaults
+    assert "python -m diffubias.zoo.ldm_run --domain colored-digits" in card
+    assert f"--batch-size 4 --per-cell 1 --judge {zoo_judge.parent}" in card
     assert "At guidance 3.0 (100 images)" in card and "| 2 | 0." in card  # the probe table
     assert f"the zoo judge in {zoo_judge.parent}" in card
     history = json.loads((out / "checkpoint" / "history.json").read_text())
@@ -208,7 +211,8 @@ def test_the_quick_judge_learns_a_planted_class_and_attribute():
 
 
 def test_the_card_gives_the_command_that_retrains_the_model():
-    from diffubias.zoo.ldm_run import RunSettings, _retrain_command
+    from diffubias.zoo.ldm_card import _retrain_command
+    from diffubias.zoo.ldm_run import RunSettings
     from diffubias.zoo.ldm_train import TrainSettings
 
     assert _retrain_command("colored-digits", TrainSettings(steps=300), RunSettings()) == (
