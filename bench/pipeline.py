@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from markdown import machine_line, write_section  # noqa: E402
 
 RUNS = (
@@ -37,6 +38,22 @@ def run_one(name: str, args: list[str], out: Path) -> dict:
             "wall_s": wall, "peak_mb": peak_mb, "report": report}
 
 
+def _backends_line(results: list[dict]) -> str:
+    """Which captioner and generator the runs used, and whether that is the method or an
+    upper bound."""
+    from diffubias.shipped_models import oracle_note, resolve
+
+    parts = []
+    for r in results:
+        config, dataset = r["report"]["config"], r["report"]["config"]["dataset"]
+        names = [resolve(config[k], dataset, kind=k) for k in ("captioner", "generator")]
+        notes = [oracle_note(n, dataset) for n in names]
+        parts.append(f"{r['name']}: captioner `{names[0]}`, generator `{names[1]}`"
+                     + (f" (UPPER BOUND: {'; '.join(n for n in notes if n)})"
+                        if any(notes) else " (the project's own models: the method, no oracle)"))
+    return "Backends (the defaults): " + "; ".join(parts) + "."
+
+
 def fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -48,7 +65,7 @@ def render(results: list[dict]) -> str:
              f"end {load} (a load above 2 means other work shared the 2 cores and stretched the "
              "wall times). Wall time includes every stage, dataset generation on first use and "
              "process start-up. Peak memory is the largest child process's maximum RSS so far.",
-             ""]
+             "", _backends_line(results), ""]
     lines += ["| dataset | wall (s) | peak RSS (MB) | r-precision | AUROC | precision@K | "
               "recall@K | vanilla unbiased | debiased unbiased | gain (points) | "
               "CAM in object: biased -> debiased |",
