@@ -45,8 +45,7 @@ DEMO = ["--dataset", "builtin:colored-digits", "--conflict-ratio", "0.01", "--se
 DEMO_TARGET_S = 120
 
 
-def measure_generator(domain: str, folder: Path, judge, check, *, seeds: int,
-                      steps: int) -> dict:
+def measure_generator(folder: Path, judge, check, *, seeds: int, steps: int) -> dict:
     from diffubias.diffusion import DiffusionSettings, load_diffusers_generator
     from diffubias.zoo.ldm_probe import draw, probe_prompts, score_images
 
@@ -110,11 +109,12 @@ def measure_domain(domain: str, models: Path, *, seeds: int, steps: list[int]) -
                                    "n": len(check)}}
     ldm = models / f"{domain}-ldm"
     if ldm.is_dir():
+        out["picked_by_this_judge"] = f"the judge in `models/{domain}-judge`" in (
+            ldm / "README.md").read_text()  # its card names the judge of its probes
         out["generator"] = {}
         for n in steps:
             print(f"{domain}: builtin-ldm at {n} steps", flush=True)
-            out["generator"][n] = measure_generator(domain, ldm, judge, check, seeds=seeds,
-                                                    steps=n)
+            out["generator"][n] = measure_generator(ldm, judge, check, seeds=seeds, steps=n)
         out["classless"] = measure_classless(ldm, judge, check)
     captioner = models / f"{domain}-captioner"
     if captioner.is_dir():
@@ -169,6 +169,13 @@ def render(results: dict, demo: dict | None, args: argparse.Namespace, wall: flo
                 f"{real['class']:.3f} / {real['attribute']:.3f} |")
         if "generator" not in r:
             lines.append(f"| {domain} | | | | | | | | not shipped yet |")
+    same = [d for d, r in results.items() if r.get("picked_by_this_judge")]
+    if same:
+        lines += ["", f"Caveat: the shipped {', '.join(same)} model's checkpoint was picked "
+                  "among its training probes by this same judge (one prompt per cell, other "
+                  "prompts and seeds than these), so its row may favour it slightly; the other "
+                  "models were picked by a quick judge trained during their runs (their cards "
+                  "say which)."]
     lines += ["", "Per-class accuracy of the class at the first step count:", ""]
     for domain, r in results.items():
         if r.get("generator"):

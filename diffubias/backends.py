@@ -108,14 +108,14 @@ def captioner_for(config: RunConfig, *, dataset_name: str) -> Captioner:
 def generator_for(config: RunConfig, *, dataset_name: str, class_names: Sequence[str],
                   log: Log | None = None) -> Generator:
     """The generator `config.generator` names, with the run's diffusion settings."""
-    settings = None
-    if resolve(config.generator, dataset_name, kind="generator") != "oracle-renderer":
+    name, settings = resolve(config.generator, dataset_name, kind="generator"), None
+    if name != "oracle-renderer":
         from diffubias.diffusion import DiffusionSettings
 
         settings = DiffusionSettings(steps=config.gen_steps, guidance_scale=config.guidance_scale,
                                      negative_prompt=config.negative_prompt,
                                      batch_size=config.gen_batch_size, width=config.gen_width,
                                      height=config.gen_height)
-    return make_generator(config.generator, dataset_name=dataset_name, class_names=class_names,
+    return make_generator(name, dataset_name=dataset_name, class_names=class_names,
                           settings=settings, device=config.device, dtype=config.model_dtype,
                           offload=config.offload, compile_mode=config.compile_mode, log=log)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diffubias.baselines import baseline_names
+from diffubias.shipped_models import current_name
 
 # Names a setting may take, kept here as plain tuples so that checking a config imports no torch.
 # baselines: what the `debias` stage can train next to vanilla and DiffuBias, as registered in
@@ -112,9 +113,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIFFUBIAS_CACHE", Path.home() / ".cache" / "diffubias"))
 
 
-# backend names of earlier versions, still read from saved projects and run folders
-RENAMED_BACKENDS = {"demo": "oracle-renderer"}
-
 @dataclass(frozen=True)
 class RunConfig:
     dataset: str = "builtin:colored-digits"
@@ -210,7 +208,7 @@ class RunConfig:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must name a backend, a model id or a local folder; "
                                  f"got {value!r}")
-            object.__setattr__(self, name, RENAMED_BACKENDS.get(value, value))
+            object.__setattr__(self, name, current_name(value))
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; "

@@ -20,9 +20,16 @@ BUILTIN_CAPTIONER = "builtin-blip"
 BUILTIN_GENERATOR = "builtin-ldm"
 KINDS = {BUILTIN_CAPTIONER: "captioner", BUILTIN_GENERATOR: "ldm", "judge": "judge"}
 AUTO = "auto"  # the default captioner and generator: see `resolve`
+# backend names of earlier versions, still read from saved projects, jobs and run folders
+RENAMED_BACKENDS = {"demo": "oracle-renderer"}
 # the names that need no model library to list (the UI offers them before its models load)
 BASE_CAPTIONERS = (AUTO, BUILTIN_CAPTIONER, "metadata")
 BASE_GENERATORS = (AUTO, BUILTIN_GENERATOR, "oracle-renderer")
+
+
+def current_name(name: str) -> str:
+    """`name`, or what it is called now if it was renamed."""
+    return RENAMED_BACKENDS.get(name, name)
 
 
 def resolve(name: str, dataset_name: str, *, kind: str) -> str:
@@ -30,7 +37,7 @@ def resolve(name: str, dataset_name: str, *, kind: str) -> str:
     the dataset's own captions (`metadata`) for captioning, and no generator (`auto` stays, and
     diffubias.backends asks the user to choose one). Other names are returned as they are."""
     if name != AUTO:
-        return name
+        return current_name(name)
     builtin = dataset_name.startswith("builtin:")
     if kind == "captioner":
         return BUILTIN_CAPTIONER if builtin else "metadata"
@@ -69,7 +76,8 @@ def oracle_note(name: str, dataset_name: str) -> str:
     """Why the captioner or generator `name` is an oracle on `dataset_name` ("" when it is not):
     it reads what a real model could not know, so its results are an upper bound."""
     builtin = dataset_name.startswith("builtin:")
-    if name in ("oracle-renderer", "demo"):  # "demo": its name in earlier saved projects
+    name = current_name(name)
+    if name == "oracle-renderer":
         return ("oracle: draws with the dataset's own generator and falls back to the sample's "
                 "label (an upper bound, not a model)")
     if name == "metadata" and builtin:

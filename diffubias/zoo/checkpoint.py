@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from diffubias.files import atomic_path
 
@@ -42,16 +42,22 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu"
                     ) -> tuple[dict[str, Tensors], dict]:
     """(groups of tensors on `device`, meta) of a file written by `save_checkpoint`."""
     groups: dict[str, Tensors] = {}
-    for name, value in load_file(str(path), device=str(device)).items():
-        group, key = name.split("/", 1)
-        groups.setdefault(group, {})[key] = value
-    return groups, read_meta(path)
+    with safe_open(str(path), framework="pt", device=str(device)) as f:  # one read of the file
+        meta = _meta(f)
+        for name in f.keys():
+            group, key = name.split("/", 1)
+            groups.setdefault(group, {})[key] = f.get_tensor(name)
+    return groups, meta
 
 
 def read_meta(path: Path) -> dict:
     """The JSON part of a checkpoint, without reading its tensors."""
     with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {})[_META_KEY])
+        return _meta(f)
+
+
+def _meta(opened) -> dict:
+    return json.loads((opened.metadata() or {})[_META_KEY])
 
 
 def optimizer_parts(state_dict: Mapping) -> tuple[Tensors, dict]:

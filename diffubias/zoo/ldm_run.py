@@ -72,7 +72,7 @@ def train_ldm(domain: str, out: Path, *, train: TrainSettings, run: RunSettings,
         log(f"resumed at VAE step {trainer.state.vae_step}, UNet step {trainer.state.unet_step}")
     wall_before = trainer.state.wall_seconds
     check = make_corpus(domain, role="check", per_cell=10, seed=train.seed)
-    quick: list[QuickJudge] = []
+    quick: list[QuickJudge | ZooJudge] = []
 
     def judge() -> QuickJudge | ZooJudge:  # loaded or trained only when a probe needs it
         if not quick:
