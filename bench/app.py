@@ -202,6 +202,19 @@ def bench_scores() -> dict:
     return results
 
 
+def _backends(config) -> str:
+    """The captioner and generator the demo project's `auto` settings stood for, marked when
+    either is an oracle."""
+    from diffubias.shipped_models import oracle_note, resolve
+    from ui.datasets import DEMO_SOURCE
+
+    names = {k: resolve(getattr(config, k), DEMO_SOURCE, kind=k) for k in ("captioner", "generator")}
+    notes = [n for n in (oracle_note(v, DEMO_SOURCE) for v in names.values()) if n]
+    text = f"captioner `{names['captioner']}`, generator `{names['generator']}`"
+    return text + (f" (UPPER BOUND: {'; '.join(notes)})" if notes else
+                   " (the project's own models, no oracle)")
+
+
 def render(startup: dict, scores: dict) -> str:
     lines = ["## Web app (`app.py`)", "",
              f"Measured by `python bench/app.py` on {machine_line()}; load average at the start "
@@ -236,7 +249,7 @@ def render(startup: dict, scores: dict) -> str:
         lines += [f"| whole demo workflow through the UI's API, default settings | < 6 min | "
                   f"{startup['workflow_s'] / 60:.1f} min |", "",
                   f"The workflow used the library's defaults: biased model {d.biased_epochs} "
-                  f"epochs (width {d.width}), metadata captions, `demo` generator with "
+                  f"epochs (width {d.width}), {_backends(d)} with "
                   f"{d.images_per_prompt} images per kept prompt, {d.debias_epochs} epochs for "
                   f"the vanilla and the debiased model, Grad-CAM on {d.cam_samples} "
                   f"bias-conflicting test images, then the report. Results as the app shows "

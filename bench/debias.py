@@ -297,23 +297,48 @@ def summarise(rows: Sequence[dict], metric: str) -> dict[tuple, tuple[float, flo
             for k, v in groups.items()}
 
 
+def paired_interval(diffs: Sequence[float], confidence: float = 0.95
+                    ) -> tuple[float, float, float]:
+    """(mean, low, high) of paired differences over seeds: Student's t interval of the mean
+    (low = high = nan with one seed)."""
+    from scipy import stats
+
+    values = np.asarray(diffs, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)
+                 * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
 def standing(rows: Sequence[dict], *, metric: str = "unbiased",
              method: str = "diffubias") -> list[dict]:
-    """For each other method: on how many (dataset, ratio) settings `method`'s mean is higher,
-    lower or equal, and the mean / smallest / largest difference in points."""
-    stats = summarise(rows, metric)
-    settings = sorted({(d, r) for d, r, m in stats if m == method}, key=str)
+    """For each other method and each (dataset, ratio): the difference `method` minus it in
+    points, paired by seed, with its 95 % interval. A setting is a win (loss) only when the
+    interval lies above (below) zero; otherwise the seeds cannot tell them apart."""
+    values = {(r["dataset"], r["conflict_ratio"], r["seed"], r["method"]): r[metric]
+              for r in rows if r["role"] == "method" and r[metric] is not None}
+    settings = sorted({(d, r) for d, r, _, m in values if m == method}, key=str)
     out = []
     for other in [m for m in METHODS if m != method]:
-        diffs = [100 * (stats[(d, r, method)][0] - stats[(d, r, other)][0])
-                 for d, r in settings if (d, r, other) in stats]
-        if diffs:
-            out.append({"baseline": other, "settings": len(diffs),
-                        "wins": sum(x > 0.05 for x in diffs),
-                        "losses": sum(x < -0.05 for x in diffs),
-                        "ties": sum(abs(x) <= 0.05 for x in diffs),
-                        "mean_points": float(np.mean(diffs)), "min_points": float(min(diffs)),
-                        "max_points": float(max(diffs))})
+        cells = []
+        for d, r in settings:
+            diffs = [100 * (values[(d, r, s, method)] - values[(d, r, s, other)])
+                     for dd, rr, s, m in values if (dd, rr, m) == (d, r, method)
+                     and (d, r, s, other) in values]
+            if diffs:
+                mean, low, high = paired_interval(diffs)
+                cells.append({"dataset": d, "ratio": r, "seeds": len(diffs), "mean": mean,
+                              "low": low, "high": high})
+        if cells:
+            means = [c["mean"] for c in cells]
+            out.append({"baseline": other, "settings": len(cells), "cells": cells,
+                        "wins": sum(c["low"] > 0 for c in cells),
+                        "losses": sum(c["high"] < 0 for c in cells),
+                        "unclear": sum(not (c["low"] > 0 or c["high"] < 0) for c in cells),
+                        "mean_points": float(np.mean(means)), "min_points": float(min(means)),
+                        "max_points": float(max(means))})
     return out
 
 
@@ -331,6 +356,7 @@ def draw_plots(results: dict, img_dir: Path) -> list[Path]:
     img_dir.mkdir(parents=True, exist_ok=True)
     written = []
     stats = {metric: summarise(results["rows"], metric) for metric in ("unbiased", "conflicting")}
+    cfg = results["meta"]["config"]
     methods = [m for m in METHODS if any(k[2] == m for k in stats["unbiased"])]
     colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
     for dataset in sorted({k[0] for k in stats["unbiased"]}):
@@ -342,13 +368,13 @@ def draw_plots(results: dict, img_dir: Path) -> list[Path]:
                 values = [stats[metric].get((dataset, r, m), (np.nan, 0, 0)) for r in ratios]
                 ax.bar(np.arange(len(ratios)) + (i - (len(methods) - 1) / 2) * width,
                        [v[0] for v in values], width, yerr=[v[1] for v in values],
-                       label=m, color=colours[m], capsize=2)
+                       label=_method_cell(m, cfg), color=colours[m], capsize=2)
             ax.set_xticks(np.arange(len(ratios)), [_ratio_text(r) for r in ratios])
             ax.set_xlabel("bias-conflicting share of train")
             ax.set_title(f"{dataset}: {metric} test accuracy")
             ax.set_ylim(0, 1)
             ax.grid(axis="y", alpha=0.3)
-        _legend_below(fig, axes[0], len(methods))
+        _legend_below(fig, axes[0], min(4, len(methods)))
         written.append(_save(fig, img_dir / f"debias_bars_{dataset}.png"))
         if len(ratios) > 1:
             fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
@@ -357,7 +383,8 @@ def draw_plots(results: dict, img_dir: Path) -> list[Path]:
                 for m in methods:
                     v = np.array([stats[metric].get((dataset, r, m), (np.nan, 0, 0))[:2]
                                   for r in ratios])
-                    ax.plot(x, v[:, 0], marker="o", label=m, color=colours[m])
+                    ax.plot(x, v[:, 0], marker="o", label=_method_cell(m, cfg),
+                            color=colours[m])
                     ax.fill_between(x, v[:, 0] - v[:, 1], v[:, 0] + v[:, 1], alpha=0.15,
                                     color=colours[m])
                 ax.set_xscale("log")
@@ -367,7 +394,7 @@ def draw_plots(results: dict, img_dir: Path) -> list[Path]:
                 ax.set_title(f"{dataset}: {metric} accuracy vs conflict ratio")
                 ax.set_ylim(0, 1)
                 ax.grid(alpha=0.3)
-            _legend_below(fig, axes[0], len(methods))
+            _legend_below(fig, axes[0], min(4, len(methods)))
             written.append(_save(fig, img_dir / f"debias_vs_ratio_{dataset}.png"))
         written += _draw_pr(results, dataset, img_dir, plt)
     return written
@@ -583,6 +610,9 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     oracle = _oracle_text(cfg)
     if oracle:
         lines += [f"**Upper bound, not the method.** {oracle}", ""]
+    bound = _upper_bound_text(meta["methods"])
+    if bound:
+        lines += [f"**Upper bound rows.** {bound}", ""]
     lines += ["Read the baselines with their budgets in mind: every method gets the same "
               f"{cfg['debias_epochs']} epochs, while LfF's paper trains about 100 (its "
               "relative-difficulty weights only separate the conflicts once the debiased model "
@@ -632,8 +662,22 @@ def _oracle_text(cfg: dict) -> str:
 
 
 def _method_cell(name: str, cfg: dict) -> str:
-    return f"{name} (oracle: upper bound)" if (METHODS[name].generates
-                                               and _oracle_text(cfg)) else name
+    """A method's name, marked where its rows are an upper bound (an oracle method, or a
+    DiffuBias variant run with oracle backends)."""
+    method = METHODS[name]
+    oracle = method.upper_bound or (method.generates and _oracle_text(cfg))
+    return f"{name} (oracle: upper bound)" if oracle else name
+
+
+def _upper_bound_text(methods: Sequence[str]) -> str:
+    """What the oracle methods of this run are, or ""."""
+    names = [m for m in methods if METHODS[m].upper_bound]
+    if not names:
+        return ""
+    return (", ".join(f"`{m}`" for m in names) + ": " + "; ".join(
+        METHODS[m].summary for m in names) + ". It shares the detection and the candidates of "
+        "`diffubias`; the gap between the two is what the project's own captioner and "
+        "generator cost against perfect ones.")
 
 
 def _resume_note(meta: dict) -> str:
@@ -656,10 +700,17 @@ def _settings_text(cfg: dict, options: dict) -> str:
     return (f"Settings: biased (GCE) model {cfg['biased_epochs']} epochs, q {cfg['gce_q']}; "
             f"top-K {cfg['top_k']} per class; JTT T = {jtt_epochs} epochs, "
             f"lambda {options['jtt_upweight']:g}; LfF EMA {options['lff_ema']}; "
-            f"DiffuBias {cfg['captioner']} captions x {cfg['captions_per_image']}, "
-            f"{cfg['generator']} generator x {cfg['images_per_prompt']} images per prompt; "
+            f"DiffuBias {_backend(cfg, 'captioner')} captions x {cfg['captions_per_image']}, "
+            f"{_backend(cfg, 'generator')} generator x {cfg['images_per_prompt']} images per "
+            "prompt; "
             f"oversampling {copies} copies per candidate (as many added images as DiffuBias makes "
             "from a candidate whose captions all pass the filter).")
+
+
+def _backend(cfg: dict, kind: str) -> str:
+    """`cfg`'s captioner or generator on the built-ins, `auto` spelled out."""
+    name = resolve(cfg[kind], "builtin:", kind=kind)
+    return f"`{name}`" if name == cfg[kind] else f"`{name}` (`{cfg[kind]}`)"
 
 
 def _load(avg: Sequence[float]) -> str:
@@ -671,35 +722,60 @@ def _standing_lines(results: dict) -> list[str]:
     conflict_rows = {r["baseline"]: r for r in standing(results["rows"], metric="conflicting")}
     if not rows:
         return []
-    oracle = _oracle_text(results["meta"]["config"])
+    cfg = results["meta"]["config"]
+    oracle = _oracle_text(cfg)
     lines = ["### Where DiffuBias stands" + (" (with oracles: an upper bound)" if oracle else ""),
              "",
-             "Differences of mean accuracy, DiffuBias minus the other method, in points, over "
-             "every (dataset, ratio) setting; a win or loss needs a difference above 0.05 "
-             "points, anything smaller is a tie.", "",
-             "| vs | settings | unbiased: wins / losses / ties | mean (min, max) | "
-             "conflicting: wins / losses / ties | mean (min, max) |", "|---|---|---|---|---|---|"]
+             "DiffuBias minus the other method, in points of mean test accuracy, paired by seed. "
+             "A setting (dataset, ratio) counts as a win or a loss only when the 95 % interval "
+             "of the paired difference (Student's t over the seeds) lies above or below zero; "
+             "otherwise the seeds cannot tell the two apart (unclear).", "",
+             "| vs | settings | unbiased: wins / losses / unclear | mean (min, max) | "
+             "conflicting: wins / losses / unclear | mean (min, max) |",
+             "|---|---|---|---|---|---|"]
     sentences = []
     for r in rows:
         c = conflict_rows.get(r["baseline"])
-        lines.append(f"| {r['baseline']} | {r['settings']} | {r['wins']} / {r['losses']} / "
-                     f"{r['ties']} | "
+        lines.append(f"| {_method_cell(r['baseline'], cfg)} | {r['settings']} | {r['wins']} / "
+                     f"{r['losses']} / {r['unclear']} | "
                      f"{r['mean_points']:+.1f} ({r['min_points']:+.1f}, {r['max_points']:+.1f}) | "
-                     + (f"{c['wins']} / {c['losses']} / {c['ties']} | {c['mean_points']:+.1f} "
+                     + (f"{c['wins']} / {c['losses']} / {c['unclear']} | {c['mean_points']:+.1f} "
                         f"({c['min_points']:+.1f}, {c['max_points']:+.1f}) |" if c else "- | - |"))
         n = r["settings"]
         verdict = ("beats" if r["wins"] == n else "loses to" if r["losses"] == n else
-                   "ties with" if r["ties"] == n else "beats or ties" if r["losses"] == 0 else
-                   "loses to or ties" if r["wins"] == 0 else "is mixed against")
-        sentences.append(f"DiffuBias {verdict} {r['baseline']} in unbiased accuracy "
-                         f"({r['wins']} wins, {r['losses']} losses, {r['ties']} ties in "
-                         f"{r['settings']} settings; {r['mean_points']:+.1f} points on "
-                         "average).")
+                   "cannot be told apart from" if r["unclear"] == n else
+                   "beats or cannot be told apart from" if r["losses"] == 0 else
+                   "loses to or cannot be told apart from" if r["wins"] == 0 else
+                   "is mixed against")
+        sentences.append(f"DiffuBias {verdict} {_method_cell(r['baseline'], cfg)} in unbiased "
+                         f"accuracy ({r['wins']} wins, {r['losses']} losses, {r['unclear']} "
+                         f"unclear in {n} settings; {r['mean_points']:+.1f} points on average).")
     same = _filter_kept_everything(results["rows"])
     if same:
         sentences.append(f"On {', '.join(same)} the text filter kept every caption, so the two "
                          "DiffuBias rows are one and the same model there (computed once).")
-    return lines + [""] + [" ".join(sentences)]
+    lines += ["", " ".join(sentences)]
+    for dataset in sorted({c["dataset"] for r in rows for c in r["cells"]}):
+        ratios = sorted({c["ratio"] for r in rows for c in r["cells"] if c["dataset"] == dataset},
+                        key=_ratio_key)
+        lines += ["", f"Unbiased accuracy on {dataset}, DiffuBias minus each method: mean "
+                  "[95 % interval] in points:", "",
+                  "| vs | " + " | ".join(_ratio_text(x) for x in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        for r in rows:
+            cells = {c["ratio"]: c for c in r["cells"] if c["dataset"] == dataset}
+            lines.append(f"| {_method_cell(r['baseline'], cfg)} | " + " | ".join(
+                _interval_text(cells.get(x)) for x in ratios) + " |")
+    return lines
+
+
+def _interval_text(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    if np.isnan(cell["low"]):
+        return f"{cell['mean']:+.1f} (one seed)"
+    mark = " ✓" if cell["low"] > 0 else " ✗" if cell["high"] < 0 else ""
+    return f"{cell['mean']:+.1f} [{cell['low']:+.1f}, {cell['high']:+.1f}]{mark}"
 
 
 def _filter_kept_everything(rows: Sequence[dict]) -> list[str]:

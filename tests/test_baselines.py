@@ -42,12 +42,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_the_registry_lists_every_method_and_which_are_baselines():
     assert tuple(METHODS) == ("vanilla", "lff", "jtt", "oversample-topk", "diffubias",
-                              "diffubias-no-filter")
+                              "diffubias-no-filter", "diffubias-oracle")
     assert baseline_names() == ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
     assert BASELINES == baseline_names()  # the config's list is the registry's
     assert [m.name for m in baseline_methods()] == list(baseline_names())
-    assert {m.name for m in METHODS.values() if m.generates} == {"diffubias",
-                                                                  "diffubias-no-filter"}
+    assert {m.name for m in METHODS.values() if m.generates} == {
+        "diffubias", "diffubias-no-filter", "diffubias-oracle"}
+    # the upper bound is never a baseline the app or the CLI offers
+    assert [m.name for m in METHODS.values() if m.upper_bound] == ["diffubias-oracle"]
     for method in METHODS.values():
         function = method.resolve()
         assert callable(function) and function.__module__ == method.target.split(":")[0]
@@ -141,6 +143,10 @@ def test_every_method_reports_the_same_metrics(planted_run):
     cfg, data, _ = planted_run
     shared = SharedStages(data, cfg, generator=PlantedGenerator(data.ds.class_names))
     for name in METHODS:
+        if METHODS[name].upper_bound:  # built-ins only: tested on one below
+            with pytest.raises(ValueError, match="needs a built-in dataset"):
+                run_method(name, data, cfg, shared=shared)
+            continue
         result = run_method(name, data, cfg, shared=shared).to_dict()
         assert result["method"] == name
         assert set(result["test"]) >= {"overall", "aligned", "conflicting", "unbiased"}
@@ -177,7 +183,13 @@ def test_benchmark_smoke_rows_json_and_report(planted_folder, tmp_path):
     results = bench.run_grid([str(planted_folder)], ratios=(0.01,), seeds=(0,), base=base,
                              generator_factory=lambda data: PlantedGenerator(data.ds.class_names))
     rows = [r for r in results["rows"] if r["role"] == "method"]
-    assert sorted(r["method"] for r in rows) == sorted(METHODS)
+    assert sorted(r["method"] for r in rows) == sorted(m for m in METHODS
+                                                       if not METHODS[m].upper_bound)
+    # the oracle reads a built-in's own renderer: on a folder it is skipped, with the reason
+    assert [(s["method"], "built-in" in s["reason"]) for s in results["skipped"]] == [
+        ("diffubias-oracle", True)]
+    assert {(r["info"]["generator"], r["info"]["oracle"]) for r in rows
+            if METHODS[r["method"]].generates} == {("planted", False)}
     for row in rows:
         assert {"method", "dataset", "conflict_ratio", "seed", "unbiased", "conflicting",
                 "aligned", "overall"} <= set(row)
@@ -189,6 +201,47 @@ def test_benchmark_smoke_rows_json_and_report(planted_folder, tmp_path):
     assert images and all(p.stat().st_size > 1000 for p in images)
     text = bench.render_debias(results, images, image_root=tmp_path, command="pytest")
     assert "| method |" in text and "diffubias" in text
+
+
+def test_the_oracle_upper_bound_shares_detection_and_uses_the_builtin_backends(
+        builtin_cache, tmp_path):
+    """`diffubias-oracle` reuses the GCE detection of `diffubias` but captions and draws with
+    the built-in's oracles, and says so in its row; the real method's row names its models."""
+    cfg = RunConfig(dataset="builtin:colored-digits", conflict_ratio=0.01, seed=0,
+                    cache_dir=str(builtin_cache), width=8, biased_epochs=1, debias_epochs=1,
+                    top_k=2, captions_per_image=1, images_per_prompt=1, batch_size=256)
+    data = PreparedDataset.load(cfg)
+    shared = SharedStages(data, cfg)
+    oracle = run_method("diffubias-oracle", data, cfg, shared=shared)
+    child = shared.with_backends(captioner="metadata", generator="oracle-renderer")
+    assert child.detection() is shared.detection()  # trained once
+    assert child is shared.with_backends(captioner="metadata", generator="oracle-renderer")
+    assert oracle.info["captioner"] == "metadata"
+    assert oracle.info["generator"] == "oracle-renderer" and oracle.info["oracle"] is True
+    assert oracle.info["n_generated"] == 20  # 2 candidates x 10 classes x 1 caption x 1 image
+    real = run_method("diffubias", data, cfg, shared=shared)
+    assert (real.info["captioner"], real.info["generator"], real.info["oracle"]) == (
+        "builtin-blip", "builtin-ldm", False)
+
+
+def test_a_win_needs_a_paired_interval_above_zero():
+    """The benchmark's verdict: the paired 95 % t interval over seeds, not the mean alone."""
+    bench = _load_bench()
+    mean, low, high = bench.paired_interval([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0) and high - mean == pytest.approx(4.3027 / 3 ** 0.5, 1e-3)
+    assert np.isnan(bench.paired_interval([5.0])[1])
+
+    def rows(method, values):
+        return [{"role": "method", "dataset": "d", "conflict_ratio": r, "seed": s,
+                 "method": method, "unbiased": v} for (r, s), v in values.items()]
+    ours = {(0.01, 0): 0.50, (0.01, 1): 0.52, (0.01, 2): 0.54,  # +10 points on every seed
+            (0.05, 0): 0.60, (0.05, 1): 0.40, (0.05, 2): 0.55}  # up and down: unclear
+    theirs = {(0.01, 0): 0.40, (0.01, 1): 0.42, (0.01, 2): 0.44,
+              (0.05, 0): 0.50, (0.05, 1): 0.50, (0.05, 2): 0.50}
+    [row] = [r for r in bench.standing(rows("diffubias", ours) + rows("vanilla", theirs))
+             if r["baseline"] == "vanilla"]
+    assert (row["wins"], row["losses"], row["unclear"]) == (1, 0, 1)
+    assert row["cells"][0]["low"] > 0 > row["cells"][1]["low"]
 
 
 def test_benchmark_reference_scoring_loop_matches_batched_scoring(planted_run):

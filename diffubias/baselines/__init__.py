@@ -27,6 +27,9 @@ class Method:
     generates: bool  # needs a captioner and a generator (the DiffuBias variants)
     baseline: bool  # the debias stage may train it next to vanilla and DiffuBias
     target: str  # "package.module:function", imported by `resolve`
+    # reads what no model could know (a built-in's bias attribute, its own renderer): an upper
+    # bound, shown as such wherever its results appear, never a default
+    upper_bound: bool = False
 
     def __post_init__(self) -> None:
         module, _, function = self.target.partition(":")
@@ -66,6 +69,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "DiffuBias without the text filter: every caption becomes a prompt",
            generates=True, baseline=True,
            target="diffubias.baselines.generative:diffubias_no_filter"),
+    # the same pipeline with oracle captions and the built-in's own renderer: the ceiling the
+    # real captioner and generator are measured against (benchmarks only; built-ins only)
+    Method("diffubias-oracle", "DiffuBias with oracle captions and renderer (upper bound)",
+           "DiffuBias with the built-in's captions (written from the true bias attribute) and "
+           "its own renderer (draws the labelled class): an upper bound, not the method",
+           generates=True, baseline=False, upper_bound=True,
+           target="diffubias.baselines.generative:diffubias_oracle"),
 )}
 
 

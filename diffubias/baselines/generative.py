@@ -1,5 +1,5 @@
 """DiffuBias as a method of the comparison, with and without its text filter (the paper's
-ablation): GCE detection, captions, prompts, generation and a CE model on train + generated
+ablation), and with oracle captions and renderer (the upper bound, built-ins only): GCE detection, captions, prompts, generation and a CE model on train + generated
 images, all through `SharedStages`, so the two variants share everything up to the prompts and,
 when the filter keeps every caption, the model too. It knows nothing of the other methods.
 """
@@ -36,6 +36,22 @@ def diffubias_no_filter(data: PreparedDataset, config: RunConfig, *,
                        text_filter=False)
 
 
+def diffubias_oracle(data: PreparedDataset, config: RunConfig, *,
+                     options: BaselineOptions = DEFAULT_OPTIONS,
+                     shared: SharedStages | None = None,
+                     progress: ProgressFn | None = None) -> MethodResult:
+    """The upper bound: the method with the built-in's oracle captions (`metadata`, written
+    from the true bias attribute) and its own renderer (`oracle-renderer`, which draws the
+    labelled class). Same detection and candidates as `diffubias`; built-in datasets only."""
+    if not data.ds.name.startswith("builtin:"):
+        raise ValueError(f"diffubias-oracle needs a built-in dataset (its captions and renderer "
+                         f"are the dataset's own), not {data.ds.name!r}")
+    shared = shared_stages_for(shared, data, config, options)
+    oracle = shared.with_backends(captioner="metadata", generator="oracle-renderer")
+    return _generative("diffubias-oracle", data, oracle.config, options, oracle, progress,
+                       text_filter=True)
+
+
 def _generative(name: str, data: PreparedDataset, config: RunConfig, options: BaselineOptions,
                 shared: SharedStages | None, progress: ProgressFn | None, *,
                 text_filter: bool) -> MethodResult:
@@ -47,7 +63,8 @@ def _generative(name: str, data: PreparedDataset, config: RunConfig, options: Ba
                + augmented.generation_seconds + augmented.training.seconds)
     return method_result(name, data, config, augmented.training, seconds=seconds,
                          n_added=len(augmented.added_from),
-                         info={"text_filter": text_filter, "n_captions": n_captions,
+                         info={"text_filter": text_filter, **shared.backend_names(),
+                               "n_captions": n_captions,
                                "n_prompts": len(prompts),
                                "n_generated": len(augmented.added_from),
                                **shared.candidate_info()},

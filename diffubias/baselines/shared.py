@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from diffubias.generation import Generator
 from diffubias.images import stack_images
 from diffubias.prepared import PreparedDataset, test_accuracy, train_evaluated
 from diffubias.progress import ProgressFn
+from diffubias.shipped_models import oracle_note, resolve
 from diffubias.stages.detect import Detection, detect_bias
 from diffubias.stages.generate import MemorySink, generate_images, prompts_to_generate
 from diffubias.stages.prompts import filter_prompts
@@ -133,6 +134,35 @@ class SharedStages:
         """Stages 1-3 of DiffuBias: GCE model, CE scores, top-K candidates per class."""
         return self._once("detection", "detection",
                           lambda: detect_bias(self.data, self.config, progress=progress))
+
+    def with_backends(self, *, captioner: str, generator: str) -> SharedStages:
+        """These stages with another captioner and generator (made once): the detection, which
+        no backend touches, is shared; captions, prompts and generated images are their own."""
+        def make() -> SharedStages:
+            config = replace(self.config, captioner=captioner, generator=generator)
+            other = SharedStages(self.data, config, self.options, candidates=self.candidates)
+            if self.candidates is None:
+                other._done["detection"] = self.detection()
+                other.seconds["detection"] = self.seconds["detection"]
+            return other
+
+        key = ("backends", captioner, generator)
+        if key not in self._done:
+            self._done[key] = make()
+        return self._done[key]
+
+    def backend_names(self) -> dict:
+        """The captioner and generator these stages use (an injected one's own name, else the
+        config's with `auto` resolved), and whether either is an oracle: recorded with every
+        generative method's result."""
+        dataset = self.data.ds.name
+        names = {kind: resolve(getattr(self.config, kind), dataset, kind=kind)
+                 for kind in ("captioner", "generator")}
+        if self.captioner is not None:
+            names["captioner"] = self.captioner.backend
+        if self.generator is not None:
+            names["generator"] = self.generator.describe().get("model") or self.generator.backend
+        return {**names, "oracle": any(oracle_note(n, dataset) for n in names.values())}
 
     def error_set(self, progress: ProgressFn | None = None) -> ErrorSet:
         return self._once("error_set", "error_set",
