@@ -108,6 +108,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     run=partial(caption_service.run_captioner, studio),
                     apply_filter=partial(caption_service.apply_filter, studio),
                     save=partial(caption_service.save_prompt_edits, studio),
+                    anchoring=partial(caption_service.set_anchoring, studio),
                     view=partial(caption_service.captions_view, studio),
                     settings=settings, stop=stop,
                     captioners=caption_service.captioner_choices,

@@ -208,7 +208,8 @@ def _backends(config) -> str:
     from diffubias.shipped_models import oracle_note, resolve
     from ui.datasets import DEMO_SOURCE
 
-    names = {k: resolve(getattr(config, k), DEMO_SOURCE, kind=k) for k in ("captioner", "generator")}
+    names = {k: resolve(getattr(config, k), DEMO_SOURCE, kind=k)
+             for k in ("captioner", "generator")}
     notes = [n for n in (oracle_note(v, DEMO_SOURCE) for v in names.values()) if n]
     text = f"captioner `{names['captioner']}`, generator `{names['generator']}`"
     return text + (f" (UPPER BOUND: {'; '.join(notes)})" if notes else

@@ -40,14 +40,14 @@ from diffubias.baselines.shared import (DEFAULT_OPTIONS, BaselineOptions,  # noq
                                         SharedStages)
 from diffubias.builtin import CONFLICT_RATIOS  # noqa: E402
 from diffubias.config import RunConfig  # noqa: E402
-from diffubias.generation import Generator  # noqa: E402
 from diffubias.dataset import ImageDataset  # noqa: E402
+from diffubias.generation import Generator  # noqa: E402
 from diffubias.images import open_images  # noqa: E402
 from diffubias.prepared import (PreparedDataset, new_classifier, test_accuracy,  # noqa: E402
-                              train_config)
+                                train_config)
 from diffubias.scoring import detection_metrics, score_samples  # noqa: E402
 from diffubias.shipped_models import oracle_note, resolve  # noqa: E402
-from diffubias.training import to_float, train_classifier  # noqa: E402
+from diffubias.training import train_classifier  # noqa: E402
 
 DOCS = BENCHMARKS_MD.parent
 BUILTINS = ("builtin:colored-digits", "builtin:shape-scenes")
@@ -889,7 +889,6 @@ def render_efficiency(eff: dict, *, command: str) -> str:
         for name, r in rows)
         + f". Our scores and the reference loop's agree to {eff['scores_max_abs_diff']:.1e}."]
     compute = next(sc for sc in eff["scoring"] if sc["case"] == "in_memory")
-    per_image = 1000 / compute["samples"]
     ours_ms, reference_ms = (1000 * compute[k] / compute["samples"]
                              for k in ("ours_s", "reference_s"))
     if reference_ms / ours_ms < 10:

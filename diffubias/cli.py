@@ -145,6 +145,9 @@ _OPTIONS = (
     ("captions_per_image", "captions per candidate"),
     ("top_f", "text filter: number of top words (0: 2 x classes)"),
     ("extra_stop_words", "text filter: extra stop words, comma-separated"),
+    ("prompt_template", "a prompt that does not name its class gets it through this template "
+                        "before generation, with {caption} and {class} (empty: off)"),
+    ("class_synonyms", "other words that name a class, e.g. 'three: 3, III; circle: ring'"),
     ("generator", ("generation backend: builtin-ldm (the small latent diffusion model pretrained "
                    "here for the built-in datasets, in models/; runs on a CPU), oracle-renderer "
                    "(the built-in datasets' own generator, which reads the sample's label: an "

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from diffubias.anchoring import DEFAULT_TEMPLATE, check_template, parse_synonyms
 from diffubias.baselines import baseline_names
 from diffubias.shipped_models import current_name
 
@@ -140,6 +141,11 @@ class RunConfig:
     captions_per_image: int = 3
     top_f: int = 0  # 0: 2 x number of classes, as in the paper
     extra_stop_words: tuple[str, ...] = ()
+    # a prompt that does not name its class gets it through this template before generation
+    # ("" turns it off); class_synonyms: other words that name a class, "three: 3; circle: ring"
+    # (diffubias.anchoring)
+    prompt_template: str = DEFAULT_TEMPLATE
+    class_synonyms: str = ""
     # stage 6: generation
     # auto: builtin-ldm (the project's own latent diffusion model, models/) on the built-in
     # datasets, else the user must choose; oracle-renderer: the built-ins' own generator (an
@@ -223,6 +229,8 @@ class RunConfig:
             if len(getattr(self, name)) > MAX_TEXT_CHARS:
                 raise ValueError(f"{name} is {len(getattr(self, name)):,} characters long; keep "
                                  f"it under {MAX_TEXT_CHARS:,}")
+        object.__setattr__(self, "prompt_template", check_template(self.prompt_template))
+        parse_synonyms(self.class_synonyms)  # the classes are checked against the dataset's
         known = baseline_names()
         unknown = [b for b in self.baselines if b not in known]
         if unknown:

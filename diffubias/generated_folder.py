@@ -159,8 +159,8 @@ def generate_to_folder(generator: Generator, prompts: Sequence[Prompt], out_dir:
     if main or sharded:
         # every process lists the same missing items before anyone writes
         share = _share(state, log) if sharded else None
-        result = generate_images(generator, prompts, config, sink=sink, progress=progress,
-                                 share=share)
+        result = generate_images(generator, prompts, config, class_names=class_names,
+                                 sink=sink, progress=progress, share=share)
         n_new, keys, n_existing = result.n_new, result.keys, result.n_existing
     if sharded:
         from accelerate.utils import gather_object

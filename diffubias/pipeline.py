@@ -36,6 +36,7 @@ from diffubias.stages.caption import ScoredSamples, caption_candidates
 from diffubias.stages.debias import train_debiased
 from diffubias.stages.detect import Detection, detect_bias
 from diffubias.stages.explain import cam_positions, explain_models
+from diffubias.stages.generate import anchored
 from diffubias.stages.prompts import filter_prompts, resolved_top_f
 from diffubias.text_filter import Prompt
 
@@ -135,9 +136,11 @@ def stage_filter(run: Run) -> dict:
     """Stage 5: the text filter; writes prompts.csv, which a person may edit before generation."""
     cfg, ds = run.config, run.data.ds
     result = filter_prompts(read_captions(run), ds.labels, cfg, num_classes=ds.num_classes)
+    prompts = result.kept + result.dropped
+    final = anchored(prompts, cfg, ds.class_names)
     write_csv(run.out_dir / "prompts.csv", PROMPT_FIELDS,
-               ([int(p.keep), ds.class_names[p.label], p.text, p.source, ds.paths[p.source],
-                 " ".join(p.matched_words)] for p in result.kept + result.dropped))
+              ([int(p.keep), ds.class_names[p.label], p.text, p.source, ds.paths[p.source],
+                " ".join(p.matched_words), f.text] for p, f in zip(prompts, final, strict=True)))
     run.log(f"filter: kept {len(result.kept)} of {len(result.kept) + len(result.dropped)} "
             f"captions; top words: {', '.join(w for w, _ in result.top_words)}")
     return run.update_report(filter={

@@ -24,7 +24,9 @@ from diffubias.prepared import PreparedDataset
 from diffubias.text_safety import csv_row, from_csv_cell
 
 Log = Callable[[str], None]
-PROMPT_FIELDS = ("keep", "label", "text", "source", "source_path", "matched_words")
+# generated_as: the text the generator gets (class-anchored); shown, recomputed from text on use
+PROMPT_FIELDS = ("keep", "label", "text", "source", "source_path", "matched_words",
+                 "generated_as")
 
 
 def prompt_is_kept(cell: str) -> bool:

@@ -14,6 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
+from diffubias.anchoring import DEFAULT_TEMPLATE, anchor_text
 from diffubias.config import RunConfig
 from storage import Workspace
 from tests.ui_support import (
@@ -87,8 +88,19 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
                                                api_name="/run_captioner")
     assert "199 candidates" in status and "prompts kept" in summary
     table["data"][0][3] = "a red seven on a black background"
+    table["data"][1][3] = "a red digit on a black background"  # no class word
     saved, summary, table, _ = client.predict(project, table, api_name="/save_prompts")
-    assert saved == "✓ Saved 1 change(s)." and table["data"][0][3].startswith("a red seven")
+    assert saved == "✓ Saved 2 change(s)." and table["data"][0][3].startswith("a red seven")
+    # the generator gets the class through the template, shown in the table's last column
+    row = table["data"][1]
+    assert row[6] == anchor_text(row[3], row[2], template=DEFAULT_TEMPLATE) != row[3]
+    status, _, table, _ = client.predict(project, "", "", api_name="/save_anchoring")
+    assert status.startswith("✓ Anchoring saved: 0 ") and table["data"][1][6] == "(as written)"
+    with pytest.raises(Exception, match="unknown classes: dragon;"):
+        client.predict(project, DEFAULT_TEMPLATE, "dragon: wyrm", api_name="/save_anchoring")
+    status, _, table, _ = client.predict(project, DEFAULT_TEMPLATE, "seven: 7",
+                                         api_name="/save_anchoring")
+    assert status.startswith("✓ Anchoring saved") and table["data"][1][6] == row[6]
 
     # 4. Generate, then reject one image
     out = client.predict(project, "auto", "", 0, 7.5, TINY_GENERATE["images_per_prompt"], 0,

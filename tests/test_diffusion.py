@@ -83,7 +83,7 @@ def _generate(generator, prompts, *, images_per_prompt=1, seed=0):
     """(item, image) pairs through the generate stage, in memory."""
     sink = MemorySink()
     generate_images(generator, prompts, RunConfig(images_per_prompt=images_per_prompt, seed=seed),
-                    sink=sink)
+                    class_names=CLASSES, sink=sink)
     return sink.images
 
 

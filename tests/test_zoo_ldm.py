@@ -74,7 +74,8 @@ def test_saved_pipeline_loads_offline_and_generates_through_the_stage(tiny_ldm):
     assert type(generator.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     sink = MemorySink()
     prompts = [Prompt("a red seven", 0, 0, ("red",)), Prompt("a blue one", 1, 1, ("blue",))]
-    result = generate_images(generator, prompts, RunConfig(images_per_prompt=1, seed=3), sink=sink)
+    result = generate_images(generator, prompts, RunConfig(images_per_prompt=1, seed=3),
+                             class_names=("seven", "one"), sink=sink)
     assert result.n_new == 2 and len(sink.images) == 2
     assert all(image.size == (16, 16) for _, image in sink.images)
     weights = sum(p.stat().st_size for p in tiny_ldm.rglob("*.safetensors"))

@@ -208,6 +208,6 @@ def make_run_folder(out_dir: Path, dataset_root: Path, *, prompts: list[tuple[st
         with open(out_dir / "prompts.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(PROMPT_FIELDS)
-            writer.writerows([1, label, text, source, ds.paths[source], ""]
+            writer.writerows([1, label, text, source, ds.paths[source], "", text]
                              for label, text, source in prompts)
     return run

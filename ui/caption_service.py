@@ -19,7 +19,7 @@ from diffubias.shipped_models import oracle_note, resolve
 from diffubias.text_safety import check_prompt_text
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
-from ui.datasets import project_config, record_project_config, save_project_config
+from ui.datasets import project_config, record_project_config, save_project_config, stored_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
@@ -35,6 +35,7 @@ class PromptRow:
     matched_words: list[str]
     sample_id: int | None
     thumbnail: str | None
+    generated_as: str = ""  # the text the generator gets: class-anchored where it lacks the class
 
     @property
     def edited(self) -> bool:
@@ -126,7 +127,8 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int,
     positions = {sample_id: position for position, sample_id in sample_ids.items()}
     scores = ScoredSamples(
         np.array([positions[i] for i in columns.sample_ids], dtype=np.int64),
-        np.asarray(columns.losses), np.asarray(columns.is_candidate) & ~np.asarray(columns.excluded))
+        np.asarray(columns.losses),
+        np.asarray(columns.is_candidate) & ~np.asarray(columns.excluded))
     result = caption_candidates(data.ds, config, scores, captioner=captioner, progress=progress)
     summary = result.summary()
     if result.keywords is not None:
@@ -171,8 +173,8 @@ def apply_filter(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
         ids = {s.position: s.id for s in samples.values()}
         n_classes = len(project.class_names)
         result = filter_prompts(captions, labels, config, num_classes=n_classes)
-        params = {"top_f": resolved_top_f(config, n_classes), "extra_stop_words": list(config.extra_stop_words),
-                  "caption_job_id": job.id}
+        params = {"top_f": resolved_top_f(config, n_classes),
+                  "extra_stop_words": list(config.extra_stop_words), "caption_job_id": job.id}
         filter_job = repo.create_job(session, project_id, JobKind.FILTER, params)
         repo.start_job(session, filter_job.id)
         repo.save_prompts(session, project_id, filter_job.id, (
@@ -183,6 +185,28 @@ def apply_filter(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
             "top_words": [[w, c] for w, c in result.top_words], "n_kept": len(result.kept),
             "n_dropped": len(result.dropped)})
         record_project_config(session, project_id, config)
+    return captions_view(studio, project_id)
+
+
+ANCHOR_FIELDS = ("prompt_template", "class_synonyms")
+
+
+def set_anchoring(studio: Studio, project_id: int, changes: Mapping[str, Any]) -> CaptionsView:
+    """Save how prompts that do not name their class are anchored to it before generation
+    (`changes`: {prompt_template, class_synonyms}); the prompt table is kept as it is."""
+    from diffubias.anchoring import check_synonym_classes, parse_synonyms
+
+    unknown = sorted(set(changes) - set(ANCHOR_FIELDS))
+    if unknown:
+        raise ValueError(f"not anchoring settings: {', '.join(unknown)}")
+    with studio.store.sessions() as session:
+        project = repo.get_project(session, project_id)
+        if project is None:
+            raise ValueError(f"project {project_id} does not exist")
+        settings, class_names = project.settings, list(project.class_names)
+    config = project_config(studio.store.workspace, settings).with_changes(changes)
+    check_synonym_classes(parse_synonyms(config.class_synonyms), class_names)
+    save_project_config(studio.store, project_id, config)
     return captions_view(studio, project_id)
 
 
@@ -246,12 +270,12 @@ def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
         stale = ("These captions describe the candidates of an earlier detection run; run the "
                  "captioner again to caption the current ones.")
     rows = []
-    for p in prompts:
+    for p, final in zip(prompts, _generated_as(project, prompts), strict=True):
         sample = samples.get(p.sample_id) if p.sample_id else None
         thumb = (str(thumbnail(workspace, workspace.resolve(sample.path), project.id, sample.id))
                  if sample else None)
         rows.append(PromptRow(p.id, p.keep, project.class_names[p.label], p.text,
-                              p.text_original, list(p.matched_words), p.sample_id, thumb))
+                              p.text_original, list(p.matched_words), p.sample_id, thumb, final))
     result = caption_job.result
     filter_params = filter_job.params if filter_job else {}
     filter_result = filter_job.result if filter_job else {}
@@ -264,3 +288,12 @@ def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
         [(w, c) for w, c in filter_result.get("top_words", [])], rows,
         result.get("keywords"), list(project.class_names), stale,
         oracle_note(captioner, project.source))
+
+
+def _generated_as(project, prompts) -> list[str]:
+    """Each prompt's text as the generator will get it, with the project's anchoring."""
+    from diffubias.anchoring import anchor_all
+
+    config = stored_config(project.settings)
+    return anchor_all([(p.text, p.label) for p in prompts], list(project.class_names),
+                      template=config.prompt_template, synonyms_text=config.class_synonyms)

@@ -87,9 +87,9 @@ def run_generation(studio: Studio, project_id: int, changes: Mapping[str, Any], 
         raise ValueError("no prompt is kept: tick keep on some prompts in tab 3")
     config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
-    from diffubias.stages.generate import prompts_to_generate
+    from diffubias.stages.generate import capped
 
-    prompts = prompts_to_generate(prompts, config)  # the stage's own cap, so params count them
+    prompts = capped(prompts, config)  # the stage's own cap, so params count them
     params = {"generator": config.generator, "steps": config.gen_steps,
               "guidance_scale": config.guidance_scale, "seed": config.seed,
               "images_per_prompt": config.images_per_prompt, "max_images": config.max_images,
@@ -118,8 +118,10 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
     loaded = time.perf_counter()
     description = generator.describe()
     request = {"generator": config.generator, **description}
-    sink = StoreSink(studio, progress, request, prompts, positions, data.ds.class_names)
-    result = generate_images(generator, sink.library_prompts, config, sink=sink,
+    sink = StoreSink(studio, progress, request, prompts, positions, data.ds.class_names,
+                     config)
+    result = generate_images(generator, sink.library_prompts, config,
+                             class_names=data.ds.class_names, sink=sink,
                              progress=progress.part(0.02, 1.0))
     sink.drop_stale()
     outcome = {"backend": description["backend"], "model": description.get("model"),
@@ -141,13 +143,16 @@ class StoreSink:
     neither."""
 
     def __init__(self, studio: Studio, progress: JobProgress, request: dict, prompts,
-                 positions: dict[int, int], class_names) -> None:
+                 positions: dict[int, int], class_names, config) -> None:
         from diffubias.generation import prompt_id
+        from diffubias.stages.generate import anchored
         from diffubias.text_filter import Prompt
 
         self.studio, self.progress, self.request = studio, progress, request
         self.class_names = class_names
-        self.library_prompts = [Prompt(p.text, p.label, positions[p.id], ()) for p in prompts]
+        # the final prompts (class-anchored), so their ids are the plan's
+        self.library_prompts = anchored([Prompt(p.text, p.label, positions[p.id], ())
+                                         for p in prompts], config, class_names)
         self.row_of: dict[str, int] = {}  # library prompt id -> first stored prompt row with it
         for row, prompt in zip(prompts, self.library_prompts):
             self.row_of.setdefault(prompt_id(prompt), row.id)
@@ -193,6 +198,7 @@ class StoreSink:
                     path=workspace.relative(path), seed=item.seed,
                     model=self.request.get("model") or self.request["backend"],
                     params={"request": self.request, "key": item.key,
+                            "prompt": item.prompt.text,  # the final, class-anchored prompt
                             "image_index": item.image_index, "backend": self.request["backend"]})
         self._forget(replaced)
         self.pending = []
@@ -246,7 +252,8 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
     for prompt in shown[(page - 1) * prompts_per_page: page * prompts_per_page]:
         for j, image in enumerate(sorted(by_prompt[prompt.id], key=lambda im: im.seed)):
             mark = {True: "✓ ", False: "✗ rejected · ", None: ""}[image.accepted]
-            text = f"#{prompt.id} {project.class_names[prompt.label]}: {prompt.text}"
+            final = image.params.get("prompt", prompt.text)  # as the generator got it
+            text = f"#{prompt.id} {project.class_names[prompt.label]}: {final}"
             tiles.append((str(thumbnail(workspace, workspace.resolve(image.path), "generated",
                                         image.id)), mark + (text if j == 0 else f"#{prompt.id}")))
             ids.append(image.id)
@@ -269,7 +276,7 @@ def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:
         project = repo.get_project(session, int(project_id))
     large = thumbnail(workspace, workspace.resolve(image.path), "generated", "large", image.id,
                       size=LARGE_PX, fmt="png")
-    return ImageDetail(image.id, str(large), prompt.id, prompt.text,
+    return ImageDetail(image.id, str(large), prompt.id, image.params.get("prompt", prompt.text),
                        project.class_names[prompt.label], image.seed, image.model,
                        image.accepted)
 

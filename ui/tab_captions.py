@@ -25,8 +25,9 @@ from ui.events import (
     shows_errors,
 )
 
-PROMPT_HEADERS = ["keep", "id", "class", "prompt", "source", "matched words"]
-PROMPT_TYPES = ["bool", "number", "str", "str", "markdown", "str"]
+PROMPT_HEADERS = ["keep", "id", "class", "prompt", "source", "matched words",
+                  "sent to the generator as"]
+PROMPT_TYPES = ["bool", "number", "str", "str", "markdown", "str", "str"]
 KEYWORD_HEADERS = ["class", "keywords: share of candidates vs of bias-aligned samples using it"]
 KEYWORDS_SHOWN = 6
 DEFAULTS = RunConfig()
@@ -37,6 +38,7 @@ class CaptionCallbacks:
     run: Callable[..., CaptionsView]  # (project, {RunConfig field: value}, *, model_id, ui)
     apply_filter: Callable[[int, dict[str, Any]], CaptionsView]  # (project, {top_f, stop words})
     save: Callable[[int, list[dict[str, Any]]], tuple[CaptionsView, int]]
+    anchoring: Callable[[int, dict[str, Any]], CaptionsView]  # (project, {template, synonyms})
     view: Callable[[int | None], CaptionsView]
     settings: Callable[[int | None], dict[str, Any]]
     stop: Callable[[int | None], str]
@@ -72,6 +74,15 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
                                        min_width=100, visible=callbacks.keywords_available)
             stop_words = gr.Textbox(label="extra stop words", placeholder="comma-separated",
                                     max_lines=2, elem_id="stop-words")
+            with gr.Accordion("Class anchoring", open=False):
+                template = gr.Textbox(DEFAULTS.prompt_template, max_lines=1,
+                                      label="template for prompts that do not name their class",
+                                      info="{caption} and {class}; empty: send prompts as "
+                                      "they are", elem_id="prompt-template")
+                synonyms = gr.Textbox("", label="other words that name a class", max_lines=3,
+                                      placeholder="three: 3, III; circle: ring",
+                                      elem_id="class-synonyms")
+                anchor = gr.Button("Save anchoring", size="sm", elem_id="save-anchoring")
             with gr.Row():
                 run = gr.Button("Caption candidates", variant="primary", elem_id="run-captioner")
                 stop = gr.Button("Stop", variant="stop", scale=0, min_width=80)
@@ -81,8 +92,9 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
             summary = gr.Markdown("*Caption the candidates to get prompts.*",
                                   elem_id="captions-summary")
             table = gr.Dataframe(headers=PROMPT_HEADERS, datatype=PROMPT_TYPES,
-                                 interactive=True, static_columns=[1, 4, 5], max_height=520,
-                                 column_widths=["72px", "64px", "100px", "44%", "88px", "20%"],
+                                 interactive=True, static_columns=[1, 4, 5, 6], max_height=520,
+                                 column_widths=["72px", "64px", "100px", "30%", "88px", "14%",
+                                                "24%"],
                                  wrap=True, label="Prompts: tick keep, fix the class, edit "
                                  "the text, then save", elem_id="prompt-table")
             with gr.Row():
@@ -98,8 +110,9 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
                             visible=callbacks.keywords_available, elem_id="keywords")
 
     filter_settings = {"top_f": top_f, "extra_stop_words": stop_words}
+    anchor_settings = {"prompt_template": template, "class_synonyms": synonyms}
     settings = {"captions_per_image": per_image, "caption_instruction": instruction,
-                **filter_settings, "keywords_top_n": keywords_n}
+                **filter_settings, "keywords_top_n": keywords_n, **anchor_settings}
 
     @shows_errors
     def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
@@ -121,6 +134,13 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
             *view_outputs(view)
 
     @shows_errors
+    def on_anchor(project_id, **changes) -> tuple:
+        view = callbacks.anchoring(open_project(project_id), changes)
+        anchored = sum(p.generated_as != p.text for p in view.prompts if p.keep)
+        return (f"✓ Anchoring saved: {anchored} kept prompt(s) get their class added.",
+                *view_outputs(view))
+
+    @shows_errors
     def on_save(project_id, frame) -> tuple:
         project_id = open_project(project_id)
         rows = [{"keep": r[0], "id": r[1], "class": r[2], "text": r[3]}
@@ -140,6 +160,8 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
     refilter.click(on_filter, [project], [status, *view_outputs_list],
                    inputs_kwargs=filter_settings, api_name="apply_filter")
     save.click(on_save, [project, table], [saved, *view_outputs_list], api_name="save_prompts")
+    anchor.click(on_anchor, [project], [status, *view_outputs_list],
+                 inputs_kwargs=anchor_settings, api_name="save_anchoring")
 
     def refresh(project_id, shown_table) -> tuple:
         view = callbacks.view(project_id)
@@ -188,7 +210,9 @@ def prompt_table(view: CaptionsView):
 
     rows = [[p.keep, p.prompt_id, p.label, p.text,
              f"![source]({file_url(p.thumbnail)})" if p.thumbnail else "",
-             ", ".join(p.matched_words)] for p in view.prompts]
+             ", ".join(p.matched_words),
+             p.generated_as if p.generated_as != p.text else "(as written)"]
+            for p in view.prompts]
     return pd.DataFrame(rows, columns=PROMPT_HEADERS)
 
 

@@ -1,7 +1,8 @@
-"""DiffuBias as a method of the comparison, with and without its text filter (the paper's
-ablation), and with oracle captions and renderer (the upper bound, built-ins only): GCE detection, captions, prompts, generation and a CE model on train + generated
-images, all through `SharedStages`, so the two variants share everything up to the prompts and,
-when the filter keeps every caption, the model too. It knows nothing of the other methods.
+"""DiffuBias as a method of the comparison: with and without its text filter (the paper's
+ablation), and with oracle captions and renderer (the upper bound, built-ins only). GCE
+detection, captions, prompts, generation and a CE model on train + generated images, all through
+`SharedStages`, so the variants share everything up to the prompts and, when the filter keeps
+every caption, the model too. It knows nothing of the other methods.
 """
 
 from __future__ import annotations

@@ -210,7 +210,7 @@ class SharedStages:
             prompts = sorted((Prompt(p.text, p.label, p.source, p.matched_words)
                               for p in result.kept + result.dropped),
                              key=lambda p: order[(p.source, p.text.lower())])
-        prompts = prompts_to_generate(prompts, cfg)
+        prompts = prompts_to_generate(prompts, cfg, class_names=ds.class_names)
         if not prompts:
             raise ValueError("no prompts left to generate from: the text filter dropped every "
                              "caption; raise top_f or review the captions")
@@ -231,7 +231,8 @@ class SharedStages:
         generator = self.generator or generator_for(cfg, dataset_name=ds.name,
                                                     class_names=ds.class_names)
         sink = MemorySink()
-        generate_images(generator, prompts, cfg, sink=sink)  # the app's and the CLI's images
+        generate_images(generator, prompts, cfg, class_names=ds.class_names,
+                        sink=sink)  # the app's and the CLI's images
         images = stack_images([image for _, image in sink.images], size=self.data.image_size)
         labels = torch.tensor([item.prompt.label for item, _ in sink.images], dtype=torch.int64)
         generation_seconds = time.perf_counter() - start

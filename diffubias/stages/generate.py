@@ -1,5 +1,9 @@
 """Stage 6, generate: images from the kept prompts, one plan, one seed scheme, one resume path.
 
+The prompts are first made final (`prompts_to_generate`): capped by `max_images`, and anchored
+to their class where they do not name it (`diffubias.anchoring`); every image records its final
+prompt.
+
 `generate_images` plans one `WorkItem` per (prompt, image index) with its seed
 (`diffubias.generation.plan_images`), asks the sink which items it already holds, draws the rest
 with the injected generator and hands each image to the sink as soon as it exists, committing
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from diffubias.anchoring import anchor_all
 from diffubias.config import RunConfig
 from diffubias.generation import Generator, WorkItem, plan_images
 from diffubias.progress import ProgressFn, report
@@ -67,25 +72,44 @@ class Generation:
         return [item.key for item in self.items]
 
 
-def prompts_to_generate(prompts: Sequence[Prompt], config: RunConfig) -> list[Prompt]:
-    """The prompts a run generates from: all, or the first ones that `max_images` allows."""
+def capped(prompts: Sequence, config: RunConfig) -> list:
+    """The prompts (any rows) a run generates from: all, or the first ones that `max_images`
+    allows."""
     if config.max_images:
         return list(prompts[: max(1, config.max_images // config.images_per_prompt)])
     return list(prompts)
 
 
+def anchored(prompts: Sequence[Prompt], config: RunConfig, class_names: Sequence[str]
+             ) -> list[Prompt]:
+    """`prompts` as the generator gets them: each that does not name its class gets the class
+    through `config.prompt_template` (`diffubias.anchoring`); the rest unchanged."""
+    texts = anchor_all([(p.text, p.label) for p in prompts], class_names,
+                       template=config.prompt_template, synonyms_text=config.class_synonyms)
+    return [p if text == p.text else Prompt(text, p.label, p.source, p.matched_words)
+            for p, text in zip(prompts, texts, strict=True)]
+
+
+def prompts_to_generate(prompts: Sequence[Prompt], config: RunConfig, *,
+                        class_names: Sequence[str]) -> list[Prompt]:
+    """The final prompts of a run: capped by `max_images`, then class-anchored. Applying it
+    again changes nothing."""
+    return anchored(capped(prompts, config), config, class_names)
+
+
 def generate_images(generator: Generator, prompts: Sequence[Prompt], config: RunConfig, *,
-                    sink: ImageSink, progress: ProgressFn | None = None,
+                    class_names: Sequence[str], sink: ImageSink,
+                    progress: ProgressFn | None = None,
                     share: Callable[[list[WorkItem]], list[WorkItem]] | None = None,
                     commit_every: int = 64) -> Generation:
     """Draws every planned image of `prompts` that `sink` does not hold yet.
 
-    1. plan: `images_per_prompt` items per prompt (capped by `max_images`), seeded from
-       `config.seed` and the prompt id;
+    1. plan: `images_per_prompt` items per final prompt (capped by `max_images`, anchored to
+       its class, `prompts_to_generate`), seeded from `config.seed` and the prompt id;
     2. resume: drop the items the sink already holds, keep this process's `share` of the rest;
     3. draw each item and add it to the sink, committing every `commit_every` images and at the end.
     """
-    items = plan_images(prompts_to_generate(prompts, config),
+    items = plan_images(prompts_to_generate(prompts, config, class_names=class_names),
                         images_per_prompt=config.images_per_prompt, seed=config.seed)
     held = set(sink.existing(items))
     missing = [item for item in items if item.key not in held]
