@@ -22,6 +22,7 @@ from storage import WorkspaceUnavailable
 from ui import (
     bias_service,
     caption_service,
+    checks_service,
     dataset_service,
     debias_service,
     generate_service,
@@ -120,6 +121,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     detail=partial(generate_service.image_detail, studio),
                     review=partial(generate_service.review_images, studio),
                     review_prompt=partial(generate_service.review_prompt, studio),
+                    reject_proposed=partial(checks_service.reject_proposed, studio),
                     settings=settings, stop=stop,
                     generators=generate_service.generator_choices), project)
             with gr.Tab("5 · Debias", id="debias"):

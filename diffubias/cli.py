@@ -148,6 +148,13 @@ _OPTIONS = (
     ("prompt_template", "a prompt that does not name its class gets it through this template "
                         "before generation, with {caption} and {class} (empty: off)"),
     ("class_synonyms", "other words that name a class, e.g. 'three: 3, III; circle: ring'"),
+    ("image_checks", "checks of every generated image (class in its caption, hard for the "
+                     "biased model, not a copy of a training image): off, propose (findings in "
+                     "manifest.csv) or drop (failing images left out of training)"),
+    ("check_min_loss", "biased-model loss a generated image needs (0: the lowest loss among "
+                       "its class's top-K candidates)"),
+    ("check_max_hash_distance", "a generated image this many bits or fewer from a training "
+                                "image's perceptual hash is a near-copy"),
     ("generator", ("generation backend: builtin-ldm (the small latent diffusion model pretrained "
                    "here for the built-in datasets, in models/; runs on a CPU), oracle-renderer "
                    "(the built-in datasets' own generator, which reads the sample's label: an "

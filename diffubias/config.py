@@ -33,7 +33,11 @@ CAM_SAMPLE_SETS = {
     "all": "random test samples",
     "candidates": "top-K candidates (train)",
 }
-CHOICES = {"arch": ARCHITECTURES, "cam_method": CAM_METHODS}  # field: the names it may take
+# what happens to generated images that fail a check (diffubias.stages.verify): no checks; checked
+# and proposed for rejection to the person reviewing; checked and left out of training
+IMAGE_CHECKS = ("off", "propose", "drop")
+CHOICES = {"arch": ARCHITECTURES, "cam_method": CAM_METHODS,
+           "image_checks": IMAGE_CHECKS}  # field: the names it may take
 
 
 # Caps on the settings: past them a run would never finish or would exhaust memory, so the
@@ -72,11 +76,13 @@ INT_RANGES = {  # field: (lowest, highest)
     "gen_batch_size": (0, MAX_BATCH_SIZE),
     "gen_width": (0, MAX_GEN_SIDE),
     "gen_height": (0, MAX_GEN_SIDE),
+    "check_max_hash_distance": (0, 192),  # bits of the 3 x 64-bit perceptual hash
 }
 FLOAT_RANGES = {  # field: (low, high, low included); high is always included
     "lr": (0.0, 10.0, False),
     "gce_q": (0.0, 1.0, False),
     "guidance_scale": (0.0, 100.0, True),
+    "check_min_loss": (0.0, 100.0, True),
 }
 
 
@@ -153,6 +159,13 @@ class RunConfig:
     generator: str = "auto"
     images_per_prompt: int = 6
     max_images: int = 0  # 0: no cap
+    # stage 6b: checks of every generated image (diffubias.stages.verify): does its caption name
+    # its class, is the biased model's loss on it at least check_min_loss (0: at least the lowest
+    # loss among its class's top-K candidates), is it further than check_max_hash_distance bits
+    # from every training image. image_checks: off, propose (a person decides) or drop (left out)
+    image_checks: str = "propose"
+    check_min_loss: float = 0.0
+    check_max_hash_distance: int = 8
     # stage 7: debiased and vanilla models
     debias_epochs: int = 12
     # baselines trained and reported next to vanilla and DiffuBias (names of the methods

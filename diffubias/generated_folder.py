@@ -37,6 +37,10 @@ Log = Callable[[str], None]
 MANIFEST_FIELDS = ("file", "prompt", "source", "label", "label_name", "seed", "backend", "model",
                    "params", "prompt_id", "image_index", "width", "height")
 SETTINGS_FILE = "generation.json"
+# the verify stage's columns (diffubias.stages.verify), added when the images were checked;
+# proposed_reject: why the image should not be trained on, "" when it passed every check
+CHECK_FIELDS = ("check_caption", "shows_class", "bias_loss", "conflicting", "nearest_train",
+                "hash_distance", "proposed_reject")
 
 
 def _quiet(msg: str) -> None:
@@ -195,8 +199,32 @@ def read_manifest(manifest: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
-def load_generated(manifest: Path, *, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images (N, 3, size, size), int64 labels (N,)) from a manifest written above."""
+def write_checks(manifest: Path, checks: Sequence[Any]) -> None:
+    """Adds the verify stage's columns to `manifest` (one `ImageCheck` per row, in row order),
+    rewritten atomically."""
     rows = read_manifest(manifest)
+    if len(rows) != len(checks):
+        raise ValueError(f"{len(checks)} checks for the {len(rows)} images of {manifest}")
+    for row, check in zip(rows, checks, strict=True):
+        row.update(check_caption="" if check.caption is None else check.caption,
+                   shows_class="" if check.shows_class is None else int(check.shows_class),
+                   bias_loss=f"{check.bias_loss:.6g}", conflicting=int(check.conflicting),
+                   nearest_train=check.nearest_train, hash_distance=check.hash_distance,
+                   proposed_reject="; ".join(check.reasons))
+    fields = [*MANIFEST_FIELDS, *CHECK_FIELDS]
+    with atomic_path(manifest) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: csv_cell(v) if isinstance(v, str) else v
+                          for k, v in row.items() if k in fields} for row in rows)
+
+
+def load_generated(manifest: Path, *, size: int, drop_failed: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 3, size, size), int64 labels (N,)) from a manifest written above;
+    `drop_failed` leaves out the images the verify stage proposed to reject."""
+    rows = read_manifest(manifest)
+    if drop_failed:
+        rows = [r for r in rows if not r.get("proposed_reject")]
     images = stack_images([manifest.parent / row["file"] for row in rows], size=size)
     return images, torch.tensor([int(r["label"]) for r in rows], dtype=torch.int64)

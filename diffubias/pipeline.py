@@ -29,7 +29,12 @@ from diffubias.captions import Caption
 from diffubias.dataset import SPLITS, ImageDataset
 from diffubias.decoding import read_images
 from diffubias.files import atomic_write_text
-from diffubias.generated_folder import generate_to_folder, load_generated, read_manifest
+from diffubias.generated_folder import (
+    generate_to_folder,
+    load_generated,
+    read_manifest,
+    write_checks,
+)
 from diffubias.models import load_classifier, save_classifier
 from diffubias.run_folder import PROMPT_FIELDS, Run, prompt_is_kept, read_csv, write_csv
 from diffubias.stages.caption import ScoredSamples, caption_candidates
@@ -184,6 +189,7 @@ def stage_generate(run: Run) -> dict:
     if not out.is_main_process:
         return run.read_report()
     rows = read_manifest(out.manifest)
+    checks = _verify(run, out.manifest, rows) if cfg.image_checks != "off" and rows else None
     if rows:  # a spread over prompts, not just the first few
         shown = np.linspace(0, len(rows) - 1, num=min(60, len(rows))).round().astype(int)
         tiles, _ = load_generated(out.manifest, size=data.image_size)
@@ -197,8 +203,33 @@ def stage_generate(run: Run) -> dict:
         generation={"backend": out.backend, "model": out.model, "n_prompts": n_prompts,
                     "n_images": out.n_images, "n_new": out.n_new, "n_existing": out.n_existing,
                     "n_blocked": out.n_blocked, "params": out.params,
-                    "manifest": str(out.manifest.relative_to(run.out_dir))},
+                    "manifest": str(out.manifest.relative_to(run.out_dir)), "checks": checks},
         timings_s={"generation": time.perf_counter() - t0})
+
+
+def _verify(run: Run, manifest: Path, rows: list[dict]) -> dict:
+    """Stage 6b: every generated image checked (`diffubias.stages.verify`), the results as
+    columns of manifest.csv."""
+    from PIL import Image
+
+    from diffubias.stages.verify import check_generated
+
+    cfg, data = run.config, run.data
+    scores = read_scores(run)
+    biased = load_classifier(run.require("biased.safetensors", "detect"))
+    images = [Image.open(manifest.parent / r["file"]).convert("RGB") for r in rows]
+    result = check_generated(images, [int(r["label"]) for r in rows], data=data,
+                             biased_model=biased, train_losses=scores.losses,
+                             train_labels=data.ds.labels[scores.positions],
+                             is_candidate=scores.is_candidate, config=cfg)
+    write_checks(manifest, result.checks)
+    summary = result.summary()
+    run.log(f"checks: {summary['n_passed']} of {summary['n_images']} images passed "
+            f"({summary['n_wrong_class']} without their class, {summary['n_aligned']} "
+            f"bias-aligned, {summary['n_copies']} near-copies); "
+            + ("failing ones are left out of training" if cfg.image_checks == "drop" else
+               "see proposed_reject in generated/manifest.csv"))
+    return summary
 
 
 def stage_debias(run: Run) -> dict:
@@ -208,7 +239,8 @@ def stage_debias(run: Run) -> dict:
     cfg, data = run.config, run.data
     manifest = run.require("generated/manifest.csv", "generate")
     run.require("biased.safetensors", "detect")
-    gen_images, gen_labels = load_generated(manifest, size=data.image_size)
+    gen_images, gen_labels = load_generated(manifest, size=data.image_size,
+                                            drop_failed=cfg.image_checks == "drop")
     t0 = time.perf_counter()
     candidates = np.asarray(read_candidates(run), dtype=np.int64) if cfg.baselines else None
     result = train_debiased(data, cfg, gen_images, gen_labels, candidates=candidates,

@@ -4,6 +4,7 @@ workspace and find everything again."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -108,14 +109,19 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     gallery = out[2]["value"]  # an update: the gallery's columns follow images per prompt
     assert out[0] == "✓ 40 images from 20 prompts." and len(gallery) == 24  # 12 prompts a page
     image = client.predict(project, 1, api_name="/generated_list")[0]
-    assert image["caption"].startswith("#")
+    assert re.match(r"(⚑ [^·]+ · )?#\d+ ", image["caption"])  # ⚑: a check failed
     assert client.predict(project, image["image_id"], False,
                           api_name="/review_image")["accepted"] is False
+    # every image was checked; reject what the checks propose, in one click
+    assert "⚑ The checks propose to reject" in out[1] or "passed the checks" in out[1]
+    status = client.predict(project, "all", api_name="/reject_proposed")[0]
+    n_proposed = int(re.search(r"Rejected (\d+) proposed", status).group(1))
+    assert client.predict(project, 1, "proposed", api_name="/generated_list") == []
 
     # 5. Debias
     status, _, table, _ = client.predict(project, TINY_DEBIAS_EPOCHS, True,
                                                   api_name="/train_debiased")
-    assert "39 generated images" in status and [r[0] for r in table["data"]] == [
+    assert f"{39 - n_proposed} generated images" in status and [r[0] for r in table["data"]] == [
         "biased", "vanilla", "debiased"]
 
     # 6. Grad-CAM (its parameters are named by RunConfig fields) and the export

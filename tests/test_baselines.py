@@ -19,19 +19,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from planted_methods import (  # noqa: F401
+    PlantedGenerator,
+    planted_config,
+    planted_folder,
+    planted_run,
+)
 
 import diffubias.baselines
-from diffubias.baselines import (METHODS, Method, baseline_methods, baseline_names, get_method,
-                                 register)
+from diffubias.baselines import (
+    METHODS,
+    Method,
+    baseline_methods,
+    baseline_names,
+    get_method,
+    register,
+)
 from diffubias.baselines.run import run_baselines, run_method
-from diffubias.baselines.shared import (DEFAULT_OPTIONS, BaselineOptions, SharedStages,
-                                        method_result, shared_stages_for)
+from diffubias.baselines.shared import (
+    DEFAULT_OPTIONS,
+    BaselineOptions,
+    SharedStages,
+    method_result,
+    shared_stages_for,
+)
 from diffubias.config import BASELINES, RunConfig
 from diffubias.decoding import read_images
 from diffubias.prepared import PreparedDataset, train_evaluated
 from diffubias.stages.debias import train_debiased
-from planted_methods import (PlantedGenerator, planted_config, planted_folder,  # noqa: F401
-                             planted_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,6 +166,42 @@ def test_every_method_reports_the_same_metrics(planted_run):
         assert result["method"] == name
         assert set(result["test"]) >= {"overall", "aligned", "conflicting", "unbiased"}
         assert json.dumps(result)  # JSON-able
+
+
+class CopyingGenerator:
+    """Returns the training image the prompt came from: every image is a copy."""
+
+    backend = "copying"
+
+    def __init__(self, data):
+        self.data = data
+
+    def describe(self):
+        return {"backend": self.backend, "model": None, "params": {}}
+
+    def generate_items(self, items, *, progress=None):
+        from PIL import Image
+
+        pixels = read_images(self.data.ds, [item.prompt.source for item in items],
+                             size=self.data.image_size)
+        for item, image in zip(items, pixels, strict=True):
+            yield item, Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+def test_drop_leaves_failing_images_out_of_the_baselines_training_too(planted_run):
+    """image_checks 'drop' applies to the DiffuBias methods as to the CLI and the app: copies
+    of the training images are all left out, and a run with nothing left says so."""
+    cfg, data, _ = planted_run
+    kept = run_method("diffubias", data, cfg,
+                      shared=SharedStages(data, cfg, generator=CopyingGenerator(data)))
+    assert kept.info["n_generated"] > 0  # propose (the default): advice only
+    dropping = replace(cfg, image_checks="drop")
+    with pytest.raises(ValueError, match="every generated image failed the checks"):
+        run_method("diffubias", data, dropping,
+                   shared=SharedStages(data, dropping, generator=CopyingGenerator(data)))
+    fine = run_method("diffubias", data, dropping, shared=SharedStages(
+        data, dropping, generator=PlantedGenerator(data.ds.class_names)))
+    assert 0 < fine.info["n_generated"] <= kept.info["n_generated"]
 
 
 def test_bad_names_and_mismatched_shared_stages_are_named(planted_run, tmp_path):

@@ -67,3 +67,20 @@ def test_same_prompts_and_byte_identical_images(both):
     assert len(cli) == SETTINGS["max_images"]
     assert set(app) == set(cli)
     assert all(app[key] == cli[key] for key in cli)
+
+
+def test_the_same_checks_of_every_image(both):
+    """The verify stage runs in both: the same caption, loss and verdict per image."""
+    run, studio, project_id = both
+    with open(run.out_dir / "generated" / "manifest.csv", newline="") as f:
+        cli = {Path(r["file"]).stem: r for r in csv.DictReader(f)}
+    with studio.store.sessions() as session:
+        _, images = generate_service.current_images(session, project_id)
+        app = {image.params["key"]: image.params["checks"] for image in images}
+    assert set(app) == set(cli)
+    for key, row in cli.items():
+        checks = app[key]
+        assert row["check_caption"] == checks["caption"]
+        assert float(row["bias_loss"]) == pytest.approx(checks["bias_loss"], rel=1e-5)
+        assert int(row["hash_distance"]) == checks["hash_distance"]
+        assert row["proposed_reject"] == "; ".join(checks["reasons"])

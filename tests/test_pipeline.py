@@ -84,10 +84,21 @@ def test_generated_images_keep_label_prompt_and_seed(digits_run):
         kept = [r for r in csv.DictReader(f) if r["keep"] == "1"]
     assert len(rows) == len(kept) == report["generation"]["n_images"]
     for row, prompt in zip(rows, kept):
-        assert row["prompt"] == prompt["text"] and row["label_name"] == prompt["label"]
+        # the final prompt: the text, class-anchored where it does not name its class
+        assert row["prompt"] == prompt["generated_as"] and row["label_name"] == prompt["label"]
+        assert row["prompt"].startswith(prompt["text"])
         assert row["backend"] == "diffusers" and row["seed"].isdigit()
         assert row["model"].endswith("models/colored-digits-ldm")  # builtin-ldm, the default
+        # every image checked (the verify stage), its verdict in the manifest
+        assert float(row["bias_loss"]) >= 0 and row["conflicting"] in ("0", "1")
+        assert row["shows_class"] in ("0", "1") and row["check_caption"]
+        assert (row["proposed_reject"] == "") == (row["shows_class"] == "1"
+                                                  and row["conflicting"] == "1"
+                                                  and int(row["hash_distance"]) > 8)
     assert len({r["seed"] for r in rows}) == len(rows)
+    checks = report["generation"]["checks"]
+    assert checks["n_images"] == len(rows)
+    assert checks["n_passed"] == sum(r["proposed_reject"] == "" for r in rows)
 
 
 def test_same_seed_same_report(digits_run, tmp_path, builtin_cache):

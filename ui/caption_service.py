@@ -19,7 +19,12 @@ from diffubias.shipped_models import oracle_note, resolve
 from diffubias.text_safety import check_prompt_text
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
-from ui.datasets import project_config, record_project_config, save_project_config, stored_config
+from ui.datasets import (
+    project_config,
+    record_project_config,
+    save_project_config,
+    stored_config,
+)
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import thumbnail

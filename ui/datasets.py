@@ -30,7 +30,6 @@ from storage import repository as repo
 from storage.models import JobKind, JobStatus
 
 if TYPE_CHECKING:
-    from diffubias.dataset import ImageDataset
     from diffubias.prepared import PreparedDataset
 
 DEMO_NAME = "Demo: colored digits"

@@ -23,6 +23,7 @@ from diffubias.baselines import baseline_names
 from diffubias.report import ACCURACY_METRICS
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
+from ui.checks_service import used_for_training
 from ui.datasets import project_config, save_project_config
 from ui.generate_service import current_images
 from ui.jobs import JobOutcome, JobProgress, UiProgress
@@ -69,9 +70,9 @@ def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str,
         if repo.latest_model(session, project_id, ModelRole.BIASED) is None:
             raise ValueError("no biased model yet: train it in tab 2 first")
         prompts, images = current_images(session, project_id)
-        images = [im for im in images if im.accepted is not False]
         settings = project.settings
         config = project_config(studio.store.workspace, settings).with_changes(changes)
+        images = [im for im in images if used_for_training(im, config.image_checks)]
         reviewed = []  # the candidates the user kept in tab 2, for the baselines that use them
         if config.baselines:
             detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
@@ -79,7 +80,8 @@ def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str,
                 session, detection.id, limit=None, include_excluded=False)]
     if not images:
         raise ValueError("no generated images to train on: generate some in tab 4 (rejected "
-                         "images are left out)")
+                         "images are left out, and with image_checks 'drop' those the checks "
+                         "propose to reject)")
     save_project_config(studio.store, project_id, config)
     labels = {p.id: p.label for p in prompts}
     params = {"debias_epochs": config.debias_epochs, "train_vanilla": bool(train_vanilla),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from diffubias.shipped_models import oracle_note
 from storage import atomic_write_bytes
 from storage import repository as repo
 from storage.models import JobKind
-from ui.datasets import project_config, save_project_config
+from ui.datasets import project_config, save_project_config, stored_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.studio import Studio
 from ui.thumbnails import LARGE_PX, thumbnail
@@ -44,6 +44,12 @@ class GenerationView:
     n_pages: int
     params: dict[str, Any]
     oracle: str = ""  # why these images are an upper bound (shipped_models.oracle_note), or ""
+    n_checked: int = 0  # images the automatic checks looked at
+    proposed: dict[str, int] = field(default_factory=dict)  # reason: unreviewed images with it
+    n_proposed: int = 0  # unreviewed images the checks propose to reject
+    n_used: int = 0  # images the debias stage will train on
+    image_checks: str = "propose"  # the project's setting: what a proposal does
+    show: str = "all"  # which images the gallery shows: all, proposed or passed
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class ImageDetail:
     seed: int
     model: str
     accepted: bool | None
+    checks: dict[str, Any] = field(default_factory=dict)  # the verify stage's, {} if unchecked
 
 
 def generator_choices() -> list[str]:
@@ -122,16 +129,23 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
                      config)
     result = generate_images(generator, sink.library_prompts, config,
                              class_names=data.ds.class_names, sink=sink,
-                             progress=progress.part(0.02, 1.0))
+                             progress=progress.part(0.02, 0.9))
     sink.drop_stale()
+    generated = time.perf_counter()
+    checks = {}
+    if config.image_checks != "off":
+        from ui.checks_service import check_current_images
+
+        checks = check_current_images(studio, project_id, config, progress, start=0.9)
     outcome = {"backend": description["backend"], "model": description.get("model"),
                "n_prompts": len({item.prompt_id for item in result.items}),
                "n_new": result.n_new - result.n_blocked, "n_kept": result.n_existing,
                "n_blocked": result.n_blocked,
                "n_images": result.n_new - result.n_blocked + result.n_existing,
-               "request": request}
+               "request": request, "checks": checks}
     return JobOutcome(outcome, {"load_generator": loaded - start,
-                                "generation": time.perf_counter() - loaded})
+                                "generation": generated - loaded,
+                                "checks": time.perf_counter() - generated})
 
 
 class StoreSink:
@@ -229,9 +243,20 @@ def current_images(session, project_id: int):
     return prompts, images
 
 
+SHOW = {"all": "all images", "proposed": "proposed for rejection",
+        "passed": "passed the checks"}
+
+
 def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
-                    prompts_per_page: int = PROMPTS_PER_PAGE) -> GenerationView:
-    empty = GenerationView(None, "", None, 0, 0, 0, 0, [], [], 4, 1, 1, {})
+                    prompts_per_page: int = PROMPTS_PER_PAGE, show: str = "all"
+                    ) -> GenerationView:
+    """One page of the current images, prompt by prompt; `show` (a key of SHOW) keeps all of
+    them, the unreviewed ones the checks propose to reject, or those that passed every check."""
+    from ui.checks_service import proposal, used_for_training
+
+    if show not in SHOW:
+        raise ValueError(f"show must be one of {', '.join(SHOW)}; got {show!r}")
+    empty = GenerationView(None, "", None, 0, 0, 0, 0, [], [], 4, 1, 1, {}, show=show)
     if project_id is None:
         return empty
     workspace = studio.store.workspace
@@ -241,9 +266,18 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
             return empty
         job = repo.latest_job(session, project.id, JobKind.GENERATE)
         prompts, images = current_images(session, project.id)
+    image_checks = stored_config(project.settings).image_checks
+    proposed: dict[str, int] = {}
+    for image in images:
+        for reason in proposal(image) if image.accepted is None else []:
+            proposed[reason] = proposed.get(reason, 0) + 1
+    wanted = {"all": lambda im: True,
+              "proposed": lambda im: im.accepted is None and bool(proposal(im)),
+              "passed": lambda im: "checks" in im.params and not proposal(im)}[show]
     by_prompt: dict[int, list] = {}
     for image in images:
-        by_prompt.setdefault(image.prompt_id, []).append(image)
+        if wanted(image):
+            by_prompt.setdefault(image.prompt_id, []).append(image)
     shown = [p for p in prompts if p.id in by_prompt]
     n_pages = max(1, math.ceil(len(shown) / prompts_per_page))
     page = min(max(1, int(page)), n_pages)
@@ -252,6 +286,8 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
     for prompt in shown[(page - 1) * prompts_per_page: page * prompts_per_page]:
         for j, image in enumerate(sorted(by_prompt[prompt.id], key=lambda im: im.seed)):
             mark = {True: "✓ ", False: "✗ rejected · ", None: ""}[image.accepted]
+            if image.accepted is None and proposal(image):
+                mark = f"⚑ {proposal(image)[0]} · "
             final = image.params.get("prompt", prompt.text)  # as the generator got it
             text = f"#{prompt.id} {project.class_names[prompt.label]}: {final}"
             tiles.append((str(thumbnail(workspace, workspace.resolve(image.path), "generated",
@@ -263,7 +299,10 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
         sum(1 for im in images if im.accepted is True),
         sum(1 for im in images if im.accepted is False), tiles, ids, columns, page, n_pages,
         dict(job.params) if job else {},
-        oracle_note(job.result.get("backend", ""), project.source) if job else "")
+        oracle_note(job.result.get("backend", ""), project.source) if job else "",
+        sum("checks" in im.params for im in images), proposed,
+        sum(im.accepted is None and bool(proposal(im)) for im in images),
+        sum(used_for_training(im, image_checks) for im in images), image_checks, show)
 
 
 def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:
@@ -278,7 +317,7 @@ def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:
                       size=LARGE_PX, fmt="png")
     return ImageDetail(image.id, str(large), prompt.id, image.params.get("prompt", prompt.text),
                        project.class_names[prompt.label], image.seed, image.model,
-                       image.accepted)
+                       image.accepted, dict(image.params.get("checks", {})))
 
 
 def review_images(studio: Studio, project_id: int, image_ids: list[int],

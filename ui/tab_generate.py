@@ -24,7 +24,7 @@ from ui.events import (
     shown_settings,
     shows_errors,
 )
-from ui.generate_service import GenerationView, ImageDetail
+from ui.generate_service import SHOW, GenerationView, ImageDetail
 
 DEFAULTS = RunConfig()
 TILES_PER_ROW = 6  # wider rows overflow the column instead of shrinking the tiles
@@ -33,10 +33,11 @@ TILES_PER_ROW = 6  # wider rows overflow the column instead of shrinking the til
 @dataclass(frozen=True)
 class GenerateCallbacks:
     run: Callable[..., GenerationView]  # (project, {RunConfig field: value}, *, model_id, ui)
-    view: Callable[..., GenerationView]  # (project, *, page)
+    view: Callable[..., GenerationView]  # (project, *, page, show)
     detail: Callable[[int, int], ImageDetail]
     review: Callable[[int, list[int], bool | None], int]
     review_prompt: Callable[[int, int, bool | None], int]
+    reject_proposed: Callable[[int], int]  # (project) -> images rejected
     settings: Callable[[int | None], dict[str, Any]]
     stop: Callable[[int | None], str]
     generators: Callable[[], list[str]]  # called on page load: listing them imports torch
@@ -75,10 +76,16 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
         with gr.Column(scale=3):
             summary = gr.Markdown("*Generate images from the kept prompts.*",
                                   elem_id="generate-summary")
+            with gr.Row():
+                show = gr.Radio([(label, key) for key, label in SHOW.items()], value="all",
+                                label="show", elem_id="generated-show", scale=3)
+                reject_all = gr.Button("✗ Reject every proposed image", size="sm", scale=1,
+                                       elem_id="reject-proposed")
             pager = Pager.build("generated")
             page_ids = gr.State([])
             gallery = gr.Gallery(label="grouped by prompt, its text under its first image "
-                                 "(✓ accepted, ✗ rejected)", columns=TILES_PER_ROW,
+                                 "(✓ accepted, ✗ rejected, ⚑ proposed for rejection by the "
+                                 "checks)", columns=TILES_PER_ROW,
                                  height=600, object_fit="contain", allow_preview=False,
                                  elem_id="generated-gallery", buttons=[])
         with gr.Column(scale=1, min_width=240):
@@ -93,7 +100,9 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
             reject_prompt = gr.Button("✗ Reject this prompt's images", interactive=False,
                                       size="sm", elem_id="reject-prompt")
             gr.Markdown("*Images nobody reviewed are used for training; rejected ones are "
-                        "not.*")
+                        "not. Every image is checked after generation (does its caption name "
+                        "its class, does the biased model find it hard, is it a copy of a "
+                        "training image); ⚑ marks the ones that fail a check.*")
 
     @shows_errors
     def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
@@ -103,8 +112,9 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
         took = view.params.get("n_prompts", 0)
         return (f"✓ {view.n_images} images from {took} prompts.", *view_outputs(view))
 
-    def show_page(page_number, project_id) -> tuple:
-        return view_outputs(callbacks.view(project_id, page=int(page_number or 1)))
+    def show_page(page_number, project_id, shown="all") -> tuple:
+        return view_outputs(callbacks.view(project_id, page=int(page_number or 1),
+                                           show=shown or "all"))
 
     @shows_errors
     def on_select(project_id, ids: list[int], evt: gr.SelectData) -> tuple:
@@ -114,7 +124,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
 
     def review(accepted: bool | None, whole_prompt: bool):
         @shows_errors
-        def handler(project_id, selected, page_number) -> tuple:
+        def handler(project_id, selected, page_number, shown) -> tuple:
             if project_id is None or selected is None:
                 raise ValueError("Select an image first")
             if whole_prompt:
@@ -122,7 +132,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
             else:
                 callbacks.review(int(project_id), [int(selected)], accepted)
             return (*detail_outputs(callbacks.detail(int(project_id), int(selected))),
-                    *show_page(page_number, project_id))
+                    *show_page(page_number, project_id, shown))
         return handler
 
     page_outputs = [summary, gallery, page_ids, pager.page, pager.info]
@@ -133,12 +143,22 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                                          **settings},
                           api_name="generate", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_generate")
-    pager.wire(show_page, [project], page_outputs, api_name="generated_page")
+    pager.wire(show_page, [project, show], page_outputs, api_name="generated_page")
+    show.change(lambda project_id, shown: show_page(1, project_id, shown), [project, show],
+                page_outputs, api_visibility="private")
+
+    @shows_errors
+    def on_reject_all(project_id, shown) -> tuple:
+        n = callbacks.reject_proposed(open_project(project_id))
+        return (f"✗ Rejected {n} proposed image(s).", *show_page(1, project_id, shown))
+
+    reject_all.click(on_reject_all, [project, show], [status, *page_outputs],
+                     api_name="reject_proposed")
     gallery.select(on_select, [project, page_ids], detail_outputs_list,
                    api_visibility="private")
     for button, accepted, whole in ((accept, True, False), (reject, False, False),
                                     (reject_prompt, False, True)):
-        button.click(review(accepted, whole), [project, image_id, pager.page],
+        button.click(review(accepted, whole), [project, image_id, pager.page, show],
                      [*detail_outputs_list, *page_outputs], api_visibility="private")
 
     @shows_errors
@@ -150,16 +170,17 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
 
     gr.api(review_image, api_name="review_image")
 
-    def generated_list(project_id: int, page: int = 1) -> list[dict]:
-        """One page of generated images as data: image id and caption."""
-        view = callbacks.view(int(project_id), page=int(page))
+    def generated_list(project_id: int, page: int = 1, shown: str = "all") -> list[dict]:
+        """One page of generated images as data: image id and caption; `shown`: all,
+        proposed (for rejection by the checks) or passed."""
+        view = callbacks.view(int(project_id), page=int(page), show=shown)
         return [{"image_id": image, "caption": caption}
                 for image, (_, caption) in zip(view.image_ids, view.tiles, strict=True)]
 
     gr.api(generated_list, api_name="generated_list")
 
-    def refresh(project_id, page_number) -> tuple:
-        return show_page(page_number, project_id)
+    def refresh(project_id, page_number, shown) -> tuple:
+        return show_page(page_number, project_id, shown)
 
     def show_settings(project_id) -> tuple:
         stored = callbacks.settings(project_id)
@@ -169,7 +190,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                   else gr.Dropdown(choices=choices))
         return picker, *shown_settings(stored, settings), ""
 
-    return TabRefresh(refresh, [project, pager.page], page_outputs, show_settings,
+    return TabRefresh(refresh, [project, pager.page, show], page_outputs, show_settings,
                       [generator, *settings.values(), status])
 
 
@@ -182,7 +203,16 @@ def view_outputs(view: GenerationView) -> tuple:
         summary = (f"**{view.n_images} images** from {view.n_prompts} kept prompts by "
                    f"`{view.model or view.backend}` · {view.n_accepted} accepted, "
                    f"{view.n_rejected} rejected, {unreviewed} not reviewed · "
-                   f"**{view.n_images - view.n_rejected} will be used for training**.")
+                   f"**{view.n_used} will be used for training**.")
+        if view.n_proposed:
+            what = ("left out unless you accept them" if view.image_checks == "drop" else
+                    "used unless you reject them")
+            summary += (f"\n\n⚑ The checks propose to reject **{view.n_proposed}** of the "
+                        "images nobody reviewed (" + ", ".join(
+                            f"{n} {reason}" for reason, n in view.proposed.items())
+                        + f"): {what}.")
+        elif view.n_checked:
+            summary += f"\n\nEvery one of the {view.n_checked} checked images passed the checks."
         if view.oracle:
             summary += f"\n\n⚠ **Upper bound, not a model**: {view.oracle}."
     info = page_info(view.page, view.n_pages, view.n_images, "images") if view.n_images else ""
@@ -201,4 +231,14 @@ def detail_outputs(d: ImageDetail) -> tuple:
     state = {True: "✓ accepted", False: "✗ rejected", None: "not reviewed (used for training)"}
     text = (f"**#{d.prompt_id} {d.label}**: {d.prompt}\n\nseed {d.seed} · `{d.model}`\n\n"
             f"{state[d.accepted]}")
+    c = d.checks
+    if c:
+        seen = ("not checked (no model captioner)" if c.get("caption") is None else
+                f"“{c['caption']}” ({'names' if c['shows_class'] else 'does not name'} "
+                "its class)")
+        text += (f"\n\n**Checks**: caption {seen} · biased-model loss {c['bias_loss']:.2f} "
+                 f"({'hard: conflicting' if c['conflicting'] else 'easy: bias-aligned'}) · "
+                 f"{c['hash_distance']} bits from the nearest training image"
+                 + (" (a near-copy)" if c["copy"] else "")
+                 + ("" if not c.get("reasons") else f" · ⚑ {'; '.join(c['reasons'])}"))
     return (d.image, text, d.image_id, *_buttons(True))

@@ -233,15 +233,37 @@ class SharedStages:
         sink = MemorySink()
         generate_images(generator, prompts, cfg, class_names=ds.class_names,
                         sink=sink)  # the app's and the CLI's images
-        images = stack_images([image for _, image in sink.images], size=self.data.image_size)
-        labels = torch.tensor([item.prompt.label for item, _ in sink.images], dtype=torch.int64)
+        made = sink.images
+        if cfg.image_checks == "drop":  # as the CLI and the app do: failing images left out
+            made = [pair for pair, passed in zip(made, self._passed_checks(made), strict=True)
+                    if passed]
+            if not made:
+                raise ValueError("every generated image failed the checks (image_checks "
+                                 "'drop'): review the prompts or the generator, or use "
+                                 "'propose'")
+        images = stack_images([image for _, image in made], size=self.data.image_size)
+        labels = torch.tensor([item.prompt.label for item, _ in made], dtype=torch.int64)
         generation_seconds = time.perf_counter() - start
         training = train_evaluated(self.data, cfg, desc="DiffuBias", added=(images, labels),
                                    progress=progress)
         return AugmentedTraining(training, prompts,
-                                 np.array([item.prompt.source for item, _ in sink.images],
+                                 np.array([item.prompt.source for item, _ in made],
                                           dtype=np.int64),
                                  generation_seconds)
+
+    def _passed_checks(self, made: list) -> list[bool]:
+        """Whether each (item, image) passes the verify stage against this run's detection."""
+        from diffubias.stages.verify import check_generated
+
+        detection = self.detection()
+        is_candidate = np.zeros(len(detection.positions), dtype=bool)
+        is_candidate[detection.selected] = True
+        result = check_generated([image for _, image in made],
+                                 [item.prompt.label for item, _ in made], data=self.data,
+                                 biased_model=detection.training.model,
+                                 train_losses=detection.losses, train_labels=detection.labels,
+                                 is_candidate=is_candidate, config=self.config)
+        return [check.passed for check in result.checks]
 
 
 # -- what every method calls -----------------------------------------------------------------------

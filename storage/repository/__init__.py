@@ -27,6 +27,7 @@ from storage.repository.images import (
     get_generated_image,
     list_generated_images,
     set_image_accepted,
+    set_image_checks,
     set_images_accepted,
 )
 from storage.repository.jobs import (
@@ -106,7 +107,7 @@ __all__ = [
     "update_prompt",
     # generated images
     "add_generated_image", "delete_generated_images", "get_generated_image",
-    "list_generated_images", "set_image_accepted", "set_images_accepted",
+    "list_generated_images", "set_image_accepted", "set_image_checks", "set_images_accepted",
     # trained models
     "add_model", "latest_model", "list_models",
 ]

@@ -52,6 +52,13 @@ def set_images_accepted(session: Session, image_ids: Iterable[int], accepted: bo
     return session.execute(statement, execution_options={"synchronize_session": "fetch"}).rowcount
 
 
+def set_image_checks(session: Session, checks: Mapping[int, Mapping[str, Any]]) -> None:
+    """Store the automatic checks of images ({image id: checks}) in their params."""
+    for image_id, found in checks.items():
+        image = require_row(session, GeneratedImage, image_id)
+        image.params = {**image.params, "checks": dict(found)}  # a new dict: JSON is tracked
+
+
 def list_generated_images(
     session: Session,
     *,
