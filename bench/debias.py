@@ -5,6 +5,7 @@ training loop and of batched scoring, measured side by side.
 Usage:
   python bench/debias.py --quick     # 1 % conflicts, seed 0, both built-ins
   python bench/debias.py             # full grid: 0.5/1/2/5 % x seeds 0-2 x both built-ins
+  python bench/debias.py --ratios 0.01 --seeds 0,1,2   # a part of it
   python bench/debias.py --dataset builtin:colored-digits --dataset path/to/folder_or.zip
 Writes the `debias` and `debias-efficiency` sections of docs/BENCHMARKS.md, PNG charts under
 docs/img/ and every row to docs/benchmarks.json. A folder or zip is run at its own conflict share
@@ -922,6 +923,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one ratio (1 %%), one seed")
+    parser.add_argument("--ratios", help="comma-separated conflict ratios, e.g. 0.01,0.05 "
+                        "(default: the profile's)")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the "
+                        "profile's)")
     parser.add_argument("--dataset", action="append", help="repeatable; default: both built-ins")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -949,8 +954,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         base = RunConfig(device="cpu").with_overrides(**{**BENCH_OVERRIDES,
                                                           **_parse_set(args.set)})
         checkpoint = args.json.with_name(args.json.stem + ".partial.json")
-        results = run_grid(args.dataset or BUILTINS, ratios=profile["ratios"],
-                           seeds=profile["seeds"], base=base,
+        ratios = (tuple(float(x) for x in args.ratios.split(",")) if args.ratios
+                  else profile["ratios"])
+        seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else profile["seeds"]
+        results = run_grid(args.dataset or BUILTINS, ratios=ratios, seeds=seeds, base=base,
                            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                            checkpoint=checkpoint, jobs=args.jobs, threads=args.threads,
                            resume=json.loads(checkpoint.read_text()) if args.resume else None)
