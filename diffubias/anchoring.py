@@ -102,11 +102,23 @@ def anchor_text(text: str, class_name: str, *, template: str,
     return _FIELD.sub(lambda m: fills[m.group(1)], template)
 
 
-def anchor_all(texts_and_labels: Sequence[tuple[str, int]], class_names: Sequence[str], *,
-               template: str, synonyms_text: str = "") -> list[str]:
-    """`anchor_text` of each (text, label), with the synonyms parsed and checked once."""
+def synonyms_for(synonyms_text: str, class_names: Sequence[str],
+                 known: Mapping[str, Sequence[str]] | None = None) -> dict[str, tuple[str, ...]]:
+    """Every class's other words: a person's `class_synonyms` (parsed, their classes checked)
+    after the words a dataset already knows (`known`, e.g. `diffubias.builtin.class_words`)."""
     synonyms = parse_synonyms(synonyms_text)
     check_synonym_classes(synonyms, class_names)
+    merged = {name: tuple(w.lower() for w in words) for name, words in (known or {}).items()}
+    for name, words in synonyms.items():
+        merged[name] = merged.get(name, ()) + words
+    return merged
+
+
+def anchor_all(texts_and_labels: Sequence[tuple[str, int]], class_names: Sequence[str], *,
+               template: str, synonyms_text: str = "",
+               known: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """`anchor_text` of each (text, label), with the synonyms read once (`synonyms_for`)."""
+    synonyms = synonyms_for(synonyms_text, class_names, known)
     return [anchor_text(text, class_names[label], template=template,
                         synonyms=synonyms.get(class_names[label], ()))
             for text, label in texts_and_labels]

@@ -12,6 +12,7 @@ from diffubias.anchoring import (
     check_template,
     names_class,
     parse_synonyms,
+    synonyms_for,
 )
 from diffubias.config import RunConfig
 
@@ -74,3 +75,18 @@ def test_the_config_keeps_a_stripped_template_and_parses_synonyms():
     assert parse_synonyms("three: 3, III\ncircle: Ring") == {"three": ("3", "iii"),
                                                              "circle": ("ring",)}
     assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_builtins_own_words_count_as_naming_the_class():
+    """Numerals name digits and plurals name shapes: a caption 'a red 3' is not anchored and
+    passes the class check; a person's synonyms add to them."""
+    from diffubias.builtin import class_words
+
+    digits = class_words("builtin:colored-digits")
+    assert digits["three"] == ("3",) and class_words("/data/pets") == {}
+    assert "disc" in class_words("builtin:shape-scenes")["circle"]
+    merged = synonyms_for("three: III", ("three", "four"), digits)
+    assert merged["three"] == ("3", "iii")
+    assert anchor_all([("a red 3", 0), ("a red III", 0), ("a red digit", 1)], ("three", "four"),
+                      template=DEFAULT_TEMPLATE, synonyms_text="three: III", known=digits) == [
+        "a red 3", "a red III", "a red digit, a four"]

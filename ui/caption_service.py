@@ -298,7 +298,9 @@ def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
 def _generated_as(project, prompts) -> list[str]:
     """Each prompt's text as the generator will get it, with the project's anchoring."""
     from diffubias.anchoring import anchor_all
+    from diffubias.builtin import class_words
 
     config = stored_config(project.settings)
     return anchor_all([(p.text, p.label) for p in prompts], list(project.class_names),
-                      template=config.prompt_template, synonyms_text=config.class_synonyms)
+                      template=config.prompt_template, synonyms_text=config.class_synonyms,
+                      known=class_words(project.source))

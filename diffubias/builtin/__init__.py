@@ -80,6 +80,22 @@ def get_renderer(name: str) -> PromptRenderer:
     return ShapeRenderer()
 
 
+def class_words(dataset_name: str) -> dict[str, tuple[str, ...]]:
+    """Other words that name each class of a built-in dataset (`builtin:<name>`), by class
+    name: numerals for digits, plurals and synonyms for shapes; {} for any other dataset. The
+    vocabulary a person would type as `class_synonyms`, so it reads no label."""
+    name = dataset_name.removeprefix("builtin:")
+    if not dataset_name.startswith("builtin:") or name not in BUILTIN_NAMES:
+        return {}
+    if name == "colored-digits":
+        from diffubias.builtin.colored_digits import _CLASS_WORDS, CLASS_NAMES
+    else:
+        from diffubias.builtin.shape_scenes import _SHAPE_WORDS as _CLASS_WORDS
+        from diffubias.builtin.shape_scenes import CLASS_NAMES
+    return {cls: tuple(w for w, i in _CLASS_WORDS.items() if i == index and w != cls)
+            for index, cls in enumerate(CLASS_NAMES)}
+
+
 def _generator(name: str) -> Callable[..., None]:
     _check_name(name)
     if name == "colored-digits":

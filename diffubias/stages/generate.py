@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from diffubias.anchoring import anchor_all
+from diffubias.builtin import class_words
 from diffubias.config import RunConfig
 from diffubias.generation import Generator, WorkItem, plan_images
 from diffubias.progress import ProgressFn, report
@@ -82,10 +83,12 @@ def capped(prompts: Sequence, config: RunConfig) -> list:
 
 def anchored(prompts: Sequence[Prompt], config: RunConfig, class_names: Sequence[str]
              ) -> list[Prompt]:
-    """`prompts` as the generator gets them: each that does not name its class gets the class
+    """`prompts` as the generator gets them: each that does not name its class (or a synonym:
+    the person's `class_synonyms`, a built-in's own words such as numerals) gets the class
     through `config.prompt_template` (`diffubias.anchoring`); the rest unchanged."""
     texts = anchor_all([(p.text, p.label) for p in prompts], class_names,
-                       template=config.prompt_template, synonyms_text=config.class_synonyms)
+                       template=config.prompt_template, synonyms_text=config.class_synonyms,
+                       known=class_words(config.dataset))
     return [p if text == p.text else Prompt(text, p.label, p.source, p.matched_words)
             for p, text in zip(prompts, texts, strict=True)]
 

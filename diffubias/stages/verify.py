@@ -4,7 +4,8 @@ A text-to-image model does not always draw what the prompt says. Three checks, e
 image and a verdict against a threshold of `RunConfig`:
 
 - **shows its class**: the project's captioner describes the image, and the caption must name
-  the image's class (`diffubias.anchoring.names_class`, with `class_synonyms`). Skipped (None)
+  the image's class (`diffubias.anchoring.names_class`, with `class_synonyms` and a built-in's
+  own words for its classes, such as numerals). Skipped (None)
   when the captioner cannot describe new images (`metadata` reads captions from the dataset).
 - **bias-conflicting**: the biased (GCE) model's cross-entropy loss on the image for its label,
   the score candidate mining uses. An image that would not have been mined, its loss below the
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from diffubias.anchoring import names_class, parse_synonyms
+from diffubias.anchoring import names_class, synonyms_for
+from diffubias.builtin import class_words
 from diffubias.config import RunConfig
 from diffubias.images import stack_images
 from diffubias.prepared import PreparedDataset
@@ -138,8 +140,8 @@ def verify_images(images: Sequence[Image.Image], labels: Sequence[int], *,
     train_positions, train_hashes = training_hashes(data, progress=part(progress, 0.0, 0.4))
     nearest, distance = nearest_hashes(channel_hashes(pixels), train_hashes)
     captions = caption_texts(captioner, images, progress=part(progress, 0.4, 1.0))
-    synonyms = parse_synonyms(config.class_synonyms)
     names = data.ds.class_names
+    synonyms = synonyms_for(config.class_synonyms, names, class_words(data.ds.name))
     checks = tuple(
         ImageCheck(label, caption,
                    None if caption is None else names_class(caption, names[label],
