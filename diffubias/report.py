@@ -102,6 +102,10 @@ class Generation:
     sheets: tuple[Tile, ...] = ()
     settings: Mapping[str, Any] = field(default_factory=dict)
     oracle: str = ""  # why the images are an upper bound (shipped_models.oracle_note), or ""
+    # the verify stage's summary (n_images, n_passed, n_wrong_class, n_aligned, n_copies), and
+    # what a failing image meant (image_checks: propose or drop); {} when nothing was checked
+    checks: Mapping[str, Any] = field(default_factory=dict)
+    image_checks: str = "propose"
 
 
 @dataclass(frozen=True)
@@ -241,8 +245,20 @@ def _captions(c: Captions, _: _Figures) -> list[str]:
 def _generation(g: Generation, _: _Figures) -> list[str]:
     rejected = f", {g.n_rejected} rejected by the reviewer" if g.n_rejected is not None else ""
     return [f"<p>{g.n_images} images{rejected}. Generator: <b>{_e(g.generator)}</b>"
-            f"{_oracle(g.oracle)}.</p>",
+            f"{_oracle(g.oracle)}.</p>", *_checks(g),
             *_images(g.tiles[:MAX_TILES], g.sheets), _settings(g.settings)]
+
+
+def _checks(g: Generation) -> list[str]:
+    c = g.checks
+    if not c:
+        return []
+    meant = ("left out of training" if g.image_checks == "drop" else
+             "proposed for rejection to the reviewer")
+    return [f"<p>Automatic checks: {c['n_passed']} of {c['n_images']} images passed; "
+            f"{c['n_wrong_class']} captioned without their class, {c['n_aligned']} easy for the "
+            f"biased model (bias-aligned), {c['n_copies']} near-copies of a training image. "
+            f"Images failing a check were {meant}.</p>"]
 
 
 def _oracle(note: str) -> str:

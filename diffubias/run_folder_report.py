@@ -138,7 +138,9 @@ def _generation(out_dir: Path, report: Mapping[str, Any]) -> Generation | None:
     name = resolve(report.get("config", {}).get("generator") or str(summary.get("backend")),
                    _dataset_name(report), kind="generator")
     return Generation(name, len(rows), None, tiles, sheets, settings,
-                      oracle=oracle_note(name, _dataset_name(report)))
+                      oracle=oracle_note(name, _dataset_name(report)),
+                      checks=summary.get("checks") or {},
+                      image_checks=report.get("config", {}).get("image_checks", "propose"))
 
 
 def _dataset_name(report: Mapping[str, Any]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ui.checks_service import proposal, used_for_training
+from ui.checks_service import checks_summary, proposal, used_for_training
 
 
 def test_a_persons_review_wins_over_the_checks_and_drop_leaves_proposals_out():
@@ -23,3 +23,16 @@ def test_a_persons_review_wins_over_the_checks_and_drop_leaves_proposals_out():
     assert not used_for_training(image(False, passing), "propose")  # rejected by a person
     assert used_for_training(image(None, passing), "drop")
     assert used_for_training(image(None, unchecked), "drop")
+
+
+def test_the_report_counts_the_stored_checks():
+    def image(**checks):
+        return SimpleNamespace(params={"checks": checks} if checks else {})
+
+    images = [image(reasons=[], shows_class=True, conflicting=True, copy=False),
+              image(reasons=["x"], shows_class=False, conflicting=True, copy=False),
+              image(reasons=["x", "y"], shows_class=None, conflicting=False, copy=True),
+              image()]  # not checked
+    assert checks_summary(images) == {"n_images": 3, "n_passed": 1, "n_wrong_class": 1,
+                                      "n_aligned": 1, "n_copies": 1}
+    assert checks_summary([image()]) == {}

@@ -65,7 +65,9 @@ def content(png) -> ReportContent:
                           + (PromptLine("cat", "a cat on grass"),) * (MAX_PROMPTS + 1),
                           {"dog": (Keyword("sofa", 5, 1), Keyword("indoors", 3, 0))}),
         generation=Generation("sd15", 8, 2, (Tile(png, "a dog on grass"),),
-                              settings={"steps": 25}),
+                              settings={"steps": 25},
+                              checks={"n_images": 8, "n_passed": 5, "n_wrong_class": 1,
+                                      "n_aligned": 2, "n_copies": 0}),
         accuracy=Accuracy((ModelAccuracy("biased", {"overall": 0.8, "conflicting": None}),
                            ModelAccuracy("debiased", {"overall": 0.85, "aligned": 0.9,
                                                       "conflicting": 0.7, "unbiased": 0.8},
@@ -108,6 +110,9 @@ def test_every_section_in_order_with_its_numbers(page):
     assert "<td>auroc</td><td>0.912</td>" in page and "<td>k_per_class</td>" not in page
     assert "sofa (5/1), indoors (3/0)" in page
     assert "8 images, 2 rejected by the reviewer. Generator: <b>sd15</b>." in page
+    assert ("Automatic checks: 5 of 8 images passed; 1 captioned without their class, 2 easy "
+            "for the biased model (bias-aligned), 0 near-copies of a training image. Images "
+            "failing a check were proposed for rejection to the reviewer.") in page
     assert "Upper bound" not in page  # no oracle in this run
     assert "<td>biased</td><td>0.800</td><td>n/a</td><td>n/a</td><td>n/a</td><td></td>" in page
     assert "<td>debiased</td><td>0.850</td><td>0.900</td><td>0.700</td><td>0.800</td>" \

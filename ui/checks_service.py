@@ -82,3 +82,14 @@ def reject_proposed(studio: Studio, project_id: int) -> int:
         _, images = current_images(session, int(project_id))
         ids = [im.id for im in images if im.accepted is None and proposal(im)]
         return repo.set_images_accepted(session, ids, False)
+
+
+def checks_summary(images) -> dict[str, int]:
+    """The verify stage's counts over stored images (those checked); {} when none was."""
+    checked = [im.params["checks"] for im in images if "checks" in im.params]
+    if not checked:
+        return {}
+    return {"n_images": len(checked), "n_passed": sum(not c["reasons"] for c in checked),
+            "n_wrong_class": sum(c["shows_class"] is False for c in checked),
+            "n_aligned": sum(not c["conflicting"] for c in checked),
+            "n_copies": sum(c["copy"] for c in checked)}

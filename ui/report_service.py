@@ -44,6 +44,8 @@ from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.bias_service import detection_view
 from ui.caption_service import CaptionsView, captions_view
+from ui.checks_service import checks_summary, used_for_training
+from ui.datasets import stored_config
 from ui.debias_service import DebiasView, debias_view
 from ui.generate_service import current_images
 from ui.gradcam_service import CamView, gradcam_view
@@ -173,7 +175,8 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
     candidate_tiles = tuple(
         Tile(thumbnail(workspace, workspace.resolve(c.path), project.id, c.sample_id),
              f"{names[c.label]} · {c.loss:.2f}") for c in candidates)
-    kept_images = [im for im in images if im.accepted is not False]
+    image_checks = stored_config(project.settings).image_checks
+    kept_images = [im for im in images if used_for_training(im, image_checks)]
     generator = resolve(generate.params.get("generator", "") if generate else "", project.source,
                         kind="generator")
     return ReportContent(
@@ -188,7 +191,8 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
             tuple(Tile(thumbnail(workspace, workspace.resolve(im.path), "generated", im.id),
                        prompt_text.get(im.prompt_id, "")) for im in kept_images[:MAX_TILES]),
             settings={k: v for k, v in generate.params.items() if k != "filter_job_id"},
-            oracle=oracle_note(generator, project.source)),
+            oracle=oracle_note(generator, project.source),
+            checks=checks_summary(images), image_checks=image_checks),
         accuracy=_accuracy(debias_view(studio, project_id)),
         gradcam=_gradcam(gradcam_view(studio, project_id, rows_per_page=MAX_CAM_ROWS)),
         settings=project.settings.get("config", {}))
