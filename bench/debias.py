@@ -611,6 +611,9 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     oracle = _oracle_text(cfg)
     if oracle:
         lines += [f"**Upper bound, not the method.** {oracle}", ""]
+    part = _part_text(meta)
+    if part:
+        lines += [f"**Part of the grid.** {part}", ""]
     bound = _upper_bound_text(meta["methods"])
     if bound:
         lines += [f"**Upper bound rows.** {bound}", ""]
@@ -668,6 +671,20 @@ def _method_cell(name: str, cfg: dict) -> str:
     method = METHODS[name]
     oracle = method.upper_bound or (method.generates and _oracle_text(cfg))
     return f"{name} (oracle: upper bound)" if oracle else name
+
+
+def _part_text(meta: dict) -> str:
+    """What of the full grid a run left out, or "" for the full grid."""
+    full = PROFILES["full"]
+    ratios = [r for r in full["ratios"] if r not in meta["ratios"]]
+    seeds = [s for s in full["seeds"] if s not in meta["seeds"]]
+    if not (ratios or seeds):
+        return ""
+    left = " and ".join(part for part in (
+        ratios and "conflict ratios " + ", ".join(_ratio_text(r) for r in ratios),
+        seeds and "seeds " + ", ".join(map(str, seeds))) if part)
+    return (f"This run left out {left} of the full grid (`python bench/debias.py`): its "
+            "tables and counts cover the settings it ran, nothing more.")
 
 
 def _upper_bound_text(methods: Sequence[str]) -> str:
