@@ -215,6 +215,10 @@ def _verify(run: Run, manifest: Path, rows: list[dict]) -> dict:
     from diffubias.stages.verify import check_generated
 
     cfg, data = run.config, run.data
+    if cfg.image_checks == "propose" and not all(
+            (run.out_dir / name).exists() for name in ("biased.safetensors", "scores.csv")):
+        run.log("checks skipped: they need the biased model and scores.csv of `detect`")
+        return {"skipped": "no biased model: run the detect stage"}
     scores = read_scores(run)
     biased = load_classifier(run.require("biased.safetensors", "detect"))
     images = [Image.open(manifest.parent / r["file"]).convert("RGB") for r in rows]

@@ -139,7 +139,8 @@ def _generation(out_dir: Path, report: Mapping[str, Any]) -> Generation | None:
                    _dataset_name(report), kind="generator")
     return Generation(name, len(rows), None, tiles, sheets, settings,
                       oracle=oracle_note(name, _dataset_name(report)),
-                      checks=summary.get("checks") or {},
+                      checks={} if "skipped" in (summary.get("checks") or {})
+                      else summary.get("checks") or {},
                       image_checks=report.get("config", {}).get("image_checks", "propose"))
 
 

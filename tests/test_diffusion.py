@@ -318,6 +318,8 @@ def test_cli_generate_with_a_local_pipeline_reports_and_resumes(run_dir, tiny_sd
     assert (gen["backend"], gen["model"], gen["n_images"]) == ("diffusers", tiny_sd, 4)
     assert gen["manifest"] == "generated/manifest.csv" and report["config"]["gen_steps"] == 2
     assert (run_dir / "generated_samples.png").exists()
+    # no detect stage ran (the prompts were written by hand): the checks are skipped, said so
+    assert gen["checks"] == {"skipped": "no biased model: run the detect stage"}
     assert cli.main(["generate", "--out", str(run_dir), "--max-images", "6"]) == 0
     gen = json.loads((run_dir / "report.json").read_text())["generation"]
     assert (gen["n_existing"], gen["n_new"], gen["n_images"]) == (4, 2, 6)
