@@ -232,7 +232,9 @@ def _verify(run: Run, manifest: Path, rows: list[dict]) -> dict:
             f"({summary['n_wrong_class']} without their class, {summary['n_aligned']} "
             f"bias-aligned, {summary['n_copies']} near-copies); "
             + ("failing ones are left out of training" if cfg.image_checks == "drop" else
-               "see proposed_reject in generated/manifest.csv"))
+               "see proposed_reject in generated/manifest.csv")
+            + (f"; the class was not checked: {summary['class_check_skipped']}"
+               if summary["class_check_skipped"] else ""))
     return summary
 
 

@@ -6,6 +6,8 @@ captioner: real test images stand in for generated ones, so what each should get
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,20 @@ def test_the_loss_threshold_is_the_mining_threshold_unless_set():
     assert loss_thresholds(RunConfig(check_min_loss=1.5), losses, labels, mined, 2) == {
         0: 1.5, 1: 1.5}
 
+
+
+def test_a_captioner_that_cannot_load_skips_the_class_check_and_says_why(digits):
+    """The images exist by then: a broken captioner must not fail the generation job."""
+    from diffubias.stages.verify import check_generated
+
+    config, data, biased, _ = digits
+    test = data.ds.indices("test")[:3]
+    scores = np.zeros(len(data.ds.indices("train")))
+    result = check_generated(_pil(data, test), data.ds.labels[test], data=data,
+                             biased_model=biased, train_losses=scores,
+                             train_labels=data.ds.labels[data.ds.indices("train")],
+                             is_candidate=scores > 0,
+                             config=replace(config, captioner="test/no-such-captioner"))
+    assert all(c.shows_class is None for c in result.checks)
+    assert "captioner 'test/no-such-captioner' unavailable" in result.summary()[
+        "class_check_skipped"]

@@ -50,6 +50,7 @@ class GenerationView:
     n_used: int = 0  # images the debias stage will train on
     image_checks: str = "propose"  # the project's setting: what a proposal does
     show: str = "all"  # which images the gallery shows: all, proposed or passed
+    checks_note: str = ""  # why the last checks did not look at the class, if they did not
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,8 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
         oracle_note(job.result.get("backend", ""), project.source) if job else "",
         sum("checks" in im.params for im in images), proposed,
         sum(im.accepted is None and bool(proposal(im)) for im in images),
-        sum(used_for_training(im, image_checks) for im in images), image_checks, show)
+        sum(used_for_training(im, image_checks) for im in images), image_checks, show,
+        (job.result.get("checks") or {}).get("class_check_skipped", "") if job else "")
 
 
 def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:

@@ -213,6 +213,8 @@ def view_outputs(view: GenerationView) -> tuple:
                         + f"): {what}.")
         elif view.n_checked:
             summary += f"\n\nEvery one of the {view.n_checked} checked images passed the checks."
+        if view.checks_note:
+            summary += f"\n\n⚠ The class was not checked: {view.checks_note}."
         if view.oracle:
             summary += f"\n\n⚠ **Upper bound, not a model**: {view.oracle}."
     info = page_info(view.page, view.n_pages, view.n_images, "images") if view.n_images else ""

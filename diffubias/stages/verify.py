@@ -82,6 +82,7 @@ class Verification:
     min_loss: dict[int, float]  # per class: the loss an image needs to count as conflicting
     max_hash_distance: int
     class_checked_by: str | None  # the captioner's name, or None when the class was not checked
+    class_check_skipped: str = ""  # why the class was not checked, when it was not
 
     def summary(self) -> dict:
         n = len(self.checks)
@@ -91,7 +92,8 @@ class Verification:
                 "n_copies": sum(c.copy for c in self.checks),
                 "min_loss": {str(k): v for k, v in self.min_loss.items()},
                 "max_hash_distance": self.max_hash_distance,
-                "class_checked_by": self.class_checked_by}
+                "class_checked_by": self.class_checked_by,
+                "class_check_skipped": self.class_check_skipped}
 
 
 def check_generated(images: Sequence[Image.Image], labels: Sequence[int], *,
@@ -104,10 +106,18 @@ def check_generated(images: Sequence[Image.Image], labels: Sequence[int], *,
 
     thresholds = loss_thresholds(config, np.asarray(train_losses), np.asarray(train_labels),
                                  np.asarray(is_candidate, dtype=bool), data.ds.num_classes)
-    captioner = captioner_for(replace(config, captions_per_image=1), dataset_name=data.ds.name)
-    return verify_images(images, labels, data=data, biased_model=biased_model,
-                         min_loss=thresholds, config=config, captioner=captioner,
-                         progress=progress)
+    try:
+        captioner = captioner_for(replace(config, captions_per_image=1),
+                                  dataset_name=data.ds.name)
+    except (ValueError, OSError) as error:  # the images exist; checking their class can wait
+        captioner, note = None, f"captioner {config.captioner!r} unavailable: {error}"
+    else:
+        note = "" if hasattr(captioner, "caption_images") else (
+            f"captioner {config.captioner!r} cannot describe new images")
+    result = verify_images(images, labels, data=data, biased_model=biased_model,
+                           min_loss=thresholds, config=config, captioner=captioner,
+                           progress=progress)
+    return replace(result, class_check_skipped=note)
 
 
 def loss_thresholds(config: RunConfig, losses: np.ndarray, labels: np.ndarray,
