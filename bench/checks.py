@@ -54,8 +54,7 @@ def measure(domain: str, *, images_per_prompt: int, seed: int = 0, top_k: float 
     data = PreparedDataset.load(cfg)
     ds = data.ds
     detection = detect_bias(data, cfg)
-    is_candidate = np.zeros(len(detection.positions), dtype=bool)
-    is_candidate[detection.selected] = True
+    is_candidate = detection.is_candidate
     scores = ScoredSamples(detection.positions, detection.losses, is_candidate)
     captions = caption_candidates(ds, cfg, scores, captioner=captioner_for(
         cfg, dataset_name=ds.name)).captions

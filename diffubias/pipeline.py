@@ -82,8 +82,7 @@ def stage_detect(run: Run) -> dict:
 
 
 def _write_scores(path: Path, det: Detection, ds: ImageDataset) -> None:
-    candidate = np.zeros(len(det.positions), dtype=bool)
-    candidate[det.selected] = True
+    candidate = det.is_candidate
     conflict = det.is_conflict
     write_csv(path, ("position", "path", "label", "loss", "candidate", "conflict"),
                ([int(p), ds.paths[p], ds.class_names[ds.labels[p]], f"{det.losses[i]:.9g}",

@@ -28,9 +28,8 @@ def digits(builtin_cache, one_torch_thread):
                        batch_size=256)
     data = PreparedDataset.load(config)
     detection = detect_bias(data, config)
-    is_candidate = np.zeros(len(detection.positions), bool)
-    is_candidate[detection.selected] = True
-    thresholds = loss_thresholds(config, detection.losses, detection.labels, is_candidate,
+    thresholds = loss_thresholds(config, detection.losses, detection.labels,
+                                 detection.is_candidate,
                                  data.ds.num_classes)
     return config, data, detection.training.model, thresholds
 

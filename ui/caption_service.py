@@ -199,7 +199,7 @@ ANCHOR_FIELDS = ("prompt_template", "class_synonyms")
 def set_anchoring(studio: Studio, project_id: int, changes: Mapping[str, Any]) -> CaptionsView:
     """Save how prompts that do not name their class are anchored to it before generation
     (`changes`: {prompt_template, class_synonyms}); the prompt table is kept as it is."""
-    from diffubias.anchoring import check_synonym_classes, parse_synonyms
+    from diffubias.stages.generate import class_synonyms
 
     unknown = sorted(set(changes) - set(ANCHOR_FIELDS))
     if unknown:
@@ -210,7 +210,7 @@ def set_anchoring(studio: Studio, project_id: int, changes: Mapping[str, Any]) -
             raise ValueError(f"project {project_id} does not exist")
         settings, class_names = project.settings, list(project.class_names)
     config = project_config(studio.store.workspace, settings).with_changes(changes)
-    check_synonym_classes(parse_synonyms(config.class_synonyms), class_names)
+    class_synonyms(config, class_names)  # refuses a class the project does not have
     save_project_config(studio.store, project_id, config)
     return captions_view(studio, project_id)
 
@@ -297,10 +297,7 @@ def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
 
 def _generated_as(project, prompts) -> list[str]:
     """Each prompt's text as the generator will get it, with the project's anchoring."""
-    from diffubias.anchoring import anchor_all
-    from diffubias.builtin import class_words
+    from diffubias.stages.generate import anchored_texts
 
-    config = stored_config(project.settings)
-    return anchor_all([(p.text, p.label) for p in prompts], list(project.class_names),
-                      template=config.prompt_template, synonyms_text=config.class_synonyms,
-                      known=class_words(project.source))
+    return anchored_texts([(p.text, p.label) for p in prompts], stored_config(project.settings),
+                          list(project.class_names))

@@ -86,10 +86,7 @@ def reject_proposed(studio: Studio, project_id: int) -> int:
 
 def checks_summary(images) -> dict[str, int]:
     """The verify stage's counts over stored images (those checked); {} when none was."""
+    from diffubias.stages.verify import count_checks
+
     checked = [im.params["checks"] for im in images if "checks" in im.params]
-    if not checked:
-        return {}
-    return {"n_images": len(checked), "n_passed": sum(not c["reasons"] for c in checked),
-            "n_wrong_class": sum(c["shows_class"] is False for c in checked),
-            "n_aligned": sum(not c["conflicting"] for c in checked),
-            "n_copies": sum(c["copy"] for c in checked)}
+    return count_checks(checked) if checked else {}

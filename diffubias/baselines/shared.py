@@ -256,13 +256,11 @@ class SharedStages:
         from diffubias.stages.verify import check_generated
 
         detection = self.detection()
-        is_candidate = np.zeros(len(detection.positions), dtype=bool)
-        is_candidate[detection.selected] = True
         result = check_generated([image for _, image in made],
                                  [item.prompt.label for item, _ in made], data=self.data,
                                  biased_model=detection.training.model,
                                  train_losses=detection.losses, train_labels=detection.labels,
-                                 is_candidate=is_candidate, config=self.config)
+                                 is_candidate=detection.is_candidate, config=self.config)
         return [check.passed for check in result.checks]
 
 

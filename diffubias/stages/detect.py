@@ -38,6 +38,13 @@ class Detection:
         return self.positions[self.selected]
 
     @property
+    def is_candidate(self) -> np.ndarray:
+        """bool per scored sample (aligned with positions): one of the top-K candidates."""
+        mask = np.zeros(len(self.positions), dtype=bool)
+        mask[self.selected] = True
+        return mask
+
+    @property
     def threshold(self) -> float | None:
         """The lowest candidate loss (K is per class: the lowest of the class thresholds)."""
         return float(self.losses[self.selected].min()) if len(self.selected) else None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from diffubias.anchoring import anchor_all
+from diffubias.anchoring import anchor_all, synonyms_for
 from diffubias.builtin import class_words
 from diffubias.config import RunConfig
 from diffubias.generation import Generator, WorkItem, plan_images
@@ -81,14 +81,26 @@ def capped(prompts: Sequence, config: RunConfig) -> list:
     return list(prompts)
 
 
+def class_synonyms(config: RunConfig, class_names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Every class's other words in this run: the dataset's own (a built-in's numerals and
+    plurals, `diffubias.builtin.class_words`), then the person's `class_synonyms`, whose classes
+    must be among `class_names`. What anchoring and the class check count as naming a class."""
+    return synonyms_for(config.class_synonyms, class_names, class_words(config.dataset))
+
+
+def anchored_texts(texts_and_labels: Sequence[tuple[str, int]], config: RunConfig,
+                   class_names: Sequence[str]) -> list[str]:
+    """Each (text, label) as the generator gets it: anchored to its class through
+    `config.prompt_template` where it does not name the class or one of `class_synonyms`."""
+    return anchor_all(texts_and_labels, class_names, template=config.prompt_template,
+                      synonyms_text=config.class_synonyms, known=class_words(config.dataset))
+
+
 def anchored(prompts: Sequence[Prompt], config: RunConfig, class_names: Sequence[str]
              ) -> list[Prompt]:
-    """`prompts` as the generator gets them: each that does not name its class (or a synonym:
-    the person's `class_synonyms`, a built-in's own words such as numerals) gets the class
-    through `config.prompt_template` (`diffubias.anchoring`); the rest unchanged."""
-    texts = anchor_all([(p.text, p.label) for p in prompts], class_names,
-                       template=config.prompt_template, synonyms_text=config.class_synonyms,
-                       known=class_words(config.dataset))
+    """`prompts` as the generator gets them (`anchored_texts`); those that name their class
+    unchanged."""
+    texts = anchored_texts([(p.text, p.label) for p in prompts], config, class_names)
     return [p if text == p.text else Prompt(text, p.label, p.source, p.matched_words)
             for p, text in zip(prompts, texts, strict=True)]
 

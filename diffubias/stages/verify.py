@@ -24,8 +24,9 @@ Knows nothing of where images or results are stored.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,12 +34,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from diffubias.anchoring import names_class, synonyms_for
-from diffubias.builtin import class_words
+from diffubias.anchoring import names_class
 from diffubias.config import RunConfig
 from diffubias.images import stack_images
 from diffubias.prepared import PreparedDataset
 from diffubias.progress import ProgressFn, part, report
+from diffubias.stages.generate import class_synonyms
 from diffubias.training import to_float
 
 HASH_BITS = 3 * 64
@@ -85,15 +86,19 @@ class Verification:
     class_check_skipped: str = ""  # why the class was not checked, when it was not
 
     def summary(self) -> dict:
-        n = len(self.checks)
-        return {"n_images": n, "n_passed": sum(c.passed for c in self.checks),
-                "n_wrong_class": sum(c.shows_class is False for c in self.checks),
-                "n_aligned": sum(not c.conflicting for c in self.checks),
-                "n_copies": sum(c.copy for c in self.checks),
+        return {**count_checks([c.to_dict() for c in self.checks]),
                 "min_loss": {str(k): v for k, v in self.min_loss.items()},
                 "max_hash_distance": self.max_hash_distance,
                 "class_checked_by": self.class_checked_by,
                 "class_check_skipped": self.class_check_skipped}
+
+
+def count_checks(checks: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of `checks` (`ImageCheck.to_dict()`s, as stored) passed and failed each check."""
+    return {"n_images": len(checks), "n_passed": sum(not c["reasons"] for c in checks),
+            "n_wrong_class": sum(c["shows_class"] is False for c in checks),
+            "n_aligned": sum(not c["conflicting"] for c in checks),
+            "n_copies": sum(c["copy"] for c in checks)}
 
 
 def check_generated(images: Sequence[Image.Image], labels: Sequence[int], *,
@@ -151,7 +156,7 @@ def verify_images(images: Sequence[Image.Image], labels: Sequence[int], *,
     nearest, distance = nearest_hashes(channel_hashes(pixels), train_hashes)
     captions = caption_texts(captioner, images, progress=part(progress, 0.4, 1.0))
     names = data.ds.class_names
-    synonyms = synonyms_for(config.class_synonyms, names, class_words(data.ds.name))
+    synonyms = class_synonyms(config, names)
     checks = tuple(
         ImageCheck(label, caption,
                    None if caption is None else names_class(caption, names[label],
