@@ -7,6 +7,8 @@ Usage:
   python bench/debias.py             # full grid: 0.5/1/2/5 % x seeds 0-2 x both built-ins
   python bench/debias.py --ratios 0.01 --seeds 0,1,2   # a part of it
   python bench/debias.py --dataset builtin:colored-digits --dataset path/to/folder_or.zip
+  python bench/debias.py --ablation  # DiffuBias without class anchoring / dropping images
+                                     # failing the checks, 1 % x seeds 0-2, its own section
 Writes the `debias` and `debias-efficiency` sections of docs/BENCHMARKS.md, PNG charts under
 docs/img/ and every row to docs/benchmarks.json. A folder or zip is run at its own conflict share
 (measured from its bias column) and needs a generator for the DiffuBias rows, which are otherwise
@@ -60,6 +62,11 @@ PROFILES = {"quick": {"ratios": (0.01,), "seeds": (0,), "repeats": 3},
 ROW_KEYS = ("method", "dataset", "conflict_ratio", "seed", "unbiased", "conflicting", "aligned",
             "overall")
 RANKINGS = ("gce", "erm", "jtt-error-set")
+# the ablation of this project's additions to the method: its own section, json and charts
+ABLATION = {"methods": ("vanilla", "diffubias", "diffubias-unanchored", "diffubias-checked"),
+            "ratios": (0.01,), "seeds": (0, 1, 2), "section": "debias-ablation",
+            "title": "DiffuBias ablations: class anchoring and the image checks",
+            "json": DOCS / "benchmarks-ablation.json", "prefix": "ablation_"}
 GeneratorFactory = Callable[[PreparedDataset], Generator]
 Log = Callable[[str], None]
 
@@ -345,7 +352,7 @@ def standing(rows: Sequence[dict], *, metric: str = "unbiased",
 
 # -- plots ----------------------------------------------------------------------------------------
 
-def draw_plots(results: dict, img_dir: Path) -> list[Path]:
+def draw_plots(results: dict, img_dir: Path, prefix: str = "") -> list[Path]:
     """PNG charts (matplotlib, no browser): grouped bars per ratio and accuracy vs ratio for each
     dataset, and the precision-recall curves of the three rankings."""
     import matplotlib
@@ -376,7 +383,7 @@ def draw_plots(results: dict, img_dir: Path) -> list[Path]:
             ax.set_ylim(0, 1)
             ax.grid(axis="y", alpha=0.3)
         _legend_below(fig, axes[0], min(4, len(methods)))
-        written.append(_save(fig, img_dir / f"debias_bars_{dataset}.png"))
+        written.append(_save(fig, img_dir / f"{prefix}debias_bars_{dataset}.png"))
         if len(ratios) > 1:
             fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
             x = [100 * r for r in ratios]
@@ -396,12 +403,13 @@ def draw_plots(results: dict, img_dir: Path) -> list[Path]:
                 ax.set_ylim(0, 1)
                 ax.grid(alpha=0.3)
             _legend_below(fig, axes[0], min(4, len(methods)))
-            written.append(_save(fig, img_dir / f"debias_vs_ratio_{dataset}.png"))
-        written += _draw_pr(results, dataset, img_dir, plt)
+            written.append(_save(fig, img_dir / f"{prefix}debias_vs_ratio_{dataset}.png"))
+        written += _draw_pr(results, dataset, img_dir, plt, prefix)
     return written
 
 
-def _draw_pr(results: dict, dataset: str, img_dir: Path, plt) -> list[Path]:
+def _draw_pr(results: dict, dataset: str, img_dir: Path, plt, prefix: str = ""
+             ) -> list[Path]:
     curves = [c for c in results["curves"] if c["dataset"] == dataset and "gce" in c]
     if not curves:
         return []
@@ -435,7 +443,7 @@ def _draw_pr(results: dict, dataset: str, img_dir: Path, plt) -> list[Path]:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower left")
-    return [_save(fig, img_dir / f"detection_pr_{dataset}.png")]
+    return [_save(fig, img_dir / f"{prefix}detection_pr_{dataset}.png")]
 
 
 def _legend_below(fig, ax, columns: int) -> None:
@@ -587,11 +595,12 @@ def _num(x, digits: int = 3) -> str:
 
 
 def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
-                  command: str) -> str:
+                  command: str, title: str = "Debiasing methods side by side",
+                  json_name: str = "benchmarks.json") -> str:
     meta = results["meta"]
     cfg = meta["config"]
     seeds = meta["seeds"]
-    lines = ["## Debiasing methods side by side", "",
+    lines = [f"## {title}", "",
              f"Measured by `{command}` on {meta['machine']}; torch on {meta['torch_threads']} "
              f"thread(s); load average {_load(meta['load_average_before'])} before, "
              f"{_load(meta['load_average_after'])} after (the machine is shared). Total wall time "
@@ -606,7 +615,8 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
              + (" (one seed: no std)" if len(seeds) == 1 else "") + ". Unbiased accuracy is the "
              "mean over (class, bias) groups; conflicting is accuracy on bias-conflicting test "
              "samples.", "",
-             "Methods: " + "; ".join(f"`{m.name}`: {m.summary}" for m in METHODS.values()) + ".",
+             "Methods: " + "; ".join(f"`{m.name}`: {m.summary}" for m in METHODS.values()
+                                     if m.name in meta["methods"]) + ".",
              "", _settings_text(cfg, meta["options"]), ""]
     oracle = _oracle_text(cfg)
     if oracle:
@@ -617,12 +627,13 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     bound = _upper_bound_text(meta["methods"])
     if bound:
         lines += [f"**Upper bound rows.** {bound}", ""]
-    lines += ["Read the baselines with their budgets in mind: every method gets the same "
+    if any(METHODS[m].baseline and not METHODS[m].generates for m in meta["methods"]):
+        lines += ["Read the baselines with their budgets in mind: every method gets the same "
               f"{cfg['debias_epochs']} epochs, while LfF's paper trains about 100 (its "
-              "relative-difficulty weights only separate the conflicts once the debiased model "
-              "starts fitting them, see tests/test_lff.py); JTT's T and lambda are fixed, "
-              "not tuned on validation as in its paper; oversampling repeats the same top-K "
-              "candidates DiffuBias starts from.", ""]
+                  "relative-difficulty weights only separate the conflicts once the debiased "
+                  "model starts fitting them, see tests/test_lff.py); JTT's T and lambda are "
+                  "fixed, not tuned on validation as in its paper; oversampling repeats the same "
+                  "top-K candidates DiffuBias starts from.", ""]
     lines += _standing_lines(results)
     unbiased, conflicting = (summarise(results["rows"], m) for m in ("unbiased", "conflicting"))
     aligned = summarise(results["rows"], "aligned")
@@ -648,7 +659,7 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     lines += ["", "Charts (grouped bars per ratio; accuracy vs ratio; precision-recall of the "
               "rankings, dots at top-K, square at the JTT error set):", ""]
     lines += [f"![{p.stem}]({Path(os.path.relpath(p, image_root)).as_posix()})" for p in images]
-    lines += ["", "Every row (each trained model, each ranking) is in `docs/benchmarks.json`."]
+    lines += ["", f"Every row (each trained model, each ranking) is in `docs/{json_name}`."]
     return "\n".join(lines)
 
 
@@ -952,8 +963,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="torch threads per process (0: torch's own)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="settings run at once in worker processes (2 on a 2-core machine)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="the ablation of class anchoring and the image checks: "
+                        + ", ".join(ABLATION["methods"]) + " at 1 %% x seeds 0-2, written to "
+                        "its own section, json and charts")
     parser.add_argument("--no-efficiency", action="store_true")
-    parser.add_argument("--json", type=Path, default=DOCS / "benchmarks.json")
+    parser.add_argument("--json", type=Path)
     parser.add_argument("--img-dir", type=Path, default=DOCS / "img")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the .partial.json checkpoint next to --json")
@@ -962,6 +977,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print the markdown sections instead of writing BENCHMARKS.md")
     args = parser.parse_args(argv)
+    section = ABLATION if args.ablation else {
+        "section": "debias", "title": "Debiasing methods side by side",
+        "json": DOCS / "benchmarks.json", "prefix": ""}
+    args.json = args.json or section["json"]
+    if args.ablation:
+        args.no_efficiency = True
+        args.ratios = args.ratios or ",".join(map(str, ABLATION["ratios"]))
+        args.seeds = args.seeds or ",".join(map(str, ABLATION["seeds"]))
+        args.methods = ",".join(ABLATION["methods"])
     if args.from_json:
         results = json.loads(args.json.read_text())
     else:
@@ -989,15 +1013,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     sections = {}
     if "efficiency" in results:
         sections["debias-efficiency"] = render_efficiency(results["efficiency"], command=command)
-    images = draw_plots(results, args.img_dir)
-    sections["debias"] = render_debias(results, images, image_root=BENCHMARKS_MD.parent,
-                                       command=command)
+    images = draw_plots(results, args.img_dir, prefix=section["prefix"])
+    sections[section["section"]] = render_debias(
+        results, images, image_root=BENCHMARKS_MD.parent, command=command,
+        title=section["title"], json_name=args.json.name)
     if args.no_write:
         print("\n\n".join(sections.values()))
         return
-    for name in ("debias", "debias-efficiency"):
-        if name in sections:
-            write_section(name, sections[name])
+    for name, body in sections.items():
+        write_section(name, body)
     print(f"wrote {BENCHMARKS_MD}, {args.json} and {len(images)} charts")
 
 

@@ -57,12 +57,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_the_registry_lists_every_method_and_which_are_baselines():
     assert tuple(METHODS) == ("vanilla", "lff", "jtt", "oversample-topk", "diffubias",
-                              "diffubias-no-filter", "diffubias-oracle")
+                              "diffubias-no-filter", "diffubias-unanchored",
+                              "diffubias-checked", "diffubias-oracle")
     assert baseline_names() == ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
     assert BASELINES == baseline_names()  # the config's list is the registry's
     assert [m.name for m in baseline_methods()] == list(baseline_names())
     assert {m.name for m in METHODS.values() if m.generates} == {
-        "diffubias", "diffubias-no-filter", "diffubias-oracle"}
+        "diffubias", "diffubias-no-filter", "diffubias-unanchored", "diffubias-checked",
+        "diffubias-oracle"}
     # the upper bound is never a baseline the app or the CLI offers
     assert [m.name for m in METHODS.values() if m.upper_bound] == ["diffubias-oracle"]
     for method in METHODS.values():
@@ -201,7 +203,62 @@ def test_drop_leaves_failing_images_out_of_the_baselines_training_too(planted_ru
                    shared=SharedStages(data, dropping, generator=CopyingGenerator(data)))
     fine = run_method("diffubias", data, dropping, shared=SharedStages(
         data, dropping, generator=PlantedGenerator(data.ds.class_names)))
-    assert 0 < fine.info["n_generated"] <= kept.info["n_generated"]
+    assert fine.info["n_generated"] == kept.info["n_generated"]
+    assert 0 < fine.info["n_trained_generated"] < fine.info["n_generated"]
+    assert kept.info["n_trained_generated"] == kept.info["n_generated"]
+
+
+class ColourOnlyCaptioner:
+    """Captions each sample by its colour alone, never naming its class: every kept prompt
+    needs anchoring."""
+
+    backend = "colour-only"
+
+    def caption(self, ds, positions):
+        from diffubias.captions import Caption
+
+        return [Caption(int(p), f"a bar on {ds.bias[p]}", self.backend) for p in positions]
+
+
+class RecordingGenerator(PlantedGenerator):
+    """The planted generator, keeping every prompt text it was asked to draw."""
+
+    def __init__(self, class_names):
+        super().__init__(class_names)
+        self.texts: list[str] = []
+
+    def generate_items(self, items, *, progress=None):
+        self.texts += [item.prompt.text for item in items]
+        yield from super().generate_items(items, progress=progress)
+
+
+def test_the_ablations_share_the_run_and_change_only_their_setting(planted_run):
+    """`diffubias-unanchored` sends the captions as they are and `diffubias-checked` trains
+    only on images passing the checks; both reuse the run's detection and captions, and the
+    checked one its generated images too (the generator draws each final prompt once)."""
+    cfg, data, _ = planted_run
+    generator = RecordingGenerator(data.ds.class_names)
+    shared = SharedStages(data, cfg, captioner=ColourOnlyCaptioner(), generator=generator)
+    method = run_method("diffubias", data, cfg, shared=shared)
+    n_images = len(generator.texts)
+    assert method.info["n_anchored"] == method.info["n_prompts"] > 0
+    assert all(text.endswith(("a vertical", "a horizontal")) for text in generator.texts)
+
+    checked = run_method("diffubias-checked", data, cfg, shared=shared)
+    assert len(generator.texts) == n_images  # the same images, not drawn again
+    assert checked.info["image_checks"] == "drop" and method.info["image_checks"] == "propose"
+    assert checked.info["n_generated"] == method.info["n_generated"] == n_images
+    assert checked.info["n_trained_generated"] <= checked.info["n_generated"]
+
+    unanchored = run_method("diffubias-unanchored", data, cfg, shared=shared)
+    assert unanchored.info["n_anchored"] == 0
+    assert unanchored.info["n_prompts"] == method.info["n_prompts"]
+    new = generator.texts[n_images:]
+    assert len(new) == n_images and all(text.startswith("a bar on") and "vertical" not in text
+                                        and "horizontal" not in text for text in new)
+    assert shared.seconds.keys() >= {"detection", "captions", "generation"}
+    with pytest.raises(ValueError, match="with_settings takes only"):
+        shared.with_settings(top_k=3)
 
 
 def test_bad_names_and_mismatched_shared_stages_are_named(planted_run, tmp_path):

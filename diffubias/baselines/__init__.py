@@ -69,6 +69,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "DiffuBias without the text filter: every caption becomes a prompt",
            generates=True, baseline=True,
            target="diffubias.baselines.generative:diffubias_no_filter"),
+    # this project's ablations of its own additions to the method (benchmarks; in the app, the
+    # same choices are the Captions tab's template and the Generate tab's checks)
+    Method("diffubias-unanchored", "DiffuBias without class anchoring",
+           "DiffuBias without class anchoring: kept captions sent to the generator as they are",
+           generates=True, baseline=False,
+           target="diffubias.baselines.generative:diffubias_unanchored"),
+    Method("diffubias-checked", "DiffuBias, images failing the checks dropped",
+           "DiffuBias with image_checks 'drop': generated images failing a check not trained on",
+           generates=True, baseline=False,
+           target="diffubias.baselines.generative:diffubias_checked"),
     # the same pipeline with oracle captions and the built-in's own renderer: the ceiling the
     # real captioner and generator are measured against (benchmarks only; built-ins only)
     Method("diffubias-oracle", "DiffuBias with oracle captions and renderer (upper bound)",

@@ -1,5 +1,7 @@
 """DiffuBias as a method of the comparison: with and without its text filter (the paper's
-ablation), and with oracle captions and renderer (the upper bound, built-ins only). GCE
+ablation), without class anchoring and with the images failing the checks dropped (this
+project's ablations of its own additions), and with oracle captions and renderer (the upper
+bound, built-ins only). GCE
 detection, captions, prompts, generation and a CE model on train + generated images, all through
 `SharedStages`, so the variants share everything up to the prompts and, when the filter keeps
 every caption, the model too. It knows nothing of the other methods.
@@ -37,6 +39,35 @@ def diffubias_no_filter(data: PreparedDataset, config: RunConfig, *,
                        text_filter=False)
 
 
+def diffubias_unanchored(data: PreparedDataset, config: RunConfig, *,
+                         options: BaselineOptions = DEFAULT_OPTIONS,
+                         shared: SharedStages | None = None,
+                         progress: ProgressFn | None = None) -> MethodResult:
+    """The method without class anchoring (`prompt_template` ""): each kept caption is sent to
+    the generator as it is, whether it names its class or not."""
+    return _variant("diffubias-unanchored", data, config, options, shared, progress,
+                    prompt_template="")
+
+
+def diffubias_checked(data: PreparedDataset, config: RunConfig, *,
+                      options: BaselineOptions = DEFAULT_OPTIONS,
+                      shared: SharedStages | None = None,
+                      progress: ProgressFn | None = None) -> MethodResult:
+    """The method with `image_checks` 'drop': generated images failing a check (class not
+    shown, easy for the biased model, near-copy of a training image) are not trained on."""
+    return _variant("diffubias-checked", data, config, options, shared, progress,
+                    image_checks="drop")
+
+
+def _variant(name: str, data: PreparedDataset, config: RunConfig, options: BaselineOptions,
+             shared: SharedStages | None, progress: ProgressFn | None,
+             **settings: object) -> MethodResult:
+    """DiffuBias with other generation-side `settings`, sharing the run's detection, captions
+    and (where the final prompts are the same) generated images."""
+    variant = shared_stages_for(shared, data, config, options).with_settings(**settings)
+    return _generative(name, data, variant.config, options, variant, progress, text_filter=True)
+
+
 def diffubias_oracle(data: PreparedDataset, config: RunConfig, *,
                      options: BaselineOptions = DEFAULT_OPTIONS,
                      shared: SharedStages | None = None,
@@ -59,6 +90,7 @@ def _generative(name: str, data: PreparedDataset, config: RunConfig, options: Ba
     shared = shared_stages_for(shared, data, config, options)
     prompts = shared.prompts(text_filter=text_filter, progress=part(progress, 0.0, 0.3))
     augmented = shared.augmented_training(prompts, progress=part(progress, 0.3, 1.0))
+    final = shared.final_prompts(prompts)
     n_captions = len(shared.captions())
     seconds = (shared.seconds.get("detection", 0.0) + shared.seconds["captions"]
                + augmented.generation_seconds + augmented.training.seconds)
@@ -67,6 +99,10 @@ def _generative(name: str, data: PreparedDataset, config: RunConfig, options: Ba
                          info={"text_filter": text_filter, **shared.backend_names(),
                                "n_captions": n_captions,
                                "n_prompts": len(prompts),
-                               "n_generated": len(augmented.added_from),
+                               "n_anchored": sum(a.text != p.text
+                                                 for a, p in zip(final, prompts, strict=True)),
+                               "image_checks": config.image_checks,
+                               "n_generated": augmented.n_generated,
+                               "n_trained_generated": len(augmented.added_from),
                                **shared.candidate_info()},
                          added_from=augmented.added_from)

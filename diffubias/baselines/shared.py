@@ -13,7 +13,7 @@ methods exist (the registry, `diffubias.baselines`), of files, plots, or where r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -31,11 +31,14 @@ from diffubias.prepared import PreparedDataset, test_accuracy, train_evaluated
 from diffubias.progress import ProgressFn
 from diffubias.shipped_models import oracle_note, resolve
 from diffubias.stages.detect import Detection, detect_bias
-from diffubias.stages.generate import MemorySink, generate_images, prompts_to_generate
+from diffubias.stages.generate import MemorySink, capped, generate_images, prompts_to_generate
 from diffubias.stages.prompts import filter_prompts
 from diffubias.text_filter import Prompt
 from diffubias.training import TrainResult
 
+# the settings `SharedStages.with_settings` may change: they act after the captions
+GENERATION_SETTINGS = ("prompt_template", "class_synonyms", "image_checks", "check_min_loss",
+                       "check_max_hash_distance")
 
 @dataclass(frozen=True)
 class BaselineOptions:
@@ -99,8 +102,9 @@ class AugmentedTraining:
 
     training: TrainResult = field(repr=False)
     prompts: tuple[Prompt, ...]
-    added_from: np.ndarray  # dataset position of each generated image's source sample
-    generation_seconds: float
+    added_from: np.ndarray  # dataset position of each trained generated image's source sample
+    generation_seconds: float  # generating, and checking where images failing checks are dropped
+    n_generated: int  # images generated, before any were dropped by the checks
 
 
 @dataclass(eq=False)
@@ -151,6 +155,19 @@ class SharedStages:
             self._done[key] = make()
         return self._done[key]
 
+    def with_settings(self, **settings: object) -> SharedStages:
+        """These stages under other generation-side settings (`GENERATION_SETTINGS`: the
+        prompt template, the image checks), sharing everything computed so far: detection and
+        captions, which these settings do not touch, and generated images, which are keyed by
+        their final prompts. Training is keyed by the settings, so nothing is reused wrongly."""
+        unknown = set(settings) - set(GENERATION_SETTINGS)
+        if unknown:
+            raise ValueError(f"with_settings takes only {GENERATION_SETTINGS}, "
+                             f"not {sorted(unknown)}")
+        return SharedStages(self.data, self.config.with_overrides(**settings), self.options,
+                            captioner=self.captioner, generator=self.generator,
+                            candidates=self.candidates, seconds=self.seconds, _done=self._done)
+
     def backend_names(self) -> dict:
         """The captioner and generator these stages use (an injected one's own name, else the
         config's with `auto` resolved), and whether either is an oracle: recorded with every
@@ -198,7 +215,8 @@ class SharedStages:
     def prompts(self, *, text_filter: bool, progress: ProgressFn | None = None
                 ) -> tuple[Prompt, ...]:
         """The candidates' captions as prompts: those the text filter keeps, or all of them
-        (each distinct caption of a sample once), capped as `max_images` requires."""
+        (each distinct caption of a sample once), capped as `max_images` requires; not yet
+        anchored to their class (generation does that, `prompts_to_generate`)."""
         cfg, ds = self.config, self.data.ds
         captions = self.captions(progress)
         result = filter_prompts(captions, ds.labels, cfg, num_classes=ds.num_classes)
@@ -210,7 +228,7 @@ class SharedStages:
             prompts = sorted((Prompt(p.text, p.label, p.source, p.matched_words)
                               for p in result.kept + result.dropped),
                              key=lambda p: order[(p.source, p.text.lower())])
-        prompts = prompts_to_generate(prompts, cfg, class_names=ds.class_names)
+        prompts = capped(prompts, cfg)
         if not prompts:
             raise ValueError("no prompts left to generate from: the text filter dropped every "
                              "caption; raise top_f or review the captions")
@@ -218,38 +236,59 @@ class SharedStages:
 
     def augmented_training(self, prompts: tuple[Prompt, ...],
                            progress: ProgressFn | None = None) -> AugmentedTraining:
-        """Images generated from `prompts`, and a CE model trained on train + those images.
-        The same prompts give the same images and model, so they are computed once."""
-        key = ("augmented", tuple((p.text, p.label, p.source) for p in prompts))
+        """Images generated from `prompts`, and a CE model trained on train + those images (all
+        of them, or those passing the checks under `image_checks` 'drop'). The same prompts give
+        the same images, and the same images and checks the same model: each is computed once."""
+        checks = self.config.image_checks == "drop"
+        key = ("augmented", self._final_key(prompts),
+               checks and (self.config.check_min_loss, self.config.check_max_hash_distance))
         return self._once(key, "generation_and_training",
                           lambda: self._train_augmented(prompts, progress))
 
+    def generated(self, prompts: tuple[Prompt, ...]) -> tuple[list, float]:
+        """The (WorkItem, image) pairs generated from `prompts` (anchored and capped by
+        `prompts_to_generate`, like the app's and the CLI's) and the seconds it took."""
+        def compute() -> tuple[list, float]:
+            start = time.perf_counter()
+            ds = self.data.ds
+            generator = self.generator or generator_for(self.config, dataset_name=ds.name,
+                                                        class_names=ds.class_names)
+            sink = MemorySink()
+            generate_images(generator, prompts, self.config, class_names=ds.class_names,
+                            sink=sink)
+            return sink.images, time.perf_counter() - start
+
+        return self._once(("generated", self._final_key(prompts)), "generation", compute)
+
+    def final_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
+        """`prompts` as this run's generator gets them: capped and anchored to their class."""
+        return prompts_to_generate(prompts, self.config, class_names=self.data.ds.class_names)
+
+    def _final_key(self, prompts: Sequence[Prompt]) -> tuple:
+        return tuple((p.text, p.label, p.source) for p in self.final_prompts(prompts))
+
     def _train_augmented(self, prompts: tuple[Prompt, ...],
                          progress: ProgressFn | None) -> AugmentedTraining:
-        cfg, ds = self.config, self.data.ds
-        start = time.perf_counter()
-        generator = self.generator or generator_for(cfg, dataset_name=ds.name,
-                                                    class_names=ds.class_names)
-        sink = MemorySink()
-        generate_images(generator, prompts, cfg, class_names=ds.class_names,
-                        sink=sink)  # the app's and the CLI's images
-        made = sink.images
+        cfg = self.config
+        made, generation_seconds = self.generated(prompts)
+        n_generated = len(made)
         if cfg.image_checks == "drop":  # as the CLI and the app do: failing images left out
+            start = time.perf_counter()
             made = [pair for pair, passed in zip(made, self._passed_checks(made), strict=True)
                     if passed]
+            generation_seconds += time.perf_counter() - start
             if not made:
                 raise ValueError("every generated image failed the checks (image_checks "
                                  "'drop'): review the prompts or the generator, or use "
                                  "'propose'")
         images = stack_images([image for _, image in made], size=self.data.image_size)
         labels = torch.tensor([item.prompt.label for item, _ in made], dtype=torch.int64)
-        generation_seconds = time.perf_counter() - start
         training = train_evaluated(self.data, cfg, desc="DiffuBias", added=(images, labels),
                                    progress=progress)
         return AugmentedTraining(training, prompts,
                                  np.array([item.prompt.source for item, _ in made],
                                           dtype=np.int64),
-                                 generation_seconds)
+                                 generation_seconds, n_generated)
 
     def _passed_checks(self, made: list) -> list[bool]:
         """Whether each (item, image) passes the verify stage against this run's detection."""
