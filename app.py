@@ -28,6 +28,7 @@ from ui import (
     generate_service,
     gradcam_service,
     header,
+    loop_service,
     report_service,
     tab_bias,
     tab_captions,
@@ -35,6 +36,7 @@ from ui import (
     tab_debias,
     tab_generate,
     tab_gradcam,
+    tab_loop,
 )
 from ui.studio import (
     Studio,
@@ -129,6 +131,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                     train=partial(debias_service.train_debiased_models, studio),
                     view=partial(debias_service.debias_view, studio),
                     settings=settings, stop=stop), project)
+                loop = tab_loop.build(tab_loop.LoopCallbacks(
+                    rescore=partial(loop_service.rescore_round, studio),
+                    start=partial(loop_service.start_next_round, studio),
+                    view=partial(loop_service.loop_view, studio)), project)
             with gr.Tab("6 · Grad-CAM", id="gradcam"):
                 gradcam = tab_gradcam.build(tab_gradcam.GradcamCallbacks(
                     run=partial(gradcam_service.run_gradcam, studio),
@@ -140,7 +146,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         # Every tab re-reads its results when the revision changes: another project was opened
         # (on page load, picked, imported) or a job ended (seen by the header's timer). Opening
         # a project also re-reads each tab's settings.
-        tabs = (dataset, bias, captions, generate, debias, gradcam)
+        tabs = (dataset, bias, captions, generate, debias, loop, gradcam)
         quiet = {"api_visibility": "private", "show_progress": "hidden"}
         for opened in (*top.opened, *dataset.opened):
             opened.success(partial(revision, studio), project, top.revision, **quiet)

@@ -25,7 +25,7 @@ DOCS = "docs/guide"  # in the repository; tests/test_docs.py checks every page a
 # per command: (one-line help, examples with {prog} for the program name, docs section)
 COMMANDS = {
     "run": (
-        "every stage: detect, caption, filter, generate, debias, gradcam, report",
+        "every stage: detect, caption, filter, generate, debias, rescore, gradcam, report",
         """\
   {prog} run --dataset builtin:colored-digits --conflict-ratio 0.01 --seed 0 --out runs/cd
   {prog} run --dataset path/to/folder_or.zip --out runs/mine --captioner blip --generator sd15 \\
@@ -65,6 +65,12 @@ COMMANDS = {
   {prog} debias --out runs/mine --debias-epochs 12
   {prog} debias --out runs/mine --baselines all""",
         "metrics.md#accuracy-of-the-models"),
+    "rescore": (
+        "stage 8b: what the debiased model still gets wrong -> remaining.json, "
+        "next_candidates.csv",
+        """\
+  {prog} rescore --out runs/mine""",
+        "user-guide.md#the-closed-loop"),
     "gradcam": (
         "stage 9: Grad-CAM of the biased vs the debiased model -> gradcam.png",
         """\

@@ -10,6 +10,7 @@ Each `stage_*` reads its inputs from the run folder, calls the stage function of
   filter   5    text filter -> prompts.csv (editable: keep, text)
   generate 6    images from the kept prompts, with a manifest
   debias   7-8  vanilla and debiased classifiers (and any `baselines`); test accuracies
+  rescore  8b   what the debiased model still gets wrong -> remaining.json, next_candidates.csv
   gradcam  9    Grad-CAM of the biased vs debiased model, CAM mass inside object masks
   report   10   report.html: the app's self-contained report, drawn from the files above
 """
@@ -45,7 +46,7 @@ from diffubias.stages.generate import anchored
 from diffubias.stages.prompts import filter_prompts, resolved_top_f
 from diffubias.text_filter import Prompt
 
-STAGES = ("detect", "caption", "filter", "generate", "debias", "gradcam", "report")
+STAGES = ("detect", "caption", "filter", "generate", "debias", "rescore", "gradcam", "report")
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -265,6 +266,38 @@ def stage_debias(run: Run) -> dict:
                              timings_s={"vanilla_and_debiased_training": time.perf_counter() - t0})
 
 
+def stage_rescore(run: Run) -> dict:
+    """Stage 8b, the closed loop: the debiased model scores the training set
+    (`diffubias.stages.rescore`); remaining.json says what it still gets wrong per class and
+    keyword, next_candidates.csv lists the samples another round would start from."""
+    from diffubias.stages.rescore import rescore
+
+    cfg, data, ds = run.config, run.data, run.data.ds
+    debiased = load_classifier(run.require("debiased.safetensors", "debias"))
+    report = run.read_report()
+    names = list(ds.class_names)
+    keywords = {names.index(name): [k["term"] for k in found]
+                for name, found in (report.get("keywords") or {}).items() if name in names}
+    captions = read_captions(run) if (run.out_dir / "captions.csv").exists() else []
+    t0 = time.perf_counter()
+    remaining = rescore(data, cfg, debiased, candidates=read_candidates(run), captions=captions,
+                        keywords=keywords)
+    summary = remaining.summary()
+    atomic_write_text(run.out_dir / "remaining.json", json.dumps(
+        {**summary, "still_wrong": [ds.paths[p] for p in remaining.still_wrong]}, indent=2))
+    losses = dict(zip(remaining.positions.tolist(), remaining.losses.tolist()))
+    write_csv(run.out_dir / "next_candidates.csv", ("position", "path", "label", "loss"),
+              ([int(p), ds.paths[p], names[ds.labels[p]], f"{losses[int(p)]:.9g}"]
+               for p in remaining.next_candidates))
+    run.log(f"rescore: {summary['n_still_wrong']} of {summary['n_candidates']} candidates "
+            "still wrong; largest gaps: " + ", ".join(
+                f"{c['name']} {c['gap'] * 100:+.0f} points" for c in sorted(
+                    (c for c in summary["classes"] if c["gap"] is not None),
+                    key=lambda c: -c["gap"])[:3]))
+    return run.update_report(remaining=summary,
+                             timings_s={"rescore": time.perf_counter() - t0})
+
+
 def stage_gradcam(run: Run) -> dict:
     """Stage 9: Grad-CAM of the biased and debiased models on the same test images."""
     from diffubias.gradcam import comparison_sheet
@@ -305,8 +338,8 @@ def stage_report(run: Run) -> dict:
 
 
 STAGE_FUNCTIONS = {"detect": stage_detect, "caption": stage_caption, "filter": stage_filter,
-                   "generate": stage_generate, "debias": stage_debias, "gradcam": stage_gradcam,
-                   "report": stage_report}
+                   "generate": stage_generate, "debias": stage_debias,
+                   "rescore": stage_rescore, "gradcam": stage_gradcam, "report": stage_report}
 
 
 def run_stages(run: Run, stages: tuple[str, ...] = STAGES) -> dict:

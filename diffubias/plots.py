@@ -147,6 +147,24 @@ def accuracy_bars(rows: Mapping[str, Mapping[str, float | None]]) -> go.Figure:
     return fig
 
 
+def class_gap_bars(classes: Sequence[Mapping[str, object]], *, round_number: int) -> go.Figure:
+    """Per class, the debiased model's training accuracy on the round's candidates (the
+    conflicting proxy) next to the rest of the class (the aligned proxy): `classes` as
+    `diffubias.stages.rescore.ClassGap` dicts. A class whose bars differ still has a shortcut."""
+    fig = go.Figure()
+    names = [str(c["name"]) for c in classes]
+    for key, label in (("rest_accuracy", "rest of the class (aligned, proxy)"),
+                       ("candidate_accuracy", "candidates (conflicting, proxy)")):
+        values = [c[key] for c in classes]
+        fig.add_trace(go.Bar(name=label, x=names, y=values,
+                             text=[f"{v:.0%}" if _is_number(v) else "" for v in values],
+                             textposition="outside"))
+    fig.update_layout(barmode="group", legend={"orientation": "h", "y": 1.15},
+                      title=f"What the round-{round_number} debiased model still gets wrong")
+    fig.update_yaxes(title_text="training accuracy", range=[0, 1.15], tickformat=".0%")
+    return fig
+
+
 def object_mass_bars(before: float, after: float, area: float | None) -> go.Figure:
     """Mean share of Grad-CAM mass inside the object mask, biased vs debiased model, against the
     share an evenly spread map would get (`area`, the object's share of the image)."""

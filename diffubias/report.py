@@ -159,6 +159,8 @@ class ReportContent:
     accuracy: Accuracy | None = None
     gradcam: GradCam | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)  # the whole configuration
+    # the closed loop, one dict per round (ROUND_COLUMNS); () when no round was re-scored
+    rounds: tuple[Mapping[str, Any], ...] = ()
 
 
 def render_report_html(content: ReportContent) -> str:
@@ -182,6 +184,8 @@ def render_report_html(content: ReportContent) -> str:
                                  _gradcam)):
         parts += [f"<h2>{title}</h2>", *(render(step, figures) if step is not None
                                           else [NOT_RUN])]
+    if content.rounds:
+        parts += ["<h2>7. Rounds of the closed loop</h2>", *_rounds(content.rounds)]
     parts += ["<h2>Settings</h2>", _settings(content.settings)]
     return _page(f"Bias audit: {content.name}", "\n".join(parts))
 
@@ -289,6 +293,22 @@ def _gradcam(g: GradCam, figure: _Figures) -> list[str]:
     if g.settings:
         parts.append(_settings(g.settings))
     return parts
+
+
+ROUND_COLUMNS = {"round": "round", "source": "candidates from", "n_candidates": "candidates",
+                 "n_images": "generated images trained", "unbiased": "unbiased",
+                 "conflicting": "conflicting", "n_still_wrong": "candidates still wrong",
+                 "mean_gap": "gap (proxy)", "mean_true_gap": "gap (bias column)"}
+
+
+def _rounds(rounds: tuple[Mapping[str, Any], ...]) -> list[str]:
+    return ["<p>Each round's debiased model on the test split, and on the training set "
+            "afterwards: how many of the round's candidates it still gets wrong, and the gap "
+            "between its accuracy on the rest of each class and on the candidates (mean over "
+            "classes; the bias-column gap, where the dataset has one, is what the proxy "
+            "estimates). Later rounds train on the images of every round.</p>",
+            _table(list(ROUND_COLUMNS.values()),
+                   [[_fmt(r.get(k)) for k in ROUND_COLUMNS] for r in rounds])]
 
 
 # -- HTML pieces --------------------------------------------------------------------------------

@@ -68,7 +68,21 @@ def run_report_content(out_dir: Path, report: Mapping[str, Any], *,
         generation=_generation(out_dir, report),
         accuracy=_accuracy(report.get("models", {})),
         gradcam=_gradcam(out_dir, report),
-        settings=config)
+        settings=config, rounds=_rounds(report))
+
+
+def _rounds(report: Mapping[str, Any]) -> tuple[dict, ...]:
+    """The run's one round of the closed loop, once `rescore` ran (the app runs more)."""
+    remaining = report.get("remaining")
+    if not remaining:
+        return ()
+    test = report.get("models", {}).get("debiased", {}).get("test", {})
+    n_images = report.get("models", {}).get("debiased", {}).get("n_generated")
+    return ({"round": 1, "source": "the biased model", "n_candidates":
+             remaining["n_candidates"], "n_images": n_images,
+             "unbiased": test.get("unbiased"), "conflicting": test.get("conflicting"),
+             "n_still_wrong": remaining["n_still_wrong"], "mean_gap": remaining["mean_gap"],
+             "mean_true_gap": remaining["mean_true_gap"]},)
 
 
 def _detection(out_dir: Path, report: Mapping[str, Any], names: list[str]) -> Detection | None:

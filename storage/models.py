@@ -55,6 +55,8 @@ class JobKind(enum.StrEnum):
     FILTER = "filter"
     GENERATE = "generate"
     DEBIAS = "debias"
+    RESCORE = "rescore"  # the debiased model's losses: what remains after a round
+    ROUND = "round"  # another round started from a rescore job's candidates
     GRADCAM = "gradcam"
     EVALUATE = "evaluate"
     EXPORT = "export"

@@ -124,6 +124,14 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     assert f"{39 - n_proposed} generated images" in status and [r[0] for r in table["data"]] == [
         "biased", "vanilla", "debiased"]
 
+    # the closed loop: re-score with the debiased model, start round 2 on one class
+    status, note, classes, _, _, still_wrong, rounds = client.predict(project,
+                                                                      api_name="/rescore")
+    assert re.fullmatch(r"✓ \d+ of 199 candidates still wrong\.", status)
+    assert "start round 2" in note and len(rounds["data"]) == 1
+    status = client.predict(project, ["zero"], api_name="/start_round")[0]
+    assert status == "✓ Round 2 started."
+
     # 6. Grad-CAM (its parameters are named by RunConfig fields) and the export
     with pytest.raises(Exception, match="cam_samples must be an integer from 1 to 100,000"):
         client.predict(project_id=project, cam_samples=0, api_name="/run_gradcam")
@@ -135,6 +143,7 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     assert report["orig_name"] == "report.html" and model["orig_name"] == "debiased.safetensors"
     page = httpx.get(report["url"]).text
     assert "Bias audit: Demo: colored digits" in page and "6. Where the models look" in page
+    assert "7. Rounds of the closed loop" in page
 
 
 def test_only_workspace_files_are_served(served, tmp_path):

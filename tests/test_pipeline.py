@@ -33,7 +33,8 @@ def test_run_writes_every_artifact_and_the_report(digits_run):
     for name in ("report.json", "config.json", "biased.safetensors", "vanilla.safetensors",
                  "debiased.safetensors", "scores.csv", "captions.csv", "prompts.csv",
                  "loss_histogram.html", "topk_gallery.png", "generated_samples.png",
-                 "gradcam.png", "generated/manifest.csv", "report.html"):
+                 "gradcam.png", "generated/manifest.csv", "report.html", "remaining.json",
+                 "next_candidates.csv"):
         assert (out / name).exists(), name
     for key in ("k_per_class", "precision_at_k", "recall_at_k", "r_precision", "auroc"):
         assert key in report["detection"]
@@ -41,6 +42,10 @@ def test_run_writes_every_artifact_and_the_report(digits_run):
         assert set(report["models"][role]["test"]) >= {"overall", "aligned", "conflicting",
                                                       "unbiased"}
     assert report["gradcam"]["object_mass_before"] is None  # colored digits have no masks
+    remaining = json.loads((out / "remaining.json").read_text())
+    assert report["remaining"]["n_still_wrong"] == len(remaining["still_wrong"])
+    assert remaining["n_candidates"] == report["detection"]["n_selected"]
+    assert len(remaining["classes"]) == 10 and remaining["mean_true_gap"] is not None
     assert report["seed"] == 0 and report["config"]["conflict_ratio"] == 0.01
     assert report["versions"]["torch"] and report["timings_s"]["total"] > 0
     assert not list(out.rglob("*.tmp")) and not list(out.glob("*.partial"))
@@ -53,6 +58,7 @@ def test_run_writes_the_report_page_the_app_exports(digits_run):
     page = (out / "report.html").read_text()
     names = report["dataset"]["class_names"]
     assert f"<p>{len(names)} classes ({', '.join(names)}); image size 28 px" in page
+    assert "7. Rounds of the closed loop" in page
     for role in ("biased", "vanilla", "debiased"):
         test = report["models"][role]["test"]
         assert f"<td>{role}</td>" + "".join(
@@ -177,7 +183,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["run", "detect", "caption", "filter", "generate",
-                                     "debias", "gradcam", "report"])
+                                     "debias", "rescore", "gradcam", "report"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -499,3 +499,21 @@ def test_add_model_refuses_a_role_that_is_not_a_short_lower_case_slug(session: S
         repo.add_model(session, project.id, role=bad, weights_path="weights/x", arch="r18")
     assert repr(bad) in str(refused.value)  # names the bad value
     assert repo.list_models(session, project.id) == []
+
+
+def test_set_candidates_marks_exactly_the_given_samples(session: Session):
+    """The next round's candidates replace a scoring job's flags, exclusions included."""
+    project = make_project(session, n_samples=40)
+    job, _ = add_planted_scores(session, project, candidates_per_class=3)
+    first = repo.top_candidates(session, job.id, label=0, limit=1)[0]
+    repo.set_candidate_excluded(session, job.id, first.sample_id, True)
+    others = [row.sample_id for row in repo.top_candidates(
+        session, job.id, limit=None, candidates_only=False)][-2:]  # two lowest losses
+    assert repo.set_candidates(session, job.id, {others[0]: 0, others[1]: 1}) == 2
+    now = repo.top_candidates(session, job.id, limit=None)
+    assert {row.sample_id for row in now} == set(others) and not any(r.excluded for r in now)
+    assert sorted(row.rank_in_class for row in now) == [0, 1]
+    with pytest.raises(ValueError, match="have no score"):
+        repo.set_candidates(session, job.id, {999: 0})
+    assert repo.set_candidates(session, job.id, {}) == 0
+    assert repo.count_candidates(session, job.id) == 0

@@ -26,6 +26,7 @@ from ui.datasets import (
     stored_config,
 )
 from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.rounds import current_round
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
 
@@ -78,7 +79,8 @@ def keywords_available() -> bool:
 
 def run_captioner(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
                   model_id: str = "", ui: UiProgress | None = None) -> CaptionsView:
-    """Caption the kept candidates of the current detection run, then filter the captions.
+    """Caption the kept candidates of the current round (tab 2's in round 1, the debiased
+    model's re-scoring in later rounds, `ui.rounds`), then filter the captions.
 
     `changes`: {RunConfig field: value} (captioner, captions_per_image, caption_instruction,
     keywords_top_n, and the filter's top_f and extra_stop_words); None keeps the project's
@@ -87,9 +89,10 @@ def run_captioner(studio: Studio, project_id: int, changes: Mapping[str, Any], *
         changes = {**changes, "captioner": model_id.strip()}
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
-        detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
-        if detection is None:
+        current = current_round(session, project_id)
+        if current is None:
             raise ValueError("no candidates yet: train the biased model in tab 2 first")
+        detection = repo.get_job(session, current.source_job_id)
         n_candidates = repo.count_candidates(session, detection.id, include_excluded=False)
         settings = project.settings
     if not n_candidates:
@@ -264,16 +267,19 @@ def captions_view(studio: Studio, project_id: int | None) -> CaptionsView:
             return CaptionsView()
         caption_job = repo.latest_job(session, project.id, JobKind.CAPTION)
         filter_job = repo.latest_job(session, project.id, JobKind.FILTER)
-        detection = repo.latest_job(session, project.id, JobKind.BIASED_TRAIN)
+        current = current_round(session, project.id)
         prompts = (repo.list_prompts(session, project.id, job_id=filter_job.id)
                    if filter_job else [])
         samples = repo.samples_by_ids(session, {p.sample_id for p in prompts if p.sample_id})
     if caption_job is None:
         return CaptionsView(class_names=list(project.class_names))
     stale = None
-    if detection is not None and caption_job.params.get("detection_job_id") != detection.id:
+    if current is not None and caption_job.params.get("detection_job_id") != (
+            current.source_job_id):
         stale = ("These captions describe the candidates of an earlier detection run; run the "
-                 "captioner again to caption the current ones.")
+                 "captioner again to caption the current ones." if current.number == 1 else
+                 f"Round {current.number} has started: run the captioner to caption its "
+                 "candidates (the images of earlier rounds stay in training).")
     rows = []
     for p, final in zip(prompts, _generated_as(project, prompts), strict=True):
         sample = samples.get(p.sample_id) if p.sample_id else None

@@ -1,6 +1,7 @@
 """Tab 5, Debias: train the debiased classifier on the train split plus the generated images that
-were not rejected (and, for comparison, the vanilla one on the train split alone), then compare
-overall / bias-aligned / bias-conflicting / unbiased test accuracy of all three models.
+were not rejected, of every round of the closed loop (`ui.rounds`), and, for comparison, the
+vanilla one on the train split alone; then compare overall / bias-aligned / bias-conflicting /
+unbiased test accuracy of all three models.
 
 `train_debiased_models` runs the debias stage (`diffubias.stages.debias`) as a job and stores both models'
 weights and metrics; with `baselines` it then trains each named baseline of `diffubias.baselines`
@@ -25,8 +26,8 @@ from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.checks_service import used_for_training
 from ui.datasets import project_config, save_project_config
-from ui.generate_service import current_images
 from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.rounds import current_round, training_images
 from ui.studio import Studio
 
 if TYPE_CHECKING:
@@ -69,7 +70,10 @@ def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str,
         project = repo.get_project(session, project_id)
         if repo.latest_model(session, project_id, ModelRole.BIASED) is None:
             raise ValueError("no biased model yet: train it in tab 2 first")
-        prompts, images = current_images(session, project_id)
+        per_round = training_images(session, project_id)
+        current = current_round(session, project_id)
+        prompts = [p for _, round_prompts, _ in per_round for p in round_prompts]
+        images = [im for _, _, round_images in per_round for im in round_images]
         settings = project.settings
         config = project_config(studio.store.workspace, settings).with_changes(changes)
         images = [im for im in images if used_for_training(im, config.image_checks)]
@@ -85,7 +89,11 @@ def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str,
     save_project_config(studio.store, project_id, config)
     labels = {p.id: p.label for p in prompts}
     params = {"debias_epochs": config.debias_epochs, "train_vanilla": bool(train_vanilla),
-              "baselines": list(config.baselines), "image_ids": [im.id for im in images]}
+              "baselines": list(config.baselines), "image_ids": [im.id for im in images],
+              "round": current.number,
+              "images_per_round": {str(number): sum(used_for_training(im, config.image_checks)
+                                                    for im in round_images)
+                                   for number, _, round_images in per_round}}
 
     def work(progress: JobProgress) -> JobOutcome:
         return _train(studio, project_id, config, [(studio.store.workspace.resolve(im.path),

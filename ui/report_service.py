@@ -50,6 +50,7 @@ from ui.debias_service import DebiasView, debias_view
 from ui.generate_service import current_images
 from ui.gradcam_service import CamView, gradcam_view
 from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.loop_service import LoopView, loop_view
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
 
@@ -195,7 +196,8 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
             checks=checks_summary(images), image_checks=image_checks),
         accuracy=_accuracy(debias_view(studio, project_id)),
         gradcam=_gradcam(gradcam_view(studio, project_id, rows_per_page=MAX_CAM_ROWS)),
-        settings=project.settings.get("config", {}))
+        settings=project.settings.get("config", {}),
+        rounds=_rounds(loop_view(studio, project_id, with_figure=False)))
 
 
 def _captions(view: CaptionsView, source: str) -> Captions | None:
@@ -211,6 +213,17 @@ def _captions(view: CaptionsView, source: str) -> Captions | None:
                     sum(p.edited for p in view.prompts),
                     tuple(PromptLine(p.label, p.text, p.edited) for p in kept[:MAX_PROMPTS]),
                     keywords, oracle=oracle_note(captioner, source))
+
+
+def _rounds(view: LoopView) -> tuple[dict, ...]:
+    """One dict per round, once any round was re-scored (before, there is nothing to compare)."""
+    if not any(r.n_still_wrong is not None for r in view.rounds):
+        return ()
+    return tuple({"round": r.number, "source": r.source, "n_candidates": r.n_candidates,
+                  "n_images": r.n_images, "unbiased": r.test.get("unbiased"),
+                  "conflicting": r.test.get("conflicting"), "n_still_wrong": r.n_still_wrong,
+                  "mean_gap": r.mean_gap, "mean_true_gap": r.mean_true_gap}
+                 for r in view.rounds)
 
 
 def _accuracy(view: DebiasView) -> Accuracy | None:

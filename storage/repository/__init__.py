@@ -80,6 +80,7 @@ from storage.repository.scores import (
     loss_histogram,
     score_columns,
     set_candidate_excluded,
+    set_candidates,
     top_candidates,
 )
 from storage.repository.trained_models import add_model, latest_model, list_models
@@ -101,7 +102,7 @@ __all__ = [
     "referenced_paths", "start_job", "unfinished_job_ids", "update_job_progress",
     # scores and candidates
     "add_scores", "count_candidates", "get_score", "list_scores", "loss_histogram",
-    "score_columns", "set_candidate_excluded", "top_candidates",
+    "score_columns", "set_candidate_excluded", "set_candidates", "top_candidates",
     # captions and prompts
     "add_captions", "get_prompt", "list_captions", "list_prompts", "save_prompts",
     "update_prompt",

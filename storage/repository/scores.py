@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,6 +142,25 @@ def set_candidate_excluded(session: Session, job_id: int, sample_id: int, exclud
     )
     if session.execute(statement).rowcount != 1:
         raise ValueError(f"sample {sample_id} has no score in job {job_id}")
+
+
+def set_candidates(session: Session, job_id: int, ranks: Mapping[int, int]) -> int:
+    """Makes exactly the samples of `ranks` ({sample id: rank in its class, 0 = highest loss})
+    the job's candidates, none excluded; returns how many were marked. Two statements: a
+    reset, then one executemany."""
+    session.execute(update(Score).where(Score.job_id == job_id)
+                    .values(is_candidate=False, rank_in_class=None, excluded=False))
+    if not ranks:
+        return 0
+    ids = dict(session.execute(select(Score.sample_id, Score.id).where(
+        Score.job_id == job_id, Score.sample_id.in_(list(ranks)))).all())
+    missing = sorted(set(ranks) - set(ids))
+    if missing:
+        raise ValueError(f"samples {missing[:5]} have no score in job {job_id}")
+    session.execute(update(Score), [{"id": ids[sample_id], "is_candidate": True,
+                                     "rank_in_class": int(rank)}
+                                    for sample_id, rank in ranks.items()])
+    return len(ranks)
 
 
 def score_columns(session: Session, job_id: int) -> ScoreColumns:
