@@ -30,6 +30,7 @@ from ui import (
     header,
     loop_service,
     report_service,
+    review,
     tab_bias,
     tab_captions,
     tab_dataset,
@@ -105,7 +106,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                     detail=partial(bias_service.sample_detail, studio),
                     exclude=partial(bias_service.set_excluded, studio),
                     class_names=partial(class_names, studio),
-                    settings=settings, stop=stop), project)
+                    settings=settings, stop=stop,
+                    truth_shown=partial(review.project_truth_shown, studio),
+                    show_truth=partial(review.set_truth_shown, studio)), project)
             with gr.Tab("3 · Captions", id="captions"):
                 captions = tab_captions.build(tab_captions.CaptionCallbacks(
                     run=partial(caption_service.run_captioner, studio),

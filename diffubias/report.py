@@ -57,6 +57,8 @@ class Detection:
     candidates: tuple[Tile, ...] = ()  # one per candidate, highest loss first
     sheets: tuple[Tile, ...] = ()  # contact sheets of candidates, shown at their own size
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # did the reviewer see the bias column: {"ever_shown", "excluded_while_shown"}; {}: no review
+    review: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,11 @@ def _detection(d: Detection, figure: _Figures) -> list[str]:
     parts = [f"<p>A deliberately biased classifier (GCE, settings below) scored {d.n_scored} "
              f"training samples; the highest-loss samples of each class (top-K per class, "
              f"{d.n_candidates} in all) are the bias-conflicting candidates{excluded}.</p>"]
+    if d.review:
+        parts.append("<p>The review " + (
+            f"saw the dataset's bias labels: {d.review['excluded_while_shown']} exclusions were "
+            "decided with them on screen, so the candidates are not the product's alone.</p>"
+            if d.review.get("ever_shown") else "did not see the dataset's bias labels.</p>"))
     metrics = {k: v for k, v in d.metrics.items() if isinstance(v, (int, float))}
     if metrics:
         parts.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()]))

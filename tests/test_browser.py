@@ -146,6 +146,11 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     page.wait_for_selector("#accuracy-bars .js-plotly-plot")
     page.wait_for_selector("#job-banner .done:has-text('Train debiased model')")
     page.screenshot(path=screenshots / "5-debias.png", full_page=True)
+    page.click("#rescore")  # the closed loop: what the debiased model still gets wrong
+    page.wait_for_selector("#loop-status:has-text('candidates still wrong')")
+    page.wait_for_selector("#loop-gaps .js-plotly-plot")
+    page.wait_for_selector("#rounds-table:has-text('the biased model (tab 2)')")
+    page.locator("#closed-loop").screenshot(path=screenshots / "5-closed-loop.png")
 
     open_tab(page, "6 · Grad-CAM")
     fill(page, "cam-count", cam_samples)

@@ -80,7 +80,9 @@ def test_detection_stores_scores_candidates_and_the_model(workflow):
     assert view.n_scored == 10000 and view.n_candidates == 200
     assert {"precision_at_k", "recall_at_k", "r_precision", "auroc"} <= set(view.metrics)
     assert set(view.test) >= {"overall", "aligned", "conflicting", "unbiased"}
-    assert view.histogram is not None and len(view.histogram.data) == 2  # aligned, conflicting
+    # one histogram: the aligned / conflicting split reads the bias column, hidden while a
+    # person reviews (test_the_review_does_not_see_the_ground_truth_unless_asked)
+    assert view.histogram is not None and len(view.histogram.data) == 1
     assert [f for f, _ in views["progress"]] == sorted(f for f, _ in views["progress"])
     with studio.store.sessions() as session:
         model = repo.latest_model(session, views["project_id"], "biased")
@@ -366,3 +368,34 @@ def test_a_count_k_larger_than_a_class_says_the_class_is_taken_whole():
                                       whole_classes={"cat": 30})
     text = metrics_markdown(view)
     assert "K = 50 is not smaller than these classes" in text and "cat (30)" in text
+
+
+def test_the_review_does_not_see_the_ground_truth_unless_asked(workflow):
+    """No ⚑ on tiles, no aligned/conflicting in a tile's detail and one histogram while a
+    person reviews; shown for an audit, counted, and the report says which."""
+    from ui import review
+
+    studio, views = workflow
+    pid = views["project_id"]
+    assert not review.project_truth_shown(studio, pid)
+    page = bias_service.candidate_page(studio, pid, page=1, page_size=200)
+    assert not any("⚑" in caption for _, caption in page.tiles)
+    detail = bias_service.sample_detail(studio, pid, page.sample_ids[0])
+    assert detail.conflicting is None and detail.bias is None
+    hidden = bias_service.detection_view(studio, pid).histogram
+    assert len(hidden.data) == 1  # one histogram, not one per group
+    content = report_service.report_content(studio, pid)
+    assert content.detection.review["ever_shown"] is False
+
+    review.set_truth_shown(studio, pid, True)
+    page = bias_service.candidate_page(studio, pid, page=1, page_size=200)
+    assert sum("⚑" in caption for _, caption in page.tiles) > 50  # most candidates conflict
+    assert bias_service.sample_detail(studio, pid, page.sample_ids[0]).conflicting is not None
+    assert len(bias_service.detection_view(studio, pid).histogram.data) >= 2
+    last = page.sample_ids[-1]
+    bias_service.set_excluded(studio, pid, last, True)
+    bias_service.set_excluded(studio, pid, last, False)
+    review.set_truth_shown(studio, pid, False)
+    record = report_service.report_content(studio, pid).detection.review
+    assert record == {"show_truth": False, "ever_shown": True, "excluded_while_shown": 2}
+    assert not review.project_truth_shown(studio, pid)

@@ -21,6 +21,7 @@ from storage.models import JobKind, ModelRole
 from ui.dataset_service import majority_bias
 from ui.datasets import project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
+from ui.review import count_exclusion, truth_shown
 from ui.studio import Studio
 from ui.thumbnails import LARGE_PX, thumbnail
 
@@ -164,7 +165,8 @@ def detection_view(studio: Studio, project_id: int | None, *, label: int | None 
         n_excluded = repo.count_candidates(session, job.id) - repo.count_candidates(
             session, job.id, include_excluded=False)
         histogram = (loss_histogram_figure(session, job.id, project.class_names,
-                                           job.result.get("threshold"), label=label)
+                                           job.result.get("threshold"), label=label,
+                                           show_truth=truth_shown(project.settings))
                      if with_histogram else None)
     result = job.result
     return DetectionView(job.id, result.get("detection", {}), result.get("test", {}),
@@ -175,11 +177,12 @@ def detection_view(studio: Studio, project_id: int | None, *, label: int | None 
 
 
 def loss_histogram_figure(session, job_id: int, class_names: list[str],
-                          threshold: float | None, *, label: int | None = None
-                          ) -> go.Figure | None:
+                          threshold: float | None, *, label: int | None = None,
+                          show_truth: bool = True) -> go.Figure | None:
     """The per-sample loss histogram, split into bias-aligned and bias-conflicting samples when
-    every scored sample's bias is known. For one class, the threshold is that class's lowest
-    candidate loss; for all, the lowest over the classes (K is per class)."""
+    every scored sample's bias is known and `show_truth` (`ui.review`). For one class, the
+    threshold is that class's lowest candidate loss; for all, the lowest over the classes (K is
+    per class)."""
     from diffubias.evaluation import aligned_bias_per_class, conflict_mask
     from diffubias.plots import loss_histogram
 
@@ -189,7 +192,7 @@ def loss_histogram_figure(session, job_id: int, class_names: list[str],
     losses = np.asarray(columns.losses, dtype=np.float64)
     labels = np.asarray(columns.labels, dtype=np.int64)
     is_conflict = None
-    if all(b is not None for b in columns.biases):
+    if show_truth and all(b is not None for b in columns.biases):
         bias = np.asarray(columns.biases, dtype=np.int64)
         is_conflict = conflict_mask(labels, bias, aligned_bias_per_class(labels, bias))
     title = "Per-sample loss under the biased model"
@@ -228,7 +231,8 @@ def candidate_page(studio: Studio, project_id: int | None, *, label: int | None 
         page = min(max(1, int(page)), n_pages)
         rows = repo.top_candidates(session, job.id, label=label,
                                    offset=(page - 1) * page_size, limit=page_size)
-        aligned = _aligned(session, int(project_id))
+        aligned = (_aligned(session, int(project_id)) if truth_shown(project.settings)
+                   else {})  # the answer stays hidden while a person reviews
     tiles = []
     for row in rows:
         caption = f"{project.class_names[row.label]} · {row.loss:.2f}"
@@ -262,14 +266,15 @@ def sample_detail(studio: Studio, project_id: int, sample_id: int) -> SampleDeta
         captions = ([(c.text, c.source) for c in
                      repo.list_captions(session, caption_job.id, sample_id=sample.id)
                      if c.params.get("set") != "aligned"] if caption_job else [])
-        aligned = _aligned(session, int(project_id))
+        shown = truth_shown(project.settings)
+        aligned = _aligned(session, int(project_id)) if shown else {}
     if not captions:
         captions = [(text, "dataset metadata") for text in _metadata_captions(studio, project_id,
                                                                               sample.position)]
     large = thumbnail(workspace, workspace.resolve(sample.path), project.id, "large", sample.id,
                       size=LARGE_PX, fmt="png")
     bias = (project.bias_names[sample.bias]
-            if sample.bias is not None and project.bias_names else None)
+            if shown and sample.bias is not None and project.bias_names else None)
     conflicting = (sample.bias != aligned.get(sample.label)
                    if sample.bias is not None and aligned else None)
     return SampleDetail(sample.id, str(large), project.class_names[sample.label], bias,
@@ -292,4 +297,5 @@ def set_excluded(studio: Studio, project_id: int, sample_id: int,
         if job is None:
             raise ValueError("no detection run yet: train the biased model first")
         repo.set_candidate_excluded(session, job.id, int(sample_id), bool(excluded))
+        count_exclusion(session, int(project_id))
     return sample_detail(studio, project_id, sample_id)

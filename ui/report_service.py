@@ -51,6 +51,7 @@ from ui.generate_service import current_images
 from ui.gradcam_service import CamView, gradcam_view
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.loop_service import LoopView, loop_view
+from ui.review import review_record
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
 
@@ -185,7 +186,7 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
         detection=None if detection.job_id is None else Detection(
             detection.n_scored, detection.n_candidates, detection.n_excluded,
             detection.metrics, detection.histogram, candidate_tiles,
-            settings=detection.params),
+            settings=detection.params, review=review_record(project.settings)),
         captions=_captions(captions_view(studio, project_id), project.source),
         generation=None if not images else Generation(
             generator, len(images), len(images) - len(kept_images),

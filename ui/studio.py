@@ -40,6 +40,8 @@ JOB_TITLES = {
     "filter": "Filter captions",
     "generate": "Generate images",
     "debias": "Train debiased model",
+    "rescore": "Re-score with the debiased model",
+    "round": "Start the next round",
     "gradcam": "Grad-CAM comparison",
     "export": "Export report",
 }

@@ -42,6 +42,8 @@ class BiasCallbacks:
     class_names: Callable[[int | None], list[str]]
     settings: Callable[[int | None], dict[str, Any]]  # the project's RunConfig as a dict
     stop: Callable[[int | None], str]
+    truth_shown: Callable[[int | None], bool]  # does the review see the bias column
+    show_truth: Callable[[int, bool], bool]
 
 
 def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
@@ -81,6 +83,10 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
     gr.Markdown("### Top-K candidates\nHighest loss first. Select a tile to see it large; "
                 "exclude it if it is not a real bias-conflicting sample (mislabelled, "
                 "unreadable) so it is not captioned.")
+    truth = gr.Checkbox(False, label="show the dataset's bias labels (⚑ on conflicting tiles)",
+                        info="off while you review, so your choices are your own; on for an "
+                        "audit of labelled data. The report says whether the review saw them.",
+                        elem_id="show-truth")
     with gr.Row(equal_height=True):
         label = gr.Dropdown([("all classes", ALL_CLASSES)], value=ALL_CLASSES, label="class",
                             scale=0, min_width=180, elem_id="candidate-class")
@@ -171,20 +177,31 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
 
     gr.api(candidate_list, api_name="candidate_list")
 
+    @shows_errors
+    def on_truth(project_id, shown, page_number, label_value, size) -> tuple:
+        callbacks.show_truth(open_project(project_id), bool(shown))
+        return refresh(project_id, page_number, label_value, size)
+
     def refresh(project_id, page_number, label_value, size) -> tuple:
         view = callbacks.view(project_id, label=_label(label_value))
         return (metrics_markdown(view), view.histogram,
                 *show_page(page_number, project_id, label_value, size))
 
-    def show_settings(project_id) -> tuple:
+    def settings_of(project_id) -> tuple:
         names = callbacks.class_names(project_id)
         choices = [("all classes", ALL_CLASSES), *((n, i) for i, n in enumerate(names))]
         return (gr.Dropdown(choices=choices, value=ALL_CLASSES),
                 *shown_settings(callbacks.settings(project_id), settings), "")
 
+    truth.input(on_truth, [project, truth, pager.page, label, page_size],
+                [metrics, histogram, *page_outputs_list], api_name="show_truth")
+
+    def show_settings(project_id) -> tuple:
+        return (*settings_of(project_id), callbacks.truth_shown(project_id))
+
     return TabRefresh(refresh, [project, pager.page, label, page_size],
                       [metrics, histogram, *page_outputs_list],
-                      show_settings, [label, *settings.values(), status])
+                      show_settings, [label, *settings.values(), status, truth])
 
 
 def _label(value: Any) -> int | None:
