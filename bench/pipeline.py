@@ -68,14 +68,15 @@ def render(results: list[dict]) -> str:
              "", _backends_line(results), ""]
     lines += ["| dataset | wall (s) | peak RSS (MB) | r-precision | AUROC | precision@K | "
               "recall@K | vanilla unbiased | debiased unbiased | gain (points) | "
-              "CAM in object: biased -> debiased |",
+              "CAM in object: before -> debiased (object area: chance) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rep = r["report"]
         det, models, cam = rep["detection"], rep["models"], rep.get("gradcam", {})
         van, deb = models["vanilla"]["test"]["unbiased"], models["debiased"]["test"]["unbiased"]
         cam_text = ("n/a" if cam.get("object_mass_before") is None else
-                    f"{cam['object_mass_before']:.3f} -> {cam['object_mass_after']:.3f}")
+                    f"{cam.get('before', 'biased')} {cam['object_mass_before']:.3f} -> "
+                    f"{cam['object_mass_after']:.3f} ({cam['object_area']:.3f})")
         lines.append(f"| {r['name']} | {r['wall_s']:.0f} | {r['peak_mb']:.0f} | "
                      f"{fmt(det['r_precision'])} | {fmt(det['auroc'])} | "
                      f"{fmt(det['precision_at_k'])} | {fmt(det['recall_at_k'])} | {fmt(van)} | "

@@ -72,7 +72,7 @@ COMMANDS = {
   {prog} rescore --out runs/mine""",
         "user-guide.md#the-closed-loop"),
     "gradcam": (
-        "stage 9: Grad-CAM of the biased vs the debiased model -> gradcam.png",
+        "stage 9: Grad-CAM of the vanilla (or biased) vs the debiased model -> gradcam.png",
         """\
   {prog} gradcam --out runs/mine --cam-method gradcam++ --cam-samples 200""",
         "metrics.md#grad-cam-object-mass"),
@@ -172,6 +172,8 @@ _OPTIONS = (
     ("baselines", ("baselines to train and report next to vanilla and DiffuBias, comma-separated: "
                    + ", ".join(baseline_names()) + ", or all")),
     ("cam_method", ", ".join(CAM_METHODS)),
+    ("cam_before", "the model Grad-CAM compares the debiased one with: vanilla (trained on the "
+                   "same data and schedule) or biased (the GCE model)"),
     ("cam_samples", "test samples whose Grad-CAM object mass is measured"),
     ("caption_instruction", "instruction given to a VLM captioner"),
     ("caption_batch_size", "images per captioning call"),

@@ -36,8 +36,11 @@ CAM_SAMPLE_SETS = {
 # what happens to generated images that fail a check (diffubias.stages.verify): no checks; checked
 # and proposed for rejection to the person reviewing; checked and left out of training
 IMAGE_CHECKS = ("off", "propose", "drop")
+# the model the debiased one is compared with in Grad-CAM: the vanilla model, trained on the same
+# data with the same schedule (the fair "before"), or the GCE model built to be biased
+CAM_BEFORE = ("vanilla", "biased")
 CHOICES = {"arch": ARCHITECTURES, "cam_method": CAM_METHODS,
-           "image_checks": IMAGE_CHECKS}  # field: the names it may take
+           "image_checks": IMAGE_CHECKS, "cam_before": CAM_BEFORE}  # field: the names it may take
 
 
 # Caps on the settings: past them a run would never finish or would exhaust memory, so the
@@ -173,6 +176,7 @@ class RunConfig:
     baselines: tuple[str, ...] = ()
     # stage 9: Grad-CAM
     cam_method: str = "gradcam"
+    cam_before: str = "vanilla"  # compared with the debiased model: vanilla or biased
     cam_samples: int = 200  # test samples whose CAM mass is measured
     cam_sheet_rows: int = 12
     # model captioners, diffusion generation, bias keywords (the model ids go in `captioner` and

@@ -11,7 +11,7 @@ Each `stage_*` reads its inputs from the run folder, calls the stage function of
   generate 6    images from the kept prompts, with a manifest
   debias   7-8  vanilla and debiased classifiers (and any `baselines`); test accuracies
   rescore  8b   what the debiased model still gets wrong -> remaining.json, next_candidates.csv
-  gradcam  9    Grad-CAM of the biased vs debiased model, CAM mass inside object masks
+  gradcam  9    Grad-CAM of the vanilla (or biased) vs debiased model, CAM mass in object masks
   report   10   report.html: the app's self-contained report, drawn from the files above
 """
 
@@ -299,27 +299,33 @@ def stage_rescore(run: Run) -> dict:
 
 
 def stage_gradcam(run: Run) -> dict:
-    """Stage 9: Grad-CAM of the biased and debiased models on the same test images."""
+    """Stage 9: Grad-CAM of the debiased model and the one it is compared with (`cam_before`:
+    vanilla by default, trained on the same data and schedule; or the biased GCE model) on the
+    same test images."""
     from diffubias.gradcam import comparison_sheet
     from diffubias.plots import save_png
 
     cfg, data = run.config, run.data
-    biased = load_classifier(run.require("biased.safetensors", "detect"))
+    before = load_classifier(run.require(f"{cfg.cam_before}.safetensors",
+                                         "detect" if cfg.cam_before == "biased" else "debias"))
     debiased = load_classifier(run.require("debiased.safetensors", "debias"))
     t0 = time.perf_counter()
     positions = cam_positions(data, cfg)
-    explained = explain_models(data, cfg, biased, debiased, positions)
+    explained = explain_models(data, cfg, before, debiased, positions)
     labels = data.ds.labels[positions].tolist()
     save_png(comparison_sheet(explained.comparison, explained.images,
                               class_names=data.ds.class_names, labels=labels,
+                              titles=(cfg.cam_before, "debiased"),
                               max_rows=min(cfg.cam_sheet_rows, len(positions))),
              run.out_dir / "gradcam.png")
     mass = explained.mass_summary()
     if explained.masks is not None:
-        run.log(f"Grad-CAM mass inside the object: biased {mass['object_mass_before']:.3f}, "
+        run.log(f"Grad-CAM mass inside the object: {cfg.cam_before} "
+                f"{mass['object_mass_before']:.3f}, "
                 f"debiased {mass['object_mass_after']:.3f} (object area {mass['object_area']:.3f})")
     return run.update_report(
         gradcam={"method": cfg.cam_method, "n_samples": len(positions), **mass,
+                 "before": cfg.cam_before,
                  "image": "gradcam.png"},
         timings_s={"gradcam": time.perf_counter() - t0})
 

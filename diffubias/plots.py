@@ -165,10 +165,12 @@ def class_gap_bars(classes: Sequence[Mapping[str, object]], *, round_number: int
     return fig
 
 
-def object_mass_bars(before: float, after: float, area: float | None) -> go.Figure:
-    """Mean share of Grad-CAM mass inside the object mask, biased vs debiased model, against the
-    share an evenly spread map would get (`area`, the object's share of the image)."""
-    figure = go.Figure(go.Bar(x=["biased", "debiased"], y=[before, after],
+def object_mass_bars(before: float, after: float, area: float | None, *,
+                     before_role: str = "vanilla") -> go.Figure:
+    """Mean share of Grad-CAM mass inside the object mask, the `before_role` (vanilla or biased)
+    vs the debiased model, against the share an evenly spread map would get (`area`, the
+    object's share of the image)."""
+    figure = go.Figure(go.Bar(x=[before_role, "debiased"], y=[before, after],
                               text=[f"{before:.1%}", f"{after:.1%}"], textposition="outside",
                               marker_color=[_CONFLICT_COLOR, _ALIGNED_COLOR]))
     if area is not None:

@@ -135,7 +135,7 @@ class CamRow:
 
 @dataclass(frozen=True)
 class GradCam:
-    """Stage 9: where the biased and the debiased model look."""
+    """Stage 9: where the debiased model and the one it is compared with look."""
 
     method: str
     n_samples: int

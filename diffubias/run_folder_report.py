@@ -184,7 +184,8 @@ def _gradcam(out_dir: Path, report: Mapping[str, Any]) -> GradCam | None:
     if summary is None:
         return None
     before, after = summary.get("object_mass_before"), summary.get("object_mass_after")
-    figure = (object_mass_bars(before, after, summary.get("object_area"))
+    figure = (object_mass_bars(before, after, summary.get("object_area"),
+                               before_role=summary.get("before", "biased"))
               if before is not None and after is not None else None)
     return GradCam(summary.get("method", ""), summary.get("n_samples", 0), CAM_SAMPLE_SET,
                    figure=figure, sheets=_sheets(out_dir, summary.get("image", "gradcam.png")),

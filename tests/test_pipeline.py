@@ -42,6 +42,7 @@ def test_run_writes_every_artifact_and_the_report(digits_run):
         assert set(report["models"][role]["test"]) >= {"overall", "aligned", "conflicting",
                                                       "unbiased"}
     assert report["gradcam"]["object_mass_before"] is None  # colored digits have no masks
+    assert report["gradcam"]["before"] == "vanilla"  # the fair "before" by default
     remaining = json.loads((out / "remaining.json").read_text())
     assert report["remaining"]["n_still_wrong"] == len(remaining["still_wrong"])
     assert remaining["n_candidates"] == report["detection"]["n_selected"]

@@ -238,6 +238,9 @@ def test_gradcam_pairs_explain_conflicting_test_samples(workflow):
     assert len(view.tiles) == 3 * min(TINY_CAM_SAMPLES, gradcam_service.ROWS_PER_PAGE)
     assert all(Path(path).is_file() for path, _ in view.tiles)
     assert view.figure is None and view.mean_mass_before is None  # digits have no masks
+    # the fair "before" by default: the vanilla model, same data and schedule
+    assert view.before_role == "vanilla" and list(view.agreement) == ["vanilla", "debiased"]
+    assert view.tiles[1][1].startswith("vanilla: ")
     with Image.open(view.tiles[1][0]) as overlay:
         assert overlay.size == (112, 112)
     with studio.store.sessions() as session:
@@ -245,6 +248,19 @@ def test_gradcam_pairs_explain_conflicting_test_samples(workflow):
     positions = [s["position"] for s in job.result["samples"]]
     data = studio.datasets.get(views["project_id"])
     assert data.conflicts(np.asarray(positions)).all()
+
+
+def test_gradcam_can_compare_with_the_biased_model_and_names_what_is_missing(workflow,
+                                                                            tmp_path):
+    studio, views = workflow
+    pid = views["project_id"]
+    biased = gradcam_service.run_gradcam(studio, pid, {"cam_samples": 4, "cam_before": "biased"})
+    assert biased.before_role == "biased" and list(biased.agreement) == ["biased", "debiased"]
+    with pytest.raises(ValueError, match="cam_before must be one of vanilla, biased"):
+        gradcam_service.run_gradcam(studio, pid, {"cam_before": "lff"})
+    # back to the default for the tests after this one
+    gradcam_service.run_gradcam(studio, pid, {"cam_samples": TINY_CAM_SAMPLES,
+                                              "cam_before": "vanilla"})
 
 
 def test_export_writes_a_self_contained_report_and_downloads(workflow):
@@ -320,7 +336,9 @@ def test_steps_out_of_order_say_what_to_do_first(tmp_path, builtin_cache):
 
 def test_the_cam_in_object_figure_compares_both_models_with_the_object_area():
     figure = gradcam_service.object_mass_figure(0.31, 0.62, 0.2)
-    assert list(figure.data[0].x) == ["biased", "debiased"]
+    assert list(figure.data[0].x) == ["vanilla", "debiased"]
+    assert list(gradcam_service.object_mass_figure(0.3, 0.6, 0.2, "biased").data[0].x) == [
+        "biased", "debiased"]
     assert list(figure.data[0].y) == [0.31, 0.62]
     assert "object area 20.0%" in figure.layout.annotations[0].text
     assert gradcam_service.object_mass_figure(None, None, None) is None  # no masks, no figure

@@ -1,5 +1,7 @@
-"""Tab 6, Grad-CAM: where the biased and the debiased model look, side by side, and (when the
-dataset has object masks) how much of each map falls on the object.
+"""Tab 6, Grad-CAM: where the debiased model and the one it is compared with look, side by side
+(`cam_before`: the vanilla model by default, trained on the same data and schedule, the fair
+"before"; or the biased GCE model), and (when the dataset has object masks) how much of each
+map falls on the object.
 
 `run_gradcam` is a job: it picks samples and runs Grad-CAM with the explain stage
 (`diffubias.stages.explain`), and writes each image and both overlays under
@@ -43,10 +45,11 @@ class CamView:
     mean_mass_after: float | None
     object_area: float | None
     agreement: dict[str, float]  # accuracy of each model on the explained samples
-    tiles: list[tuple[str, str]]  # image, biased overlay, debiased overlay per row
+    tiles: list[tuple[str, str]]  # image, before overlay, debiased overlay per row
     page: int
     n_pages: int
     figure: go.Figure | None = field(default=None, repr=False)
+    before_role: str = "vanilla"  # the model the debiased one is compared with
 
 
 def run_gradcam(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
@@ -60,23 +63,25 @@ def run_gradcam(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
                          f"{', '.join(CAM_SAMPLE_SETS)}")
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
-        biased = repo.latest_model(session, project_id, ModelRole.BIASED)
+        config = project_config(studio.store.workspace, project.settings).with_changes(changes)
+        role = config.cam_before
+        before = repo.latest_model(session, project_id, role)
         debiased = repo.latest_model(session, project_id, ModelRole.DEBIASED)
-        if biased is None or debiased is None:
-            raise ValueError("Grad-CAM compares the biased and the debiased model: train both "
-                             "first (tabs 2 and 5)")
+        if before is None or debiased is None:
+            where = ("tab 5 with 'also train the vanilla model' ticked" if role == "vanilla"
+                     else "tabs 2 and 5")
+            raise ValueError(f"Grad-CAM compares the {role} and the debiased model: train "
+                             f"both first ({where})")
         candidates = []
         if sample_set == "candidates":
             detection = repo.latest_job(session, project_id, JobKind.BIASED_TRAIN)
             candidates = [c.position for c in repo.top_candidates(session, detection.id,
                                                                   limit=None)]
-        settings = project.settings
-    config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
     params = {"method": config.cam_method, "sample_set": sample_set,
-              "count": config.cam_samples,
-              "biased_model_id": biased.id, "debiased_model_id": debiased.id}
-    weights = (studio.store.workspace.resolve(biased.weights_path),
+              "count": config.cam_samples, "before_role": role,
+              "before_model_id": before.id, "debiased_model_id": debiased.id}
+    weights = (studio.store.workspace.resolve(before.weights_path),
                studio.store.workspace.resolve(debiased.weights_path))
 
     def work(progress: JobProgress) -> JobOutcome:
@@ -117,7 +122,8 @@ def _explain(studio: Studio, project_id: int, config, sample_set: str, candidate
     for i, position in enumerate(positions):
         files = {}
         for name, picture in (("image", images[i].permute(1, 2, 0).numpy()),  # CHW -> HWC
-                              ("biased", overlay(images[i], comparison.before.cams[i])),
+                              (config.cam_before,
+                               overlay(images[i], comparison.before.cams[i])),
                               ("debiased", overlay(images[i], comparison.after.cams[i]))):
             path = workspace.path_for("gradcam", progress.job_id, f"{i:04d}_{name}.png")
             atomic_write_bytes(path, _png(picture, CAM_TILE_PX))
@@ -125,7 +131,7 @@ def _explain(studio: Studio, project_id: int, config, sample_set: str, candidate
         samples.append({
             "position": int(position), "sample_id": ids.get(int(position)),
             "label": int(labels[i]),
-            "biased": {"prediction": int(comparison.before.predictions[i]),
+            config.cam_before: {"prediction": int(comparison.before.predictions[i]),
                        "confidence": float(comparison.before.confidences[i]),
                        "object_mass": _mass(comparison.object_mass_before, i)},
             "debiased": {"prediction": int(comparison.after.predictions[i]),
@@ -134,6 +140,7 @@ def _explain(studio: Studio, project_id: int, config, sample_set: str, candidate
             "files": files})
     mass = explained.mass_summary()
     result = {"method": config.cam_method, "sample_set": sample_set, "samples": samples,
+              "before_role": config.cam_before,
               "mean_object_mass_before": mass["object_mass_before"],
               "mean_object_mass_after": mass["object_mass_after"],
               "object_area": mass["object_area"]}
@@ -177,11 +184,12 @@ def gradcam_view(studio: Studio, project_id: int | None, *, page: int = 1,
     n_pages = max(1, math.ceil(len(samples) / rows_per_page))
     page = min(max(1, int(page)), n_pages)
     workspace = studio.store.workspace
+    roles = (result.get("before_role", "biased"), "debiased")  # older jobs: biased
     tiles = []
     for s in samples[(page - 1) * rows_per_page: page * rows_per_page]:
         tiles.append((str(workspace.resolve(s["files"]["image"])),
                       f"#{s['position']} true: {names[s['label']]}"))
-        for role in ("biased", "debiased"):
+        for role in roles:
             r = s[role]
             caption = f"{role}: {names[r['prediction']]} {r['confidence']:.2f}"
             if r["object_mass"] is not None:
@@ -189,21 +197,23 @@ def gradcam_view(studio: Studio, project_id: int | None, *, page: int = 1,
             tiles.append((str(workspace.resolve(s["files"][role])), caption))
     agreement = {}
     if samples:
-        for role in ("biased", "debiased"):
+        for role in roles:
             agreement[role] = float(np.mean([s[role]["prediction"] == s["label"]
                                              for s in samples]))
     before, after = result.get("mean_object_mass_before"), result.get("mean_object_mass_after")
     return CamView(job.id, result.get("method", ""), result.get("sample_set", ""), len(samples),
                    before, after, result.get("object_area"), agreement, tiles, page, n_pages,
-                   object_mass_figure(before, after, result.get("object_area")))
+                   object_mass_figure(before, after, result.get("object_area"), roles[0]),
+                   roles[0])
 
 
-def object_mass_figure(before: float | None, after: float | None,
-                       area: float | None) -> go.Figure | None:
-    """Mean share of CAM mass inside the object mask, biased vs debiased, against the share an
-    evenly spread map would get (the object's area); None without masks."""
+def object_mass_figure(before: float | None, after: float | None, area: float | None,
+                       before_role: str = "vanilla") -> go.Figure | None:
+    """Mean share of CAM mass inside the object mask, the `before_role` model vs the debiased
+    one, against the share an evenly spread map would get (the object's area); None without
+    masks."""
     if before is None or after is None:
         return None
     from diffubias.plots import object_mass_bars
 
-    return object_mass_bars(before, after, area)
+    return object_mass_bars(before, after, area, before_role=before_role)

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from diffubias.config import CAM_METHODS, CAM_SAMPLE_SETS, RunConfig
+from diffubias.config import CAM_BEFORE, CAM_METHODS, CAM_SAMPLE_SETS, RunConfig
 from ui.events import (
     GPU,
     Pager,
@@ -52,6 +52,11 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
                                   label="samples", elem_id="cam-samples")
             count = gr.Number(DEFAULTS.cam_samples, precision=0, label="how many",
                               elem_id="cam-count")
+            before = gr.Radio(list(CAM_BEFORE), value=DEFAULTS.cam_before,
+                              label="compare the debiased model with",
+                              info="vanilla: same data and schedule, without the generated "
+                              "images (the fair before); biased: the GCE model built to be "
+                              "wrong", elem_id="cam-before")
             with gr.Row():
                 run = gr.Button("Compare Grad-CAM", variant="primary", elem_id="run-gradcam")
                 stop = gr.Button("Stop", variant="stop", scale=0, min_width=80)
@@ -69,11 +74,11 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
                                   elem_id="gradcam-summary")
             mass = gr.Plot(label="CAM mass on the object", visible=False, elem_id="cam-mass")
             pager = Pager.build("cams")
-            gallery = gr.Gallery(label="image · biased model · debiased model", columns=3,
+            gallery = gr.Gallery(label="image · before · debiased model", columns=3,
                                  height=720, object_fit="contain", allow_preview=True,
                                  elem_id="cam-gallery", buttons=[])
 
-    settings = {"cam_method": method, "cam_samples": count}
+    settings = {"cam_method": method, "cam_samples": count, "cam_before": before}
 
     @shows_errors
     def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
@@ -92,10 +97,10 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
 
     outputs = [summary, mass, gallery, pager.page, pager.info]
     export_list = [report, model, dataset]
-    # the API's parameter order: cam_method, sample_set, cam_samples
+    # the API's parameter order: cam_method, sample_set, cam_samples, cam_before
     run_event = run.click(on_run, [project], [status, *outputs],
                           inputs_kwargs={"cam_method": method, "sample_set": sample_set,
-                                         "cam_samples": count},
+                                         "cam_samples": count, "cam_before": before},
                           api_name="run_gradcam", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_gradcam")
     pager.wire(show_page, [project], outputs, api_name="cam_page")
@@ -120,7 +125,7 @@ def view_outputs(view: CamView) -> tuple:
                    ". Accuracy on them: " + ", ".join(f"{role} **{percent(acc)}**"
                                                       for role, acc in view.agreement.items()))
         if view.mean_mass_before is not None:
-            summary += (f"\n\nShare of CAM mass on the object: biased "
+            summary += (f"\n\nShare of CAM mass on the object: {view.before_role} "
                         f"**{percent(view.mean_mass_before)}** → debiased "
                         f"**{percent(view.mean_mass_after)}** (object area "
                         f"{percent(view.object_area)}).")
