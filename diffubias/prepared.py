@@ -60,7 +60,8 @@ class PreparedDataset:
         return {}
 
     def evaluation_split(self) -> tuple[np.ndarray, ImageSource]:
-        """The test split, or valid when the dataset has no test split (plain ImageFolder)."""
+        """The test split, or valid when the dataset has no test split (plain ImageFolder); every
+        front end says which (`diffubias.evaluation_split`)."""
         positions, source = self.split("test")
         return (positions, source) if len(positions) else self.split("valid")
 

@@ -123,6 +123,7 @@ class Accuracy:
 
     models: tuple[ModelAccuracy, ...]
     figure: go.Figure | None = None
+    note: str | None = None  # evaluation_split.evaluation_note: no test split
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,8 @@ def _oracle(note: str) -> str:
 
 
 def _accuracy(a: Accuracy, figure: _Figures) -> list[str]:
-    parts = [_table(["model", *ACCURACY_METRICS, "training images"],
+    parts = [f"<p class=warn>{_e(a.note)}</p>"] if a.note else []
+    parts += [_table(["model", *ACCURACY_METRICS, "training images"],
                     [[m.model, *(_fmt(m.test.get(k)) for k in ACCURACY_METRICS),
                       m.n_train if m.n_train is not None else ""] for m in a.models])]
     if a.figure is not None:

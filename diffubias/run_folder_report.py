@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from diffubias.dataset import SPLITS
+from diffubias.evaluation_split import evaluation_note
 from diffubias.report import (
     ACCURACY_METRICS,
     MAX_PROMPTS,
@@ -66,7 +67,7 @@ def run_report_content(out_dir: Path, report: Mapping[str, Any], *,
         detection=_detection(out_dir, report, names),
         captions=_captions(out_dir, report),
         generation=_generation(out_dir, report),
-        accuracy=_accuracy(report.get("models", {})),
+        accuracy=_accuracy(report.get("models", {}), sizes),
         gradcam=_gradcam(out_dir, report),
         settings=config, rounds=_rounds(report))
 
@@ -163,7 +164,7 @@ def _dataset_name(report: Mapping[str, Any]) -> str:
                or report.get("config", {}).get("dataset", ""))
 
 
-def _accuracy(models: Mapping[str, Any]) -> Accuracy | None:
+def _accuracy(models: Mapping[str, Any], split_sizes: Mapping[str, int]) -> Accuracy | None:
     from diffubias.plots import accuracy_bars
 
     rows = tuple(ModelAccuracy(m, dict(models[m].get("test", {})), models[m].get("n_train"))
@@ -174,7 +175,7 @@ def _accuracy(models: Mapping[str, Any]) -> Accuracy | None:
     if any(r.test for r in rows):
         figure = accuracy_bars({r.model: {k: r.test.get(k) for k in ACCURACY_METRICS}
                                 for r in rows})
-    return Accuracy(rows, figure)
+    return Accuracy(rows, figure, evaluation_note(split_sizes))
 
 
 def _gradcam(out_dir: Path, report: Mapping[str, Any]) -> GradCam | None:

@@ -182,3 +182,20 @@ def test_an_oracle_run_says_it_is_an_upper_bound(content):
     assert "Upper bound, not the method" in page
     assert page.count(html.escape(note)) == 2  # the banner and the section
     assert "Generator: <b>oracle-renderer</b> <span class=warn>(oracle: draws" in page
+
+
+def test_accuracies_without_a_test_split_say_they_are_optimistic():
+    """Without a test split the models are scored on the validation split that chose their
+    checkpoints: the report says so beside the accuracies, and says nothing with one."""
+    from diffubias.evaluation_split import NO_TEST_SPLIT, evaluated_on, evaluation_note
+
+    assert evaluated_on({"train": 10, "valid": 4, "test": 2}) == "test"
+    assert evaluated_on({"train": 10, "valid": 4}) == "valid"
+    assert evaluated_on({"train": 10, "valid": 4, "test": 0}) == "valid"
+    assert evaluation_note({"train": 10, "valid": 4, "test": 2}) is None
+    dataset = DatasetSummary(("a",), {}, 8)
+    rows = (ModelAccuracy("vanilla", {"overall": 0.5}),)
+    for sizes, shown in (({"train": 9, "valid": 3}, True), ({"test": 3}, False)):
+        page = render_report_html(ReportContent("x", "y", WHEN, dataset, accuracy=Accuracy(
+            rows, None, evaluation_note(sizes))))
+        assert (html.escape(NO_TEST_SPLIT) in page) is shown

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffubias.evaluation_split import evaluated_on
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.dataset_service import majority_bias
@@ -46,6 +47,7 @@ class DetectionView:
     # classes whose every training sample is a candidate because K (a count) is not smaller
     # than the class: {class name: class size}
     whole_classes: dict[str, int] = field(default_factory=dict)
+    split: str = "test"  # the split the biased model is scored on (diffubias.evaluation_split)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,9 @@ def detection_view(studio: Studio, project_id: int | None, *, label: int | None 
                          dict(job.params), result.get("n_scored", 0),
                          result.get("n_candidates", 0), n_excluded, result.get("threshold"),
                          job.timings.get("total"), histogram,
-                         dict(result.get("whole_classes", {})))
+                         dict(result.get("whole_classes", {})),
+                         evaluated_on(project.settings.get("summary", {}).get("split_sizes")
+                                      or {"test": 1}))
 
 
 def loss_histogram_figure(session, job_id: int, class_names: list[str],

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffubias.baselines import baseline_names
+from diffubias.evaluation_split import evaluated_on, evaluation_note
 from diffubias.report import ACCURACY_METRICS
 from storage import repository as repo
 from storage.models import JobKind, ModelRole
@@ -58,6 +59,8 @@ class DebiasView:
     seconds: float | None
     stale: str | None = None
     figure: go.Figure | None = field(default=None, repr=False)
+    split: str = "test"  # what the accuracies are measured on (diffubias.evaluation_split)
+    split_note: str | None = None
 
 
 def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
@@ -153,6 +156,8 @@ def debias_view(studio: Studio, project_id: int | None, *,
         job = repo.latest_job(session, int(project_id), JobKind.DEBIAS)
         models = {role: repo.latest_model(session, int(project_id), role) for role in roles()}
         detection = repo.latest_job(session, int(project_id), JobKind.BIASED_TRAIN)
+        project = repo.get_project(session, int(project_id))
+    sizes = (project.settings.get("summary") or {}).get("split_sizes", {}) if project else {}
     # a baseline counts only if the latest debias job trained it (the user may have dropped it)
     baselines = baseline_names()
     rows = [AccuracyRow(role, dict(m.metrics.get("test", {})), m.metrics.get("n_train"),
@@ -174,4 +179,6 @@ def debias_view(studio: Studio, project_id: int | None, *,
         figure.update_layout(height=360, margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return DebiasView(job.id if job else None, rows,
                       job.result.get("n_generated", 0) if job else 0,
-                      job.timings.get("total") if job else None, stale, figure)
+                      job.timings.get("total") if job else None, stale, figure,
+                      evaluated_on(sizes) if sizes else "test",
+                      evaluation_note(sizes) if sizes else None)

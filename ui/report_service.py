@@ -231,7 +231,7 @@ def _accuracy(view: DebiasView) -> Accuracy | None:
     if not view.rows:
         return None
     return Accuracy(tuple(ModelAccuracy(r.role, r.test, r.n_train) for r in view.rows),
-                    view.figure)
+                    view.figure, view.split_note)
 
 
 def _gradcam(view: CamView) -> GradCam | None:

@@ -255,7 +255,8 @@ def metrics_markdown(view: DetectionView) -> str:
             f"**{percent(m.get('r_precision'))}**, AUROC **{_num(m.get('auroc'))}** "
             f"({m.get('n_conflicts')} bias-conflicting samples in train).")
     if t:
-        lines.append(f"Biased model on the test split: overall {percent(t.get('overall'))}"
+        lines.append(f"Biased model on the {view.split} split: overall "
+                     f"{percent(t.get('overall'))}"
                      + (f", aligned {percent(t.get('aligned'))}, conflicting "
                         f"{percent(t.get('conflicting'))}, unbiased {percent(t.get('unbiased'))}"
                         if t.get("unbiased") is not None else "") + ".")

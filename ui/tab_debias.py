@@ -123,4 +123,6 @@ def view_outputs(view: DebiasView) -> tuple:
         summary = "*Train the biased model (tab 2) first.*"
     if view.stale:
         summary += f"\n\n⚠ {view.stale}"
+    if view.split_note:
+        summary += f"\n\n⚠ {view.split_note}"
     return summary, pd.DataFrame(rows, columns=TABLE_HEADERS), view.figure
