@@ -651,6 +651,7 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
                 cells += [_pm(unbiased.get((dataset, r, m))),
                           _pm(conflicting.get((dataset, r, m))), _pm(aligned.get((dataset, r, m)))]
             lines.append(f"| {_method_cell(m, cfg)} | " + " | ".join(cells) + " |")
+    lines += _ablation_lines(results["rows"])
     lines += _detection_lines(results)
     lines += _timing_lines(results)
     if results["skipped"]:
@@ -796,6 +797,28 @@ def _standing_lines(results: dict) -> list[str]:
             lines.append(f"| {_method_cell(r['baseline'], cfg)} | " + " | ".join(
                 _interval_text(cells.get(x)) for x in ratios) + " |")
     return lines
+
+
+def _ablation_lines(rows: Sequence[dict]) -> list[str]:
+    """What the ablations changed, per dataset: the share of prompts anchoring rewrote and the
+    share of generated images the checks kept (means over the rows that have them)."""
+    lines = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        mine = [r for r in rows if r["dataset"] == dataset and r["role"] == "method"]
+        anchored = [r["info"]["n_anchored"] / r["info"]["n_prompts"] for r in mine
+                    if r["method"] == "diffubias" and r["info"].get("n_anchored") is not None]
+        kept = [r["info"]["n_trained_generated"] / r["info"]["n_generated"] for r in mine
+                if r["method"] == "diffubias-checked" and r["info"].get("n_generated")]
+        parts = []
+        if anchored and any(r["method"] == "diffubias-unanchored" for r in mine):
+            parts.append(f"class anchoring rewrote {100 * np.mean(anchored):.1f} % of the kept "
+                         "prompts (the others already named their class)")
+        if kept:
+            parts.append(f"the checks kept {100 * np.mean(kept):.1f} % of the generated images "
+                         "(`diffubias-checked` trains on those only)")
+        if parts:
+            lines.append(f"On {dataset}, " + "; ".join(parts) + ".")
+    return ["", " ".join(lines)] if lines else []
 
 
 def _interval_text(cell: dict | None) -> str:

@@ -1,6 +1,6 @@
 """JTT (`diffubias.baselines.jtt`, with its error set from `diffubias.baselines.error_set`) on
 the planted-bias folder: the ERM model's errors are the planted conflicts, and exactly they are
-up-weighted."""
+upsampled, as JTT's paper and code do."""
 
 from __future__ import annotations
 
@@ -14,13 +14,21 @@ from planted_methods import planted_folder, planted_run  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_jtt_error_set_holds_the_planted_conflicts_and_is_up_weighted(planted_run):
+def test_jtt_error_set_holds_the_planted_conflicts_and_is_upsampled(planted_run):
     cfg, data, is_conflict = planted_run
     shared = SharedStages(data, cfg, BaselineOptions(jtt_upweight=7))
     result = jtt(data, cfg, options=shared.options, shared=shared)
     errors = shared.error_set().errors
     assert errors[is_conflict].all()
     assert errors.sum() < 3 * is_conflict.sum()  # mostly the conflicts, not everything
-    assert set(np.unique(result.weights)) == {1.0, 7.0}
-    assert np.array_equal(result.weights == 7.0, errors)
+    # each error appears 7 times in the retraining set: once as itself, 6 times added
+    n_train = len(errors)
+    assert result.n_train == n_train + 6 * errors.sum()
+    assert result.info["n_upsampled"] == 6 * errors.sum()
+    positions = shared.error_set().positions
+    assert np.array_equal(np.unique(result.added_from), np.sort(positions[errors]))
+    assert (np.bincount(result.added_from)[positions[errors]] == 6).all()
+    assert result.weights is None  # no loss weights: more optimizer steps, as in the paper
     assert result.info["error_set_size"] == errors.sum()
+    with pytest.raises(ValueError, match="whole number"):
+        BaselineOptions(jtt_upweight=2.5)

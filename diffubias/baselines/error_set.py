@@ -1,5 +1,5 @@
 """JTT's identification stage (`identify_errors` -> `ErrorSet`): the samples an ERM model gets
-wrong, which JTT up-weights. The benchmark also ranks samples by its losses, to compare them with
+wrong, which JTT upsamples. The benchmark also ranks samples by its losses, to compare them with
 the GCE detection's. It knows nothing of how the error set is weighted
 (`diffubias.baselines.jtt`) or cached (`diffubias.baselines.shared.SharedStages.error_set`).
 """

@@ -6,6 +6,8 @@ It knows nothing of the other methods.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,13 +75,23 @@ class LfFLoss:
         return ce_d * weight.to(ce_d.device)
 
 
+# LfF initialises its two models independently; the debiased one starts from the run's seeded
+# initialisation like every compared model, the biased one from this seed offset
+BIASED_SEED_OFFSET = 7919
+
+
+def biased_initialisation(data: PreparedDataset, config: RunConfig) -> nn.Module:
+    """LfF's biased model before training: seeded, and independent of the debiased model's."""
+    return new_classifier(data, replace(config, seed=config.seed + BIASED_SEED_OFFSET))
+
+
 def lff(data: PreparedDataset, config: RunConfig, *, options: BaselineOptions = DEFAULT_OPTIONS,
         shared: SharedStages | None = None, progress: ProgressFn | None = None) -> MethodResult:
     """Learning from Failure: biased (GCE) and debiased (CE, relative-difficulty weights)
     models trained jointly; the debiased one is evaluated."""
     shared_stages_for(shared, data, config, options)
     _, train = data.split("train")
-    weighting = LfFLoss(new_classifier(data, config), train.labels,
+    weighting = LfFLoss(biased_initialisation(data, config), train.labels,
                         num_classes=data.ds.num_classes, q=config.gce_q, ema=options.lff_ema,
                         lr=config.lr, device=config.resolved_device())
     training = train_evaluated(data, config, desc="LfF", progress=progress, step_loss=weighting)

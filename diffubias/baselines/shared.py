@@ -46,9 +46,10 @@ class BaselineOptions:
 
     lff_ema: float = 0.7  # LfF's EMA factor for the per-sample losses
     jtt_epochs: int = 0  # T, epochs of JTT's ERM identification model; 0: config.biased_epochs
-    # lambda, the error set's loss weight. JTT sweeps 20/50/100; 20 already makes 1 % conflicts
-    # about a sixth of the weighted data, and larger values overfit the few conflicts here.
-    jtt_upweight: float = 20.0
+    # lambda, how many times each error appears in JTT's retraining set (it upsamples). JTT
+    # sweeps 20/50/100; 20 already makes 1 % conflicts about a sixth of the data, and larger
+    # values overfit the few conflicts here.
+    jtt_upweight: int = 20
     # copies of each top-K candidate; 0: captions_per_image x images_per_prompt, the most images
     # DiffuBias generates from one candidate, so the two methods add data of the same size.
     oversample_copies: int = 0
@@ -58,8 +59,9 @@ class BaselineOptions:
             raise ValueError(f"lff_ema must be in [0, 1), got {self.lff_ema}")
         if self.jtt_epochs < 0:
             raise ValueError(f"jtt_epochs must not be negative, got {self.jtt_epochs}")
-        if not self.jtt_upweight >= 1:
-            raise ValueError(f"jtt_upweight must be at least 1, got {self.jtt_upweight}")
+        if not (self.jtt_upweight >= 1 and self.jtt_upweight == int(self.jtt_upweight)):
+            raise ValueError(f"jtt_upweight (how many times JTT repeats each error) must be "
+                             f"a whole number of at least 1, got {self.jtt_upweight}")
         if self.oversample_copies < 0:
             raise ValueError(f"oversample_copies must not be negative, "
                              f"got {self.oversample_copies}")
