@@ -214,6 +214,7 @@ def run_grid(datasets: Sequence[str], *, ratios: Sequence[float], seeds: Sequenc
     meta = {"machine": _machine(), "torch_threads": torch.get_num_threads(), "jobs": jobs,
             "load_average_before": os.getloadavg(), "datasets": list(datasets),
             "ratios": list(ratios), "seeds": list(seeds), "methods": list(methods),
+            "method_summaries": {m: METHODS[m].summary for m in methods},
             "config": base.to_dict(), "options": asdict(options)}
     todo = [(dataset, ratio, seed) for seed in seeds for ratio in ratios for dataset in datasets
             if (dataset.startswith("builtin:") or ratio == ratios[0])  # a folder: one share
@@ -615,7 +616,8 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
              + (" (one seed: no std)" if len(seeds) == 1 else "") + ". Unbiased accuracy is the "
              "mean over (class, bias) groups; conflicting is accuracy on bias-conflicting test "
              "samples.", "",
-             "Methods: " + "; ".join(f"`{m.name}`: {m.summary}" for m in METHODS.values()
+             "Methods: " + "; ".join(f"`{m.name}`: {_summary(m.name, meta)}"
+                                     for m in METHODS.values()
                                      if m.name in meta["methods"]) + ".",
              "", _settings_text(cfg, meta["options"]), ""]
     oracle = _oracle_text(cfg)
@@ -651,6 +653,7 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
                 cells += [_pm(unbiased.get((dataset, r, m))),
                           _pm(conflicting.get((dataset, r, m))), _pm(aligned.get((dataset, r, m)))]
             lines.append(f"| {_method_cell(m, cfg)} | " + " | ".join(cells) + " |")
+    lines += _budget_lines(results["rows"], cfg)
     lines += _ablation_lines(results["rows"])
     lines += _detection_lines(results)
     lines += _timing_lines(results)
@@ -662,6 +665,12 @@ def render_debias(results: dict, images: Sequence[Path], *, image_root: Path,
     lines += [f"![{p.stem}]({Path(os.path.relpath(p, image_root)).as_posix()})" for p in images]
     lines += ["", f"Every row (each trained model, each ranking) is in `docs/{json_name}`."]
     return "\n".join(lines)
+
+
+def _summary(name: str, meta: dict) -> str:
+    """What `name` did when these results were measured (recorded with them), else what it
+    does now."""
+    return meta.get("method_summaries", {}).get(name) or METHODS[name].summary
 
 
 def _oracle_text(cfg: dict) -> str:
@@ -796,6 +805,32 @@ def _standing_lines(results: dict) -> list[str]:
             cells = {c["ratio"]: c for c in r["cells"] if c["dataset"] == dataset}
             lines.append(f"| {_method_cell(r['baseline'], cfg)} | " + " | ".join(
                 _interval_text(cells.get(x)) for x in ratios) + " |")
+    return lines
+
+
+def _budget_lines(rows: Sequence[dict], cfg: dict) -> list[str]:
+    """Each method's budget: samples per epoch, optimizer steps in all (epochs x batches), and
+    the epoch its checkpoint came from, with how often that was the last one (a method whose
+    best epoch is its last might still have been improving)."""
+    methods = [m for m in METHODS if any(r["method"] == m and r["role"] == "method"
+                                         for r in rows)]
+    if not methods:
+        return []
+    epochs, batch = cfg["debias_epochs"], cfg["batch_size"]
+    lines = ["", f"Budgets: every method trains {epochs} epochs (batch {batch}); a method that "
+             "adds samples takes more optimizer steps per epoch. Best epoch: the checkpoint the "
+             "validation split chose (mean over runs), and in how many runs it was the last "
+             "epoch (then the method might still have been improving).", "",
+             "| method | samples per epoch | optimizer steps | best epoch | best = last |",
+             "|---|---|---|---|---|"]
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m and r["role"] == "method"]
+        n = float(np.mean([r["n_train"] for r in mine]))
+        steps = float(np.mean([epochs * -(-r["n_train"] // batch) for r in mine]))
+        best = [r["best_epoch"] for r in mine if r.get("best_epoch") is not None]
+        last = sum(b == epochs for b in best)
+        lines.append(f"| {_method_cell(m, cfg)} | {n:,.0f} | {steps:,.0f} | "
+                     + (f"{np.mean(best):.1f} | {last} of {len(best)} |" if best else "- | - |"))
     return lines
 
 
