@@ -116,7 +116,7 @@ def run_setting(dataset: str, ratio: float, seed: int, *, base: RunConfig,
         try:
             result = run_method(name, data, cfg, shared=shared)
         except ValueError as err:
-            if not METHODS[name].generates:
+            if not (METHODS[name].generates or METHODS[name].upper_bound):
                 raise
             # no captions or no generator for this dataset: reported, not hidden
             skipped.append({**key, "method": name, "reason": str(err)})
@@ -713,10 +713,18 @@ def _upper_bound_text(methods: Sequence[str]) -> str:
     names = [m for m in methods if METHODS[m].upper_bound]
     if not names:
         return ""
-    return (", ".join(f"`{m}`" for m in names) + ": " + "; ".join(
-        METHODS[m].summary for m in names) + ". It shares the detection and the candidates of "
-        "`diffubias`; the gap between the two is what the project's own captioner and "
-        "generator cost against perfect ones.")
+    notes = []
+    for m in names:
+        text = f"`{m}`: {METHODS[m].summary}."
+        if METHODS[m].generates:
+            text += (" It shares the detection and the candidates of `diffubias`; the gap "
+                     "between the two is what the project's own captioner and generator cost "
+                     "against perfect ones.")
+        else:
+            text += (" It reads the bias labels no method here is given: the ceiling the "
+                     "others are measured against.")
+        notes.append(text)
+    return " ".join(notes)
 
 
 def _resume_note(meta: dict) -> str:

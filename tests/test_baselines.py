@@ -58,7 +58,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_the_registry_lists_every_method_and_which_are_baselines():
     assert tuple(METHODS) == ("vanilla", "lff", "jtt", "oversample-topk", "diffubias",
                               "diffubias-no-filter", "diffubias-unanchored",
-                              "diffubias-checked", "diffubias-oracle")
+                              "diffubias-checked", "diffubias-oracle", "group-balanced")
     assert baseline_names() == ("lff", "jtt", "oversample-topk", "diffubias-no-filter")
     assert BASELINES == baseline_names()  # the config's list is the registry's
     assert [m.name for m in baseline_methods()] == list(baseline_names())
@@ -66,7 +66,8 @@ def test_the_registry_lists_every_method_and_which_are_baselines():
         "diffubias", "diffubias-no-filter", "diffubias-unanchored", "diffubias-checked",
         "diffubias-oracle"}
     # the upper bound is never a baseline the app or the CLI offers
-    assert [m.name for m in METHODS.values() if m.upper_bound] == ["diffubias-oracle"]
+    assert [m.name for m in METHODS.values() if m.upper_bound] == ["diffubias-oracle",
+                                                                   "group-balanced"]
     for method in METHODS.values():
         function = method.resolve()
         assert callable(function) and function.__module__ == method.target.split(":")[0]
@@ -160,7 +161,7 @@ def test_every_method_reports_the_same_metrics(planted_run):
     cfg, data, _ = planted_run
     shared = SharedStages(data, cfg, generator=PlantedGenerator(data.ds.class_names))
     for name in METHODS:
-        if METHODS[name].upper_bound:  # built-ins only: tested on one below
+        if METHODS[name].upper_bound and METHODS[name].generates:  # built-ins only: below
             with pytest.raises(ValueError, match="needs a built-in dataset"):
                 run_method(name, data, cfg, shared=shared)
             continue
@@ -291,8 +292,8 @@ def test_benchmark_smoke_rows_json_and_report(planted_folder, tmp_path):
     results = bench.run_grid([str(planted_folder)], ratios=(0.01,), seeds=(0,), base=base,
                              generator_factory=lambda data: PlantedGenerator(data.ds.class_names))
     rows = [r for r in results["rows"] if r["role"] == "method"]
-    assert sorted(r["method"] for r in rows) == sorted(m for m in METHODS
-                                                       if not METHODS[m].upper_bound)
+    assert sorted(r["method"] for r in rows) == sorted(
+        m for m in METHODS if not (METHODS[m].upper_bound and METHODS[m].generates))
     # the oracle reads a built-in's own renderer: on a folder it is skipped, with the reason
     assert [(s["method"], "built-in" in s["reason"]) for s in results["skipped"]] == [
         ("diffubias-oracle", True)]

@@ -86,6 +86,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "its own renderer (draws the labelled class): an upper bound, not the method",
            generates=True, baseline=False, upper_bound=True,
            target="diffubias.baselines.generative:diffubias_oracle"),
+    # the group-aware ceiling: knows which samples conflict (benchmarks only; needs bias labels)
+    Method("group-balanced", "group-balanced ERM with the true bias labels (upper bound)",
+           "ERM with every (class, bias) group of the training split weighted equally, read "
+           "from the true bias labels: an upper bound, not a method a user could run blind",
+           generates=False, baseline=False, upper_bound=True,
+           target="diffubias.baselines.group_balanced:group_balanced"),
 )}
 
 
