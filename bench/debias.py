@@ -367,7 +367,8 @@ def draw_plots(results: dict, img_dir: Path, prefix: str = "") -> list[Path]:
     stats = {metric: summarise(results["rows"], metric) for metric in ("unbiased", "conflicting")}
     cfg = results["meta"]["config"]
     methods = [m for m in METHODS if any(k[2] == m for k in stats["unbiased"])]
-    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+    palette = plt.get_cmap("tab20").colors  # 20 distinct colours; more methods cycle
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(METHODS)}
     for dataset in sorted({k[0] for k in stats["unbiased"]}):
         ratios = sorted({k[1] for k in stats["unbiased"] if k[0] == dataset}, key=_ratio_key)
         fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)

@@ -56,7 +56,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # -- the registry ---------------------------------------------------------------------------------
 
 def test_the_registry_lists_every_method_and_which_are_baselines():
-    assert tuple(METHODS) == ("vanilla", "lff", "jtt", "oversample-topk", "diffubias",
+    assert tuple(METHODS) == ("vanilla", "lff", "jtt", "jtt-tuned", "jtt-tuned-blind",
+                              "oversample-topk", "diffubias",
                               "diffubias-no-filter", "diffubias-unanchored",
                               "diffubias-checked", "diffubias-oracle", "group-balanced")
     assert baseline_names() == ("lff", "jtt", "oversample-topk", "diffubias-no-filter")

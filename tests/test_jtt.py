@@ -32,3 +32,27 @@ def test_jtt_error_set_holds_the_planted_conflicts_and_is_upsampled(planted_run)
     assert result.info["error_set_size"] == errors.sum()
     with pytest.raises(ValueError, match="whole number"):
         BaselineOptions(jtt_upweight=2.5)
+
+
+def test_tuned_jtt_picks_the_grid_point_best_on_validation(planted_run, monkeypatch):
+    """T and lambda chosen on the validation split: by worst-group accuracy (the validation
+    split's bias labels, JTT's protocol), or by worst-class accuracy with no bias label."""
+    from diffubias.baselines.jtt import TUNING_GRID, jtt_tuned, jtt_tuned_blind
+
+    cfg, data, _ = planted_run
+    tuned = jtt_tuned(data, cfg)
+    grid = tuned.info["grid"]
+    assert len(grid) == len(TUNING_GRID["epochs_T"]) * len(TUNING_GRID["upweight"])
+    best = max(grid, key=lambda g: g["worst-group"])
+    assert tuned.info["validation_score"] == best["worst-group"]
+    assert (tuned.info["epochs_T"], tuned.info["upweight"]) in {
+        (g["epochs_T"], g["upweight"]) for g in grid if g["worst-group"] == best["worst-group"]}
+    assert tuned.info["selected_by"] == "validation worst-group accuracy"
+    assert tuned.n_train == len(data.split("train")[0]) + tuned.info["n_upsampled"]
+
+    monkeypatch.setattr(data, "bias_of", lambda positions: None)  # no bias labels anywhere
+    with pytest.raises(ValueError, match="use jtt-tuned-blind"):
+        jtt_tuned(data, cfg)
+    blind = jtt_tuned_blind(data, cfg)
+    assert blind.info["selected_by"] == "validation worst-class accuracy"
+    assert blind.info["validation_score"] == max(g["worst-class"] for g in blind.info["grid"])

@@ -56,6 +56,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("jtt", "JTT (repeats an ERM model's errors)",
            "JTT: ERM for T epochs, retrain with each of its errors repeated lambda times",
            generates=False, baseline=True, target="diffubias.baselines.jtt:jtt"),
+    # JTT as its paper tunes it (benchmarks only: each trains one model per grid point)
+    Method("jtt-tuned", "JTT, T and lambda chosen on validation worst-group accuracy",
+           "JTT with T and lambda chosen on the validation split by worst-group accuracy, "
+           "reading the validation split's bias labels as JTT's paper does",
+           generates=False, baseline=False, target="diffubias.baselines.jtt:jtt_tuned"),
+    Method("jtt-tuned-blind", "JTT, T and lambda chosen on validation worst-class accuracy",
+           "JTT with T and lambda chosen on the validation split by worst-class accuracy "
+           "(no bias label read)",
+           generates=False, baseline=False, target="diffubias.baselines.jtt:jtt_tuned_blind"),
     Method("oversample-topk", "top-K candidates repeated, not generated",
            "the top-K candidates repeated, not generated",
            generates=False, baseline=True,
