@@ -56,7 +56,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # -- the registry ---------------------------------------------------------------------------------
 
 def test_the_registry_lists_every_method_and_which_are_baselines():
-    assert tuple(METHODS) == ("vanilla", "lff", "jtt", "jtt-tuned", "jtt-tuned-blind",
+    assert tuple(METHODS) == ("vanilla", "lff", "jtt", "dfa", "jtt-tuned", "jtt-tuned-blind",
                               "oversample-topk", "diffubias",
                               "diffubias-no-filter", "diffubias-unanchored",
                               "diffubias-checked", "diffubias-oracle", "group-balanced")
@@ -94,16 +94,16 @@ def test_importing_the_registry_and_the_config_loads_no_torch():
 
 
 def test_bad_entries_and_unknown_names_are_named():
-    with pytest.raises(ValueError, match="unknown method 'dfa'.*'lff'"):
-        get_method("dfa")
-    with pytest.raises(ValueError, match="'module:function'.*'dfa'"):
-        Method("dfa", "DFA", "disentangled features", generates=False, baseline=True,
-               target="dfa")
+    with pytest.raises(ValueError, match="unknown method 'groupdro'.*'lff'"):
+        get_method("groupdro")
+    with pytest.raises(ValueError, match="'module:function'.*'groupdro'"):
+        Method("groupdro", "GroupDRO", "worst-group loss", generates=False, baseline=True,
+               target="groupdro")
     with pytest.raises(ValueError, match="already registered"):
         register(METHODS["lff"])
-    missing = Method("dfa", "DFA", "disentangled features", generates=False, baseline=True,
-                     target="diffubias.baselines.lff:dfa")
-    with pytest.raises(ValueError, match="diffubias.baselines.lff has no function 'dfa'"):
+    missing = Method("groupdro", "GroupDRO", "worst-group loss", generates=False, baseline=True,
+                     target="diffubias.baselines.lff:groupdro")
+    with pytest.raises(ValueError, match="diffubias.baselines.lff has no function 'groupdro'"):
         missing.resolve()
 
 
@@ -265,10 +265,10 @@ def test_the_ablations_share_the_run_and_change_only_their_setting(planted_run):
 
 def test_bad_names_and_mismatched_shared_stages_are_named(planted_run, tmp_path):
     cfg, data, _ = planted_run
-    with pytest.raises(ValueError, match="unknown method 'dfa'.*'lff'"):
-        run_method("dfa", data, cfg)
-    with pytest.raises(ValueError, match="unknown method 'dfa'.*'lff'"):
-        run_baselines(("vanilla", "dfa"), data, cfg, before_each=pytest.fail)  # before any
+    with pytest.raises(ValueError, match="unknown method 'groupdro'.*'lff'"):
+        run_method("groupdro", data, cfg)
+    with pytest.raises(ValueError, match="unknown method 'groupdro'.*'lff'"):
+        run_baselines(("vanilla", "groupdro"), data, cfg, before_each=pytest.fail)  # before any
     with pytest.raises(ValueError, match="another dataset, config or options"):
         run_method("vanilla", data, replace(cfg, seed=1), shared=SharedStages(data, cfg))
     with pytest.raises(ValueError, match="jtt_upweight"):

@@ -56,6 +56,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("jtt", "JTT (repeats an ERM model's errors)",
            "JTT: ERM for T epochs, retrain with each of its errors repeated lambda times",
            generates=False, baseline=True, target="diffubias.baselines.jtt:jtt"),
+    # DFA (Lee et al. 2021): two encoders, not the product's Classifier: benchmarks only
+    Method("dfa", "DFA (disentangled features, swapped bias features)",
+           "DFA: intrinsic and bias encoders, GCE on the bias side, relative-difficulty "
+           "weights on the intrinsic side, bias features swapped within batches",
+           generates=False, baseline=False, target="diffubias.baselines.dfa:dfa"),
     # JTT as its paper tunes it (benchmarks only: each trains one model per grid point)
     Method("jtt-tuned", "JTT, T and lambda chosen on validation worst-group accuracy",
            "JTT with T and lambda chosen on the validation split by worst-group accuracy, "
