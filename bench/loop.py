@@ -192,8 +192,28 @@ def render(rows: list[dict], meta: dict) -> str:
             f"{np.mean([x['n_candidates'] for x in one]):.0f} → "
             f"{np.mean([x['n_still_wrong'] for x in two]):.0f} of "
             f"{np.mean([x['n_candidates'] for x in two]):.0f} |")
-    lines += ["", "Every setting's figures are in `docs/benchmarks-loop.json`."]
+    lines += ["", _verdict(rows), "", "Every setting's figures are in "
+              "`docs/benchmarks-loop.json`."]
     return "\n".join(lines)
+
+
+def _verdict(rows: list[dict]) -> str:
+    """The sentence the tables support, per dataset: does round 2 beat round 1, and does it beat
+    the same number of extra images from round 1's prompts (only an interval above zero
+    counts)."""
+    parts = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        mine = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["seed"])
+        acc = {arm: [r["test"][arm]["unbiased"] for r in mine] for arm in ARMS}
+        words = []
+        for other, name in (("round-1", "round 1"), ("round-1-more", "more of round 1")):
+            _, low, high = paired_interval([100 * (b - a) for a, b in
+                                            zip(acc[other], acc["round-2"])])
+            verb = ("beats" if low > 0 else "loses to" if high < 0 else
+                    "cannot be told apart from")
+            words.append(f"{verb} {name}")
+        parts.append(f"On {dataset} a second round " + " and ".join(words) + ".")
+    return " ".join(parts)
 
 
 def main() -> None:
