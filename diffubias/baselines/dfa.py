@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffubias.baselines.lff import RelativeDifficulty
 from diffubias.baselines.shared import (
     DEFAULT_OPTIONS,
     BaselineOptions,
@@ -78,37 +79,23 @@ def encoder(data: PreparedDataset, config: RunConfig) -> tuple[nn.Module, int]:
 class DFALoss:
     """DFA's step loss: W * CE of the intrinsic classifier plus GCE of the bias classifier, and,
     after `swap_after_step`, the same on bias features permuted within the batch (the bias
-    classifier then predicts the permuted samples' labels). W is LfF's relative difficulty from
-    EMAs of both classifiers' per-sample CE, normalised by the class maximum."""
+    classifier then predicts the permuted samples' labels). W is LfF's relative difficulty
+    (`RelativeDifficulty`) from both classifiers' per-sample CE."""
 
     def __init__(self, model: DisentangledModel, labels: torch.Tensor, *, num_classes: int,
                  q: float, ema: float, swap_after_step: int, seed: int) -> None:
-        self.model, self.labels = model, labels.cpu()
-        self.num_classes, self.q, self.ema = num_classes, q, ema
-        n = len(labels)
-        self.loss_i, self.loss_b, self.seen = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        self.model, self.q = model, q
+        self.difficulty = RelativeDifficulty(labels, num_classes=num_classes, ema=ema)
         self.swap_after_step, self.step, self.swapped_steps = swap_after_step, 0, 0
         self.rng = np.random.default_rng(seed)
-
-    def _smooth(self, ema: torch.Tensor, loss: torch.Tensor, positions: torch.Tensor) -> None:
-        ema[positions] = self.ema * ema[positions] + (1 - self.ema * self.seen[positions]) * loss
-
-    def _normalised(self, ema: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        class_max = torch.zeros(self.num_classes).scatter_reduce(0, self.labels, ema, "amax")
-        return ema[positions] / class_max[self.labels[positions]].clamp_min(1e-8)
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor,
                  inputs: torch.Tensor) -> torch.Tensor:
         z_i, z_b = self.model.last
         logits_b = self.model.bias_logits(z_i, z_b)
         ce_i = F.cross_entropy(logits, labels, reduction="none")
-        self._smooth(self.loss_i, ce_i.detach().cpu(), positions)
-        self._smooth(self.loss_b, F.cross_entropy(logits_b, labels, reduction="none")
-                     .detach().cpu(), positions)
-        self.seen[positions] = 1.0
-        loss_b = self._normalised(self.loss_b, positions)
-        weight = (loss_b / (loss_b + self._normalised(self.loss_i, positions) + 1e-8)
-                  ).to(ce_i.device)
+        weight = self.difficulty(F.cross_entropy(logits_b, labels, reduction="none"), ce_i,
+                                 positions).to(ce_i.device)
         loss = weight * ce_i + LAMBDA_DIS_ALIGN * gce_loss(logits_b, labels, self.q)
         self.step += 1
         if self.step > self.swap_after_step:
