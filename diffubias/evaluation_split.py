@@ -16,8 +16,8 @@ NO_TEST_SPLIT = ("This dataset has no test split, so accuracies are measured on 
 
 
 def evaluated_on(split_sizes: Mapping[str, int]) -> str:
-    """"test", or "valid" when the dataset has no test images."""
-    return "test" if split_sizes.get("test") else "valid"
+    """"test", or "valid" when the dataset has no test images (sizes not known: "test")."""
+    return "test" if split_sizes.get("test") or not split_sizes else "valid"
 
 
 def evaluation_note(split_sizes: Mapping[str, int]) -> str | None:

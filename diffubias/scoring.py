@@ -55,20 +55,35 @@ def k_for_classes(labels: np.ndarray, k: int | float) -> dict[int, int]:
 
 
 def top_k_per_class(losses: np.ndarray, labels: np.ndarray, *, k: int | float,
-                    highest: bool = True) -> np.ndarray:
+                    highest: bool = True, classes=None) -> np.ndarray:
     """Positions of the K highest-loss samples of each class (lowest with `highest=False`:
     the most bias-aligned ones), grouped by class, each group ordered from most to least
-    extreme. Ties break by position so the result is deterministic."""
+    extreme. Ties break by position so the result is deterministic. `classes` (labels) keeps
+    only those classes (None: every class)."""
     losses, labels = np.asarray(losses), np.asarray(labels)
     if losses.shape != labels.shape:
         raise ValueError(f"losses {losses.shape} and labels {labels.shape} differ in shape")
     picked = []
     for c, kc in k_for_classes(labels, k).items():
+        if classes is not None and c not in classes:
+            continue
         members = np.flatnonzero(labels == c)
         key = -losses[members] if highest else losses[members]
         order = np.lexsort((members, key))  # primary key last
         picked.append(members[order[:kc]])
     return np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
+
+
+def ranks_in_class(selected: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """For indices `selected` grouped by class, highest loss first (as `top_k_per_class` returns
+    them), each one's rank in its class: 0 for the highest."""
+    ranks = np.empty(len(selected), dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i, index in enumerate(selected):
+        label = int(labels[index])
+        ranks[i] = seen.get(label, 0)
+        seen[label] = ranks[i] + 1
+    return ranks
 
 
 @dataclass(frozen=True)

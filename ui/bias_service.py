@@ -176,8 +176,8 @@ def detection_view(studio: Studio, project_id: int | None, *, label: int | None 
                          result.get("n_candidates", 0), n_excluded, result.get("threshold"),
                          job.timings.get("total"), histogram,
                          dict(result.get("whole_classes", {})),
-                         evaluated_on(project.settings.get("summary", {}).get("split_sizes")
-                                      or {"test": 1}))
+                         evaluated_on(project.settings.get("summary", {})
+                                      .get("split_sizes", {})))
 
 
 def loss_histogram_figure(session, job_id: int, class_names: list[str],

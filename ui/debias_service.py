@@ -180,5 +180,4 @@ def debias_view(studio: Studio, project_id: int | None, *,
     return DebiasView(job.id if job else None, rows,
                       job.result.get("n_generated", 0) if job else 0,
                       job.timings.get("total") if job else None, stale, figure,
-                      evaluated_on(sizes) if sizes else "test",
-                      evaluation_note(sizes) if sizes else None)
+                      evaluated_on(sizes), evaluation_note(sizes))

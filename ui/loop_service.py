@@ -60,10 +60,11 @@ class LoopView:
 def rescore_round(studio: Studio, project_id: int, *, ui: UiProgress | None = None) -> LoopView:
     """Score the training set with the current round's debiased model, as a job."""
     with studio.store.sessions() as session:
-        current = current_round(session, project_id)
-        if current is None:
+        found = rounds(session, project_id)
+        if not found:
             raise ValueError("no biased model yet: train it in tab 2 first")
-        debias = _debias_job(session, project_id, current)
+        current = found[-1]
+        debias = _debias_job(session, project_id, current, since=found[0].source_job_id)
         model = _debiased_model(session, project_id, debias)
         if model is None:
             raise ValueError(f"no debiased model for round {current.number} yet: train it in "
@@ -100,6 +101,7 @@ def _rescore(studio: Studio, project_id: int, config, weights, positions: list[i
     """The re-score stage, stored: every training sample's loss, the next candidates flagged."""
     from diffubias.captions import Caption
     from diffubias.models import load_classifier
+    from diffubias.scoring import ranks_in_class
     from diffubias.stages.rescore import rescore
 
     data = studio.datasets.get(project_id)
@@ -114,7 +116,8 @@ def _rescore(studio: Studio, project_id: int, config, weights, positions: list[i
                         keywords=keywords, round_number=number,
                         progress=progress.part(0.0, 0.9))
     scored = time.perf_counter()
-    ranks = _ranks(remaining.next_candidates, data.ds.labels)
+    ranks = dict(zip(remaining.next_candidates.tolist(),
+                     ranks_in_class(remaining.next_candidates, data.ds.labels).tolist()))
     progress(0.92, "saving scores")
     progress.check()
     with studio.store.sessions.begin() as session:
@@ -128,21 +131,10 @@ def _rescore(studio: Studio, project_id: int, config, weights, positions: list[i
                                "store": time.perf_counter() - scored})
 
 
-def _ranks(positions: np.ndarray, labels: np.ndarray) -> dict[int, int]:
-    """{position: rank in its class}, for positions grouped by class, highest loss first."""
-    ranks: dict[int, int] = {}
-    seen: dict[int, int] = {}
-    for p in positions:
-        label = int(labels[p])
-        ranks[int(p)] = seen.get(label, 0)
-        seen[label] = ranks[int(p)] + 1
-    return ranks
-
-
 def start_next_round(studio: Studio, project_id: int, classes: Sequence[str | int]) -> LoopView:
     """Round n + 1 starts from the current re-scoring's top-K of `classes` (names or indices):
     tab 3 captions them next. Quick: the losses are stored."""
-    from diffubias.scoring import top_k_per_class
+    from diffubias.scoring import ranks_in_class, top_k_per_class
 
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
@@ -162,9 +154,9 @@ def start_next_round(studio: Studio, project_id: int, classes: Sequence[str | in
         labels = np.asarray(columns.labels, dtype=np.int64)
         losses = np.asarray(columns.losses, dtype=np.float64)
         sample_ids = np.asarray(columns.sample_ids, dtype=np.int64)
-        within = np.flatnonzero(np.isin(labels, wanted))
-        picked = within[top_k_per_class(losses[within], labels[within], k=config.top_k)]
-        ranks = {int(sample_ids[i]): r for i, r in _ranks(picked, labels).items()}
+        picked = top_k_per_class(losses, labels, k=config.top_k, classes=set(wanted))
+        ranks = dict(zip(sample_ids[picked].tolist(),
+                         ranks_in_class(picked, labels).tolist()))
         n = repo.set_candidates(session, rescored.id, ranks)
         job = repo.create_job(session, project_id, JobKind.ROUND, {
             "round": current.number + 1, "rescore_job_id": rescored.id, "classes": wanted})
@@ -185,11 +177,11 @@ def _index(value: str | int, names: list[str]) -> int:
 
 # -- reads ------------------------------------------------------------------------------------
 
-def _debias_job(session, project_id: int, of: Round):
-    """The latest finished debias job that trained round `of` (since its biased model)."""
-    first = rounds(session, project_id)[0].source_job_id
+def _debias_job(session, project_id: int, of: Round, *, since: int):
+    """The latest finished debias job that trained round `of`, after the biased model's job
+    `since` (round 1's source)."""
     return next((job for job in repo.list_jobs(session, project_id, JobKind.DEBIAS)
-                 if job.id > first and job.status == JobStatus.DONE
+                 if job.id > since and job.status == JobStatus.DONE
                  and job.params.get("round", 1) == of.number), None)
 
 
@@ -223,7 +215,8 @@ def loop_view(studio: Studio, project_id: int | None, *, with_figure: bool = Tru
             return LoopView(None, None, {}, note="Train the biased model (tab 2) first.")
         project = repo.get_project(session, int(project_id))
         names = list(project.class_names)
-        table = [_round_row(session, int(project_id), r) for r in found]
+        table = [_round_row(session, int(project_id), r, since=found[0].source_job_id,
+                            names=names) for r in found]
         current = found[-1]
         rescored = _rescore_job(session, int(project_id), current)
         previous = (_rescore_job(session, int(project_id), found[-2])
@@ -265,14 +258,14 @@ def _note(current: Round, row: RoundRow, rescored, previous) -> str:
     return f"Round {n} is trained: re-score the training set to see what remains."
 
 
-def _round_row(session, project_id: int, r: Round) -> RoundRow:
+def _round_row(session, project_id: int, r: Round, *, since: int,
+               names: list[str]) -> RoundRow:
     source = ("the biased model (tab 2)" if r.number == 1 else
               f"the round-{r.number - 1} debiased model")
     if r.classes is not None:
-        project = repo.get_project(session, project_id)
-        source += ": " + ", ".join(project.class_names[c] for c in r.classes)
+        source += ": " + ", ".join(names[c] for c in r.classes)
     n_candidates = repo.count_candidates(session, r.source_job_id, include_excluded=False)
-    debias = _debias_job(session, project_id, r)
+    debias = _debias_job(session, project_id, r, since=since)
     rescored = _rescore_job(session, project_id, r)
     test = {}
     n_images = None

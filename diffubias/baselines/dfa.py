@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffubias.baselines.lff import RelativeDifficulty
+from diffubias.baselines.lff import BIASED_SEED_OFFSET, RelativeDifficulty
 from diffubias.baselines.shared import (
     DEFAULT_OPTIONS,
     BaselineOptions,
@@ -39,7 +39,6 @@ LAMBDA_DIS_ALIGN = 10.0
 LAMBDA_SWAP_ALIGN = 10.0
 LAMBDA_SWAP = 1.0
 SWAP_AFTER = 0.2
-BIAS_SEED_OFFSET = 7919  # the bias encoder's initialisation is independent of the intrinsic one
 
 
 class DisentangledModel(nn.Module):
@@ -117,7 +116,8 @@ def dfa(data: PreparedDataset, config: RunConfig, *, options: BaselineOptions = 
     evaluated with the intrinsic classifier."""
     shared_stages_for(shared, data, config, options)
     intrinsic, dim = encoder(data, config)
-    bias, _ = encoder(data, replace(config, seed=config.seed + BIAS_SEED_OFFSET))
+    # independent of the intrinsic encoder's, as LfF's biased model
+    bias, _ = encoder(data, replace(config, seed=config.seed + BIASED_SEED_OFFSET))
     model = DisentangledModel(intrinsic, bias, dim, data.ds.num_classes)
     _, train = data.split("train")
     steps = config.debias_epochs * -(-len(train) // config.batch_size)

@@ -12,7 +12,6 @@ accuracy, which needs no bias label. It knows nothing of the other methods.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from diffubias.baselines.error_set import ErrorSet, identify_errors
 from diffubias.baselines.shared import (
@@ -21,10 +20,10 @@ from diffubias.baselines.shared import (
     MethodResult,
     SharedStages,
     method_result,
+    repeated_samples,
     shared_stages_for,
 )
 from diffubias.config import RunConfig
-from diffubias.decoding import read_images
 from diffubias.evaluation import predict
 from diffubias.prepared import PreparedDataset, train_evaluated
 from diffubias.progress import ProgressFn, part
@@ -78,11 +77,16 @@ def _tuned(name: str, criterion: str, data: PreparedDataset, config: RunConfig,
     groups = labels if criterion == "worst-class" else labels * (int(bias.max()) + 1) + bias
     grid = [(t, lam) for t in TUNING_GRID["epochs_T"] for lam in TUNING_GRID["upweight"]]
     best, tried, seconds = None, [], 0.0
+    error_sets: dict[int, ErrorSet] = {}  # one identification model per T, for every lambda
     for i, (epochs_t, upweight) in enumerate(grid):
         span = part(progress, i / len(grid), (i + 1) / len(grid))
-        errors = identify_errors(data, config, epochs=epochs_t, progress=part(span, 0.0, 0.3))
+        if epochs_t not in error_sets:
+            error_sets[epochs_t] = identify_errors(data, config, epochs=epochs_t,
+                                                   progress=part(span, 0.0, 0.3))
+            seconds += error_sets[epochs_t].training.seconds
+        errors = error_sets[epochs_t]
         training, extra = _retrain(data, config, errors, upweight, part(span, 0.3, 1.0))
-        seconds += errors.training.seconds + training.seconds
+        seconds += training.seconds
         predictions, _ = predict(training.model, valid, device=config.resolved_device())
         correct = predictions == labels
         score = float(min(correct[groups == g].mean() for g in np.unique(groups)))
@@ -102,9 +106,7 @@ def _retrain(data: PreparedDataset, config: RunConfig, errors: ErrorSet, upweigh
     extra = int(upweight) - 1
     added = None
     if extra and len(upsampled):
-        images = read_images(data.ds, upsampled, size=data.image_size)
-        labels = torch.from_numpy(data.ds.labels[upsampled].astype(np.int64))
-        added = (images.repeat_interleave(extra, 0), labels.repeat_interleave(extra))
+        added = repeated_samples(data, upsampled, extra)
     return train_evaluated(data, config, desc="JTT", added=added, progress=progress), (
         extra if added is not None else 0)
 

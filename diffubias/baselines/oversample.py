@@ -5,7 +5,6 @@ DiffuBias without captions and generation. It knows nothing of the other methods
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from diffubias.baselines.shared import (
     DEFAULT_OPTIONS,
@@ -13,10 +12,10 @@ from diffubias.baselines.shared import (
     MethodResult,
     SharedStages,
     method_result,
+    repeated_samples,
     shared_stages_for,
 )
 from diffubias.config import RunConfig
-from diffubias.decoding import read_images
 from diffubias.prepared import PreparedDataset, train_evaluated
 from diffubias.progress import ProgressFn, part
 
@@ -31,8 +30,7 @@ def oversample_top_k(data: PreparedDataset, config: RunConfig, *,
     copies = options.oversample_copies or config.captions_per_image * config.images_per_prompt
     if config.max_images:
         copies = max(1, min(copies, config.max_images // max(len(candidates), 1)))
-    images = read_images(data.ds, candidates, size=data.image_size).repeat_interleave(copies, 0)
-    labels = torch.from_numpy(data.ds.labels[candidates].astype(np.int64)).repeat_interleave(copies)
+    images, labels = repeated_samples(data, candidates, copies)
     training = train_evaluated(data, config, desc="oversampled top-K", added=(images, labels),
                                progress=part(progress, 0.3, 1.0))
     return method_result("oversample-topk", data, config, training,

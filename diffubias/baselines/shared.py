@@ -24,6 +24,7 @@ from diffubias.backends import captioner_for, generator_for
 from diffubias.baselines.error_set import ErrorSet, identify_errors
 from diffubias.captions import Caption, Captioner
 from diffubias.config import RunConfig
+from diffubias.decoding import read_images
 from diffubias.evaluation import GroupAccuracy
 from diffubias.generation import Generator
 from diffubias.images import stack_images
@@ -303,6 +304,15 @@ class SharedStages:
                                  train_losses=detection.losses, train_labels=detection.labels,
                                  is_candidate=detection.is_candidate, config=self.config)
         return [check.passed for check in result.checks]
+
+
+def repeated_samples(data: PreparedDataset, positions: np.ndarray, copies: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images at dataset `positions`, each repeated `copies` times in a row, and
+    their labels: what oversampling and JTT's upsampling add to an epoch."""
+    images = read_images(data.ds, positions, size=data.image_size)
+    labels = torch.from_numpy(data.ds.labels[positions].astype(np.int64))
+    return images.repeat_interleave(copies, 0), labels.repeat_interleave(copies)
 
 
 # -- what every method calls -----------------------------------------------------------------------

@@ -13,9 +13,19 @@ import numpy as np
 
 from diffubias.config import RunConfig
 from diffubias.evaluation import GroupAccuracy
-from diffubias.prepared import PreparedDataset, new_classifier, test_accuracy, train_config
+from diffubias.prepared import (
+    PreparedDataset,
+    new_classifier,
+    test_accuracy,
+    train_config,
+)
 from diffubias.progress import ProgressFn, part
-from diffubias.scoring import detection_metrics, score_samples, top_k_per_class
+from diffubias.scoring import (
+    detection_metrics,
+    ranks_in_class,
+    score_samples,
+    top_k_per_class,
+)
 from diffubias.training import TrainResult, train_classifier
 
 
@@ -53,9 +63,7 @@ class Detection:
         """Per scored sample, its rank among its class's candidates (0: highest loss), -1 for
         samples that are not candidates."""
         rank = np.full(len(self.positions), -1, dtype=np.int64)
-        for label in np.unique(self.labels[self.selected]):
-            in_class = self.selected[self.labels[self.selected] == label]  # highest loss first
-            rank[in_class] = np.arange(len(in_class))
+        rank[self.selected] = ranks_in_class(self.selected, self.labels)
         return rank
 
     def whole_classes(self, top_k: float, class_names) -> dict[str, int]:

@@ -140,10 +140,8 @@ def rescore(data: PreparedDataset, config: RunConfig, model: nn.Module, *,
     bad = [c for c in classes if not 0 <= int(c) < data.ds.num_classes]
     if bad:
         raise ValueError(f"classes {bad} do not exist; the dataset has {data.ds.num_classes}")
-    chosen = np.isin(labels, np.asarray(classes, dtype=np.int64))
-    within = np.flatnonzero(chosen)
-    picked_idx = within[top_k_per_class(losses[within], labels[within], k=config.top_k)] if len(
-        within) else np.empty(0, dtype=np.int64)
+    picked_idx = top_k_per_class(losses, labels, k=config.top_k,
+                                 classes={int(c) for c in classes})
     report(progress, 1.0, f"{len(wrong)} of {len(cand_idx)} candidates still wrong")
     return Remaining(round_number, positions, losses, correct, positions[cand_idx],
                      positions[wrong], gaps, keyword_gaps, tuple(sorted(int(c) for c in classes)),
