@@ -2,8 +2,9 @@
 is running, and how to stop it.
 
 `Studio` holds the store, the dataset cache, the job runner and the data root; handlers take it as
-their first argument. `Studio.open` marks jobs a previous process left running as interrupted
-and removes their partial files;
+their first argument. `Studio.open` makes first imports safe across the app's threads
+(ui.imports), marks jobs a previous process left running as interrupted and removes their
+partial files;
 `start_background_work`, called once the page is served, prepares the demo project on a workspace
 without projects and imports the library, so the page is usable at once. No Gradio here:
 functions return plain values.
@@ -11,7 +12,6 @@ functions return plain values.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from ui.datasets import (
     DatasetCache,
     import_builtin,
 )
+from ui.imports import serialise_imports, start_warm_up
 from ui.jobs import JobRunner
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Studio:
     def open(cls, workspace_root: Path, *, data_root: Path | None = None) -> Studio:
         """Open the workspace, mark the jobs a previous process left running as interrupted
         and remove the files they left half written (see storage.recovery)."""
+        serialise_imports()  # before any thread of the app imports the library
         store = open_store(Path(workspace_root))
         recovery = recover(store)
         if recovery.interrupted:
@@ -77,7 +79,7 @@ class Studio:
         imports, each in a thread, so neither slows the first page load."""
         if demo:
             self.start_demo()
-        threading.Thread(target=_warm_up, name="import-library", daemon=True).start()
+        start_warm_up()
 
     def start_demo(self) -> None:
         with self.store.sessions() as session:
@@ -106,14 +108,6 @@ class Studio:
     def close(self) -> None:
         self.wait_for_demo(timeout=60)
         self.store.close()
-
-
-def _warm_up() -> None:
-    """Import the library (torch and friends, a few seconds) while the page is already up, so
-    the first click does not wait for it."""
-    for module in ("diffubias.stages.detect", "diffubias.plots", "diffubias.backends",
-                   "diffubias.stages.generate", "diffubias.gradcam"):
-        importlib.import_module(module)
 
 
 # -- projects ----------------------------------------------------------------------------------
