@@ -16,6 +16,7 @@ from diffubias.builtin import BUILTIN_NAMES, ensure_builtin
 from diffubias.dataset import METADATA_FILE, ImageDataset
 from diffubias.image_folder import is_hidden, load_image_folder
 from diffubias.metadata_csv import load_metadata_csv
+from diffubias.progress import ProgressFn, report
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -27,11 +28,13 @@ def load_dataset(
     seed: int = 0,
     conflict_ratio: float = 0.01,
     valid_fraction: float = 0.2,
+    progress: ProgressFn | None = None,
 ) -> ImageDataset:
     """Load `source`: "builtin:<name>", a folder, or a .zip file (extracted under `cache_dir`).
 
     `conflict_ratio` and `seed` pick the built-in variant; `seed` and `valid_fraction` also drive
-    the train/valid split of a plain ImageFolder. Other sources ignore them.
+    the train/valid split of a plain ImageFolder. Other sources ignore them. `progress` hears
+    the extraction of a .zip and the check of every image.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1); got {valid_fraction!r}")
@@ -44,23 +47,28 @@ def load_dataset(
     path = Path(source).expanduser()
     if path.is_dir():
         path = path.resolve()
-        return _load_root(path, name=path.name, seed=seed, valid_fraction=valid_fraction)
+        return _load_root(path, name=path.name, seed=seed, valid_fraction=valid_fraction,
+                          progress=progress)
     if path.is_file() and path.suffix.lower() == ".zip":
+        report(progress, 0.0, f"extracting {path.name}")
         root = _find_data_root(extract_zip(path, cache_dir=cache_dir))
-        return _load_root(root, name=path.stem, seed=seed, valid_fraction=valid_fraction)
+        return _load_root(root, name=path.stem, seed=seed, valid_fraction=valid_fraction,
+                          progress=progress)
     builtins = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_NAMES)
     raise ValueError(
         f"dataset source {str(source)!r} is not a folder, a .zip file, or one of {builtins}"
     )
 
 
-def _load_root(root: Path, *, name: str, seed: int, valid_fraction: float) -> ImageDataset:
+def _load_root(root: Path, *, name: str, seed: int, valid_fraction: float,
+               progress: ProgressFn | None) -> ImageDataset:
     if (root / METADATA_FILE).is_file():
         if not (root / METADATA_FILE).resolve().is_relative_to(root.resolve()):
             raise ValueError(f"{name}/{METADATA_FILE} is a link to a file outside the dataset "
                              "folder; copy the file in instead")
-        return load_metadata_csv(root, name=name, verify=True)
-    return load_image_folder(root, name=name, seed=seed, valid_fraction=valid_fraction)
+        return load_metadata_csv(root, name=name, verify=True, progress=progress)
+    return load_image_folder(root, name=name, seed=seed, valid_fraction=valid_fraction,
+                             progress=progress)
 
 
 def _find_data_root(extracted: Path) -> Path:

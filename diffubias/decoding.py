@@ -22,6 +22,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from diffubias.dataset import METADATA_FILE, ImageDataset, SkippedFile, as_positions
+from diffubias.progress import ProgressFn, report
 
 # Every image is opened (and decoded) once at load time; larger ones are refused with a message.
 MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; each decode holds 3 bytes per pixel
@@ -86,9 +87,14 @@ def infer_image_size(ds: ImageDataset, *, max_size: int = 224) -> int:
 
 
 def drop_unreadable(
-    root: Path, paths: list[str], masks: list[str | None] | None, rows: list[int]
+    root: Path,
+    paths: list[str],
+    masks: list[str | None] | None,
+    rows: list[int],
+    progress: ProgressFn | None = None,
 ) -> tuple[list[int], list[SkippedFile]]:
-    """Keep the rows whose image (and mask) lies inside `root` and decodes; report the others."""
+    """Keep the rows whose image (and mask) lies inside `root` and decodes; report the others.
+    `progress` hears the count checked about every 1 %."""
     inside = root.resolve()
 
     def problem(i: int) -> str | None:
@@ -105,8 +111,14 @@ def drop_unreadable(
             return f"mask {masks[i]} is {mw}x{mh}, image is {iw}x{ih}"
         return None
 
+    problems: list[str | None] = []
+    every = max(1, len(paths) // 100)
     with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
-        problems = list(pool.map(problem, range(len(paths))))
+        for reason in pool.map(problem, range(len(paths))):
+            problems.append(reason)
+            if len(problems) % every == 0 or len(problems) == len(paths):
+                report(progress, len(problems) / len(paths),
+                       f"checked {len(problems):,} of {len(paths):,} images")
     keep = [row for row, reason in zip(rows, problems, strict=True) if reason is None]
     skipped = [
         SkippedFile(path, reason)

@@ -22,12 +22,15 @@ from diffubias.dataset import (
 )
 from diffubias.decoding import drop_unreadable
 from diffubias.metadata_csv import REQUIRED_COLUMNS
+from diffubias.progress import ProgressFn
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-def load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float) -> ImageDataset:
-    """The dataset of `root/<class>/<image>` files, split train/valid per class by `seed`."""
+def load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float,
+                      progress: ProgressFn | None = None) -> ImageDataset:
+    """The dataset of `root/<class>/<image>` files, split train/valid per class by `seed`;
+    `progress` hears how many images were checked."""
     class_dirs = sorted(
         d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name) and d.name != "__MACOSX"
     )
@@ -63,7 +66,7 @@ def load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float
         else:
             paths.append(relative.as_posix())
             label_names.append(relative.parts[0])
-    keep, unreadable = drop_unreadable(root, paths, None, list(range(len(paths))))
+    keep, unreadable = drop_unreadable(root, paths, None, list(range(len(paths))), progress)
     skipped += unreadable
     check_anything_left(len(paths), keep, skipped)
     found = {label_names[i] for i in keep}

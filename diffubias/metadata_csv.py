@@ -27,6 +27,7 @@ from diffubias.dataset import (
     index_names,
 )
 from diffubias.decoding import drop_unreadable
+from diffubias.progress import ProgressFn
 from diffubias.relative_paths import safe_relative_path
 from diffubias.text_safety import from_csv_cell
 
@@ -34,9 +35,11 @@ REQUIRED_COLUMNS = ("path", "split", "label")
 _CAPTION_COLUMN = re.compile(r"caption(_\d+)?")
 
 
-def load_metadata_csv(root: Path, *, name: str, verify: bool) -> ImageDataset:
+def load_metadata_csv(root: Path, *, name: str, verify: bool,
+                      progress: ProgressFn | None = None) -> ImageDataset:
     """The dataset `root/metadata.csv` describes. `verify` decodes every kept image and mask
-    once (`drop_unreadable`); only a dataset we generated ourselves may skip that."""
+    once (`drop_unreadable`, reporting to `progress`); only a dataset we generated ourselves
+    may skip that."""
     table = _read_metadata(root / METADATA_FILE)
     lines = np.arange(len(table)) + 2  # the header is line 1
     split = _check_splits(table["split"].str.lower().to_numpy(dtype=object), lines)
@@ -58,7 +61,8 @@ def load_metadata_csv(root: Path, *, name: str, verify: bool) -> ImageDataset:
     keep, skipped = _drop_duplicates_and_missing(root, paths, masks, lines)
     if verify:
         kept_masks = None if masks is None else [masks[i] for i in keep]
-        keep, unreadable = drop_unreadable(root, [paths[i] for i in keep], kept_masks, keep)
+        keep, unreadable = drop_unreadable(root, [paths[i] for i in keep], kept_masks, keep,
+                                           progress)
         skipped += unreadable
     check_anything_left(len(table), keep, skipped)
 

@@ -35,9 +35,9 @@ class PreparedDataset:
     image_size: int
 
     @classmethod
-    def load(cls, config: RunConfig) -> PreparedDataset:
+    def load(cls, config: RunConfig, progress: ProgressFn | None = None) -> PreparedDataset:
         ds = load_dataset(config.dataset, cache_dir=config.cache_path, seed=config.seed,
-                          conflict_ratio=config.conflict_ratio)
+                          conflict_ratio=config.conflict_ratio, progress=progress)
         return cls(ds, config.image_size or infer_image_size(ds))
 
     @cached_property

@@ -83,7 +83,13 @@ def test_a_folder_under_the_data_root_is_linked_into_the_workspace(studio, tmp_p
         archive.extractall(data)
     (data / ".hidden").mkdir()
     assert list_data_root(studio.data_root) == ["mini"]
-    project_id = dataset_service.open_data_folder(studio, "mini")
+    heard = []
+    project_id = dataset_service.open_data_folder(studio, "mini",
+                                                  ui=lambda f, m: heard.append((f, m)))
+    # a bar with counts: every image checked, then the rows stored
+    assert ("checked 50 of 50 images" in [m for _, m in heard]
+            and heard[-1][1] == "storing 50 samples")
+    assert [f for f, _ in heard] == sorted(f for f, _ in heard) and heard[-1][0] <= 1.0
     with studio.store.sessions() as session:
         sample = repo.list_samples(session, project_id)[0]
     assert sample.path.startswith("images/links/")

@@ -15,6 +15,7 @@ from diffubias.builtin import BUILTIN_NAMES, BUILTIN_TITLES
 from diffubias.config import RunConfig
 from storage import repository as repo
 from ui.datasets import import_archive, import_builtin, import_folder, list_data_root
+from ui.jobs import UiProgress
 from ui.studio import Studio
 from ui.thumbnails import thumbnail
 
@@ -36,7 +37,8 @@ class DatasetView:
     tiles: list[tuple[str, str]] = field(default_factory=list)  # (thumbnail path, caption)
 
 
-def open_builtin(studio: Studio, source: str, conflict_ratio: float, seed: int) -> int:
+def open_builtin(studio: Studio, source: str, conflict_ratio: float, seed: int, *,
+                 ui: UiProgress | None = None) -> int:
     if source not in BUILTIN_DATASETS:
         raise ValueError(f"unknown built-in dataset {source!r}; choose one of "
                          f"{', '.join(BUILTIN_DATASETS)}")
@@ -44,22 +46,24 @@ def open_builtin(studio: Studio, source: str, conflict_ratio: float, seed: int) 
     label = source.removeprefix("builtin:").replace("-", " ")
     name = f"Built-in: {label} ({checked.conflict_ratio:.1%}, seed {checked.seed})"
     return import_builtin(studio.store, studio.datasets, source, name=name,
-                          conflict_ratio=checked.conflict_ratio, seed=checked.seed)
+                          conflict_ratio=checked.conflict_ratio, seed=checked.seed, progress=ui)
 
 
-def upload_archive(studio: Studio, zip_path: str | Path | None, name: str = "") -> int:
+def upload_archive(studio: Studio, zip_path: str | Path | None, name: str = "", *,
+                   ui: UiProgress | None = None) -> int:
     if not zip_path:
         raise ValueError("No file uploaded: drop a .zip with metadata.csv and the images")
     zip_path = Path(zip_path)
     return import_archive(studio.store, studio.datasets, zip_path,
-                          name=name.strip() or zip_path.stem)
+                          name=name.strip() or zip_path.stem, progress=ui)
 
 
-def open_data_folder(studio: Studio, folder: str | None, name: str = "") -> int:
+def open_data_folder(studio: Studio, folder: str | None, name: str = "", *,
+                     ui: UiProgress | None = None) -> int:
     if not folder:
         raise ValueError("No folder chosen: pick one from the list of the data root")
     return import_folder(studio.store, studio.datasets, Path(folder), data_root=studio.data_root,
-                         name=name.strip() or Path(folder).name)
+                         name=name.strip() or Path(folder).name, progress=ui)
 
 
 def data_root_entries(studio: Studio) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffubias.config import RunConfig
+from diffubias.progress import ProgressFn, part, report
 from storage import Store, Workspace
 from storage import repository as repo
 from storage.models import JobKind, JobStatus
@@ -109,15 +110,18 @@ class DatasetCache:
 
 
 def import_builtin(store: Store, datasets: DatasetCache, source: str, *, name: str,
-                   conflict_ratio: float = DEMO_CONFLICT_RATIO, seed: int = 0) -> int:
+                   conflict_ratio: float = DEMO_CONFLICT_RATIO, seed: int = 0,
+                   progress: ProgressFn | None = None) -> int:
     """A project from a built-in dataset ("builtin:<name>"), generated on first use."""
     config = RunConfig(dataset=source, conflict_ratio=conflict_ratio, seed=seed,
                        cache_dir=str(dataset_cache_dir(store.workspace)))
     return _import(store, datasets, config, name=name, origin=f"{source} ({conflict_ratio:.1%} "
-                   f"bias-conflicting, seed {seed})", stored_dataset=source)
+                   f"bias-conflicting, seed {seed})", stored_dataset=source,
+                   progress=progress)
 
 
-def import_archive(store: Store, datasets: DatasetCache, zip_path: Path, *, name: str) -> int:
+def import_archive(store: Store, datasets: DatasetCache, zip_path: Path, *, name: str,
+                   progress: ProgressFn | None = None) -> int:
     """A project from an uploaded .zip in the dataset format (extracted under the workspace)."""
     zip_path = Path(zip_path)
     if zip_path.suffix.lower() != ".zip":
@@ -133,11 +137,11 @@ def import_archive(store: Store, datasets: DatasetCache, zip_path: Path, *, name
     with removed_on_error(cache_dir, folder.parent, leaf=folder):
         # stored_dataset=None: the extracted folder, so a restart needs no copy of the upload
         return _import(store, datasets, config, name=name, origin=f"upload {zip_path.name}",
-                       stored_dataset=None)
+                       stored_dataset=None, progress=progress)
 
 
 def import_folder(store: Store, datasets: DatasetCache, folder: Path, *, data_root: Path | None,
-                  name: str) -> int:
+                  name: str, progress: ProgressFn | None = None) -> int:
     """A project from a folder (or .zip) under the data root, linked into the workspace."""
     if data_root is None:
         raise ValueError("no data root is configured; start the app with --data-root DIR to "
@@ -149,7 +153,7 @@ def import_folder(store: Store, datasets: DatasetCache, folder: Path, *, data_ro
     if not folder.is_relative_to(data_root.resolve()) or not folder.exists():
         raise ValueError(f"{folder} is not a folder under the data root {data_root}")
     if folder.is_file():
-        return import_archive(store, datasets, folder, name=name)
+        return import_archive(store, datasets, folder, name=name, progress=progress)
     link = store.workspace.path_for("images", LINKS_FOLDER, _slug(str(folder)))
     if link.is_symlink() and link.resolve() != folder:
         raise ValueError(f"{link} already links to another folder ({link.resolve()})")
@@ -160,7 +164,8 @@ def import_folder(store: Store, datasets: DatasetCache, folder: Path, *, data_ro
             link.symlink_to(folder, target_is_directory=True)
         config = RunConfig(dataset=str(folder), cache_dir=str(cache_dir))
         return _import(store, datasets, config, name=name, origin=str(folder),
-                       stored_dataset=store.workspace.relative(link), sample_root=link)
+                       stored_dataset=store.workspace.relative(link), sample_root=link,
+                       progress=progress)
 
 
 @contextmanager
@@ -193,11 +198,13 @@ def unique_project_name(store: Store, name: str) -> str:
 
 
 def _import(store: Store, datasets: DatasetCache, config: RunConfig, *, name: str, origin: str,
-            stored_dataset: str | None, sample_root: Path | None = None) -> int:
+            stored_dataset: str | None, sample_root: Path | None = None,
+            progress: ProgressFn | None = None) -> int:
     from diffubias.prepared import PreparedDataset
 
     start = time.perf_counter()
-    data = PreparedDataset.load(config)  # every ValueError is raised here, before any write
+    # every ValueError is raised here, before any write
+    data = PreparedDataset.load(config, part(progress, 0.0, 0.9))
     ds = data.ds
     root = sample_root if sample_root is not None else ds.root
     prefix = store.workspace.relative(root)
@@ -212,6 +219,7 @@ def _import(store: Store, datasets: DatasetCache, config: RunConfig, *, name: st
              "label": int(ds.labels[i]), "bias": None if b is None or b < 0 else int(b),
              "mask_path": None if m is None else f"{prefix}/{m}"}
             for i, (path, b, m) in enumerate(zip(ds.paths, bias, masks, strict=True)))
+    report(progress, 0.9, f"storing {len(ds.paths):,} samples")
     with store.sessions.begin() as session:
         project = repo.create_project(session, name=unique_project_name(store, name),
                                       source=origin, class_names=ds.class_names,

@@ -22,7 +22,7 @@ from ui.dataset_service import (
     import_report,
     opened_message,
 )
-from ui.events import TabRefresh, shows_errors
+from ui.events import TabRefresh, progress_callback, shows_errors
 
 _MARKDOWN_SPECIALS = re.compile(r"[\\`*_\[\]()!|~#]")
 
@@ -47,9 +47,10 @@ train/valid split, bias unknown.
 @dataclass(frozen=True)
 class DatasetCallbacks:
     view: Callable[[int | None], DatasetView | None]
-    open_builtin: Callable[[str, float, int], int]  # -> project id
-    upload: Callable[[str | None, str], int]
-    open_folder: Callable[[str | None, str], int]
+    # -> project id; each takes ui=, a progress callback for the bar with counts
+    open_builtin: Callable[..., int]
+    upload: Callable[..., int]
+    open_folder: Callable[..., int]
     folders: Callable[[], list[str]]
     projects: Callable[[], list[tuple[str, int]]]
     demo_status: Callable[[], str]  # "" once the demo is ready or failed
@@ -80,8 +81,10 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
                                          max_lines=1)
                 import_zip = gr.Button("Import .zip", elem_id="import-zip")
             with gr.Group(visible=has_data_root):
+                # choices are filled per page load; a typed name is checked on the server
+                # (inside the data root, existing), and API clients send names this way
                 folder = gr.Dropdown([], label="Folder or .zip under the data root",
-                                     allow_custom_value=False, elem_id="data-folder")
+                                     allow_custom_value=True, elem_id="data-folder")
                 open_folder = gr.Button("Open folder", elem_id="open-folder")
             if not has_data_root:
                 gr.Markdown("*Start the app with `--data-root DIR` to open folders on this "
@@ -113,17 +116,18 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
                    progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="generating and loading the built-in dataset")
         seed_value = DEFAULTS.seed if seed_value is None else seed_value  # an empty box
-        return after_open(callbacks.open_builtin(source, conflict_ratio, seed_value))
+        return after_open(callbacks.open_builtin(source, conflict_ratio, seed_value,
+                                                 ui=progress_callback(progress)))
 
     @shows_errors
     def on_upload(path: str | None, name: str, progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="extracting and checking the archive")
-        return after_open(callbacks.upload(path, name or ""))
+        return after_open(callbacks.upload(path, name or "", ui=progress_callback(progress)))
 
     @shows_errors
     def on_folder(path: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="checking the folder")
-        return after_open(callbacks.open_folder(path, ""))
+        return after_open(callbacks.open_folder(path, "", ui=progress_callback(progress)))
 
     opened = [picker, project, status]
     events = [
