@@ -9,16 +9,19 @@ the folder that zipping a folder adds). Does not know: the layouts themselves (`
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from diffubias.archives import extract_zip
 from diffubias.builtin import BUILTIN_NAMES, ensure_builtin
 from diffubias.dataset import METADATA_FILE, ImageDataset
+from diffubias.decoding import CheckedFiles
 from diffubias.image_folder import is_hidden, load_image_folder
 from diffubias.metadata_csv import load_metadata_csv
 from diffubias.progress import ProgressFn, report
 
 BUILTIN_PREFIX = "builtin:"
+CHECKED_FOLDER = "checked"  # under cache_dir: what checking each dataset folder found
 
 
 def load_dataset(
@@ -34,7 +37,9 @@ def load_dataset(
 
     `conflict_ratio` and `seed` pick the built-in variant; `seed` and `valid_fraction` also drive
     the train/valid split of a plain ImageFolder. Other sources ignore them. `progress` hears
-    the extraction of a .zip and the check of every image.
+    the extraction of a .zip and the check of every image; what the check found is remembered
+    under `cache_dir` (`CheckedFiles`), so opening the same folder again checks only files that
+    changed.
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1); got {valid_fraction!r}")
@@ -48,12 +53,12 @@ def load_dataset(
     if path.is_dir():
         path = path.resolve()
         return _load_root(path, name=path.name, seed=seed, valid_fraction=valid_fraction,
-                          progress=progress)
+                          progress=progress, cache_dir=cache_dir)
     if path.is_file() and path.suffix.lower() == ".zip":
         report(progress, 0.0, f"extracting {path.name}")
         root = _find_data_root(extract_zip(path, cache_dir=cache_dir))
         return _load_root(root, name=path.stem, seed=seed, valid_fraction=valid_fraction,
-                          progress=progress)
+                          progress=progress, cache_dir=cache_dir)
     builtins = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_NAMES)
     raise ValueError(
         f"dataset source {str(source)!r} is not a folder, a .zip file, or one of {builtins}"
@@ -61,14 +66,20 @@ def load_dataset(
 
 
 def _load_root(root: Path, *, name: str, seed: int, valid_fraction: float,
-               progress: ProgressFn | None) -> ImageDataset:
+               progress: ProgressFn | None, cache_dir: Path) -> ImageDataset:
+    checked = CheckedFiles(cache_dir / CHECKED_FOLDER
+                           / f"{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]}.json")
     if (root / METADATA_FILE).is_file():
         if not (root / METADATA_FILE).resolve().is_relative_to(root.resolve()):
             raise ValueError(f"{name}/{METADATA_FILE} is a link to a file outside the dataset "
                              "folder; copy the file in instead")
-        return load_metadata_csv(root, name=name, verify=True, progress=progress)
-    return load_image_folder(root, name=name, seed=seed, valid_fraction=valid_fraction,
-                             progress=progress)
+        ds = load_metadata_csv(root, name=name, verify=True, progress=progress,
+                               checked=checked)
+    else:
+        ds = load_image_folder(root, name=name, seed=seed, valid_fraction=valid_fraction,
+                               progress=progress, checked=checked)
+    checked.save()  # only for a dataset that loaded: a refused one leaves nothing behind
+    return ds
 
 
 def _find_data_root(extracted: Path) -> Path:

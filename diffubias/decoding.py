@@ -2,7 +2,9 @@
 
 `read_images` and `read_masks` decode the samples of an `ImageDataset`; `drop_unreadable` is how
 every loader makes sure that each kept image (and mask) decodes, so training never meets a bad
-file. Knows: PIL, image modes and how each becomes RGB, EXIF orientation, the pixel limit, what a
+file. `CheckedFiles` remembers what each check found, by file size and modification time, so a
+dataset opened again (after the app restarts) decodes only the files that are new or changed.
+Knows: PIL, image modes and how each becomes RGB, EXIF orientation, the pixel limit, what a
 truncated or disguised file looks like. Does not know: the dataset layouts (`metadata_csv`,
 `image_folder`), archives, models, or batching (see `images.py`).
 """
@@ -10,6 +12,7 @@ truncated or disguised file looks like. Does not know: the dataset layouts (`met
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import threading
@@ -22,6 +25,7 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from diffubias.dataset import METADATA_FILE, ImageDataset, SkippedFile, as_positions
+from diffubias.files import atomic_write_text
 from diffubias.progress import ProgressFn, report
 
 # Every image is opened (and decoded) once at load time; larger ones are refused with a message.
@@ -86,24 +90,58 @@ def infer_image_size(ds: ImageDataset, *, max_size: int = 224) -> int:
         return min(max(image.size), max_size)
 
 
+class CheckedFiles:
+    """What checking each file found, keyed by its resolved path and remembered while its size
+    and modification time stay the same; kept in one JSON file (`path`, written atomically).
+    A file that cannot be read back (damaged, another version) is treated as empty."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._found: dict[str, list] = {}
+        with contextlib.suppress(OSError, ValueError):
+            found = json.loads(self.path.read_text())
+            if isinstance(found, dict):
+                self._found = found
+
+    def get(self, file: Path, stat: os.stat_result) -> tuple[tuple[int, int], str | None] | None:
+        entry = self._found.get(str(file))
+        if not isinstance(entry, list) or len(entry) != 5 or entry[:2] != [stat.st_size,
+                                                                          stat.st_mtime_ns]:
+            return None
+        return (entry[2], entry[3]), entry[4]
+
+    def put(self, file: Path, stat: os.stat_result, size: tuple[int, int],
+            reason: str | None) -> None:
+        self._found[str(file)] = [stat.st_size, stat.st_mtime_ns, size[0], size[1], reason]
+
+    def save(self) -> None:
+        """Write what was found; a cache: where it cannot be written, the next load checks
+        every file again."""
+        with contextlib.suppress(OSError):
+            atomic_write_text(self.path, json.dumps(self._found, separators=(",", ":")))
+
+
 def drop_unreadable(
     root: Path,
     paths: list[str],
     masks: list[str | None] | None,
     rows: list[int],
     progress: ProgressFn | None = None,
+    checked: CheckedFiles | None = None,
 ) -> tuple[list[int], list[SkippedFile]]:
     """Keep the rows whose image (and mask) lies inside `root` and decodes; report the others.
-    `progress` hears the count checked about every 1 %."""
+    `progress` hears the count checked about every 1 %; `checked` answers for files unchanged
+    since they were last checked and learns the rest (the caller saves it once the dataset
+    loaded: a refused dataset leaves nothing behind)."""
     inside = root.resolve()
 
     def problem(i: int) -> str | None:
-        image_size, reason = _inspect_file(root / paths[i], inside)
+        image_size, reason = _inspect_file(root / paths[i], inside, checked)
         if reason is not None:
             return reason
         if masks is None or masks[i] is None:
             return None
-        mask_size, reason = _inspect_file(root / masks[i], inside)
+        mask_size, reason = _inspect_file(root / masks[i], inside, checked)
         if reason is not None:
             return f"mask {masks[i]}: {reason}"
         if mask_size != image_size:
@@ -128,16 +166,23 @@ def drop_unreadable(
     return keep, skipped
 
 
-def _inspect_file(path: Path, inside: Path) -> tuple[tuple[int, int], str | None]:
+def _inspect_file(path: Path, inside: Path,
+                  checked: CheckedFiles | None = None) -> tuple[tuple[int, int], str | None]:
     """(width, height) and None, or (0, 0) and why the file cannot be used."""
     resolved = path.resolve()
     if not resolved.is_relative_to(inside):
         return (0, 0), "a link that leads outside the dataset folder: copy the file in instead"
     if not resolved.is_file():
         return (0, 0), "not a file"
-    if resolved.stat().st_size == 0:
+    stat = resolved.stat()
+    if stat.st_size == 0:
         return (0, 0), "empty file (0 bytes)"
-    return _verify_image(resolved)
+    if checked is not None and (known := checked.get(resolved, stat)) is not None:
+        return known
+    found = _verify_image(resolved)
+    if checked is not None:
+        checked.put(resolved, stat, *found)
+    return found
 
 
 def _verify_image(path: Path) -> tuple[tuple[int, int], str | None]:

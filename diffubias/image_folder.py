@@ -20,7 +20,7 @@ from diffubias.dataset import (
     check_anything_left,
     index_names,
 )
-from diffubias.decoding import drop_unreadable
+from diffubias.decoding import CheckedFiles, drop_unreadable
 from diffubias.metadata_csv import REQUIRED_COLUMNS
 from diffubias.progress import ProgressFn
 
@@ -28,9 +28,10 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 
 
 def load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float,
-                      progress: ProgressFn | None = None) -> ImageDataset:
+                      progress: ProgressFn | None = None,
+                      checked: CheckedFiles | None = None) -> ImageDataset:
     """The dataset of `root/<class>/<image>` files, split train/valid per class by `seed`;
-    `progress` hears how many images were checked."""
+    `progress` hears how many images were checked, `checked` remembers what was found."""
     class_dirs = sorted(
         d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name) and d.name != "__MACOSX"
     )
@@ -66,7 +67,8 @@ def load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float
         else:
             paths.append(relative.as_posix())
             label_names.append(relative.parts[0])
-    keep, unreadable = drop_unreadable(root, paths, None, list(range(len(paths))), progress)
+    keep, unreadable = drop_unreadable(root, paths, None, list(range(len(paths))), progress,
+                                       checked)
     skipped += unreadable
     check_anything_left(len(paths), keep, skipped)
     found = {label_names[i] for i in keep}

@@ -26,7 +26,7 @@ from diffubias.dataset import (
     check_anything_left,
     index_names,
 )
-from diffubias.decoding import drop_unreadable
+from diffubias.decoding import CheckedFiles, drop_unreadable
 from diffubias.progress import ProgressFn
 from diffubias.relative_paths import safe_relative_path
 from diffubias.text_safety import from_csv_cell
@@ -36,10 +36,11 @@ _CAPTION_COLUMN = re.compile(r"caption(_\d+)?")
 
 
 def load_metadata_csv(root: Path, *, name: str, verify: bool,
-                      progress: ProgressFn | None = None) -> ImageDataset:
+                      progress: ProgressFn | None = None,
+                      checked: CheckedFiles | None = None) -> ImageDataset:
     """The dataset `root/metadata.csv` describes. `verify` decodes every kept image and mask
-    once (`drop_unreadable`, reporting to `progress`); only a dataset we generated ourselves
-    may skip that."""
+    once (`drop_unreadable`, reporting to `progress`, remembering in `checked`); only a dataset
+    we generated ourselves may skip that."""
     table = _read_metadata(root / METADATA_FILE)
     lines = np.arange(len(table)) + 2  # the header is line 1
     split = _check_splits(table["split"].str.lower().to_numpy(dtype=object), lines)
@@ -62,7 +63,7 @@ def load_metadata_csv(root: Path, *, name: str, verify: bool,
     if verify:
         kept_masks = None if masks is None else [masks[i] for i in keep]
         keep, unreadable = drop_unreadable(root, [paths[i] for i in keep], kept_masks, keep,
-                                           progress)
+                                           progress, checked)
         skipped += unreadable
     check_anything_left(len(table), keep, skipped)
 

@@ -88,3 +88,30 @@ def test_threaded_decoding_matches_sequential(builtin_cache):
     assert torch.equal(
         read_images(ds, positions, size=32), read_images(ds, positions, size=32, num_workers=2)
     )
+
+
+def test_a_reopened_folder_decodes_only_the_files_that_changed(tmp_path, monkeypatch):
+    import os
+
+    from diffubias import decoding
+
+    root = tmp_path / "d"
+    for i in range(6):
+        save_png(root / f"{i}.png", color=(i * 40, 10, 10))
+    write_csv(root, ["path,split,label"] + [f"{i}.png,train,{'ab'[i % 2]}" for i in range(6)])
+    decoded = []
+    verify = decoding._verify_image
+    monkeypatch.setattr(decoding, "_verify_image", lambda p: decoded.append(p.name) or verify(p))
+
+    assert len(load_dataset(root, cache_dir=tmp_path / "cache").paths) == 6
+    assert sorted(decoded) == [f"{i}.png" for i in range(6)]  # every file once at import
+    decoded.clear()
+    assert len(load_dataset(root, cache_dir=tmp_path / "cache").paths) == 6
+    assert decoded == []  # reopened (a restart): nothing changed, nothing decoded again
+
+    # damaged after the first check: a new size and time, so it is decoded again and skipped
+    (root / "3.png").write_bytes((root / "3.png").read_bytes()[:40])
+    os.utime(root / "3.png", ns=(1, 1))
+    again = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert decoded == ["3.png"]
+    assert "3.png" not in again.paths and [s.path for s in again.skipped] == ["3.png"]
