@@ -67,6 +67,14 @@ def load_image_folder(root: Path, *, name: str, seed: int, valid_fraction: float
         else:
             paths.append(relative.as_posix())
             label_names.append(relative.parts[0])
+    if not paths:
+        found = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3])
+        raise ValueError(
+            f"{name} has no {METADATA_FILE} and no images in its class folders"
+            + (f" (found {found})" if found else "")
+            + f"; expected {METADATA_FILE} (columns {', '.join(REQUIRED_COLUMNS)}) or "
+            "<class>/<image> folders of PNG, JPEG, BMP, GIF, WebP or TIFF files"
+        )
     keep, unreadable = drop_unreadable(root, paths, None, list(range(len(paths))), progress,
                                        checked)
     skipped += unreadable

@@ -344,6 +344,10 @@ ARCHIVE_CASES = [
                lambda folder: _write(folder / "upload.zip", png())),
     UploadCase("empty-zip", "archive", "rejected",
                r"no metadata\.csv and no class sub-folders", folder_zip({})),
+    UploadCase("text-files-only", "archive", "rejected",
+               r"no metadata\.csv and no images in its class folders \(found cats/a\.txt: not an "
+               r"image file.*expected metadata\.csv.*<class>/<image> folders",
+               folder_zip({"readme.txt": b"hi", "cats/a.txt": b"x"})),
     UploadCase("utf8-name-without-flag", "archive", "accepted", "",
                raw_name_zip("cafXX", "café".encode()), classes=("café", "dog")),
 ]
