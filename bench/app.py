@@ -39,12 +39,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(workspace: Path, port: int) -> tuple[subprocess.Popen, float, float]:
-    """(process, seconds until the page is served, seconds until its API answers)."""
+def start_app(workspace: Path, port: int, *args: str) -> tuple[subprocess.Popen, float, float]:
+    """`python app.py --workspace WORKSPACE --port PORT ARGS...`: (process, seconds until the
+    page is served, seconds until its API answers)."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace),
-                                "--port", str(port)], cwd=ROOT, env=env,
+                                "--port", str(port), *args], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     page = None

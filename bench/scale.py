@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from app import free_port  # noqa: E402
+from app import free_port, start_app  # noqa: E402
 from markdown import BENCHMARKS_MD, machine_line, write_section  # noqa: E402
 
 SIZES = (10_000, 50_000, 200_000)
@@ -59,7 +59,6 @@ COLOURS = np.array([[220, 40, 40], [40, 180, 40], [40, 80, 220], [230, 200, 40],
                     [250, 250, 250]], dtype=np.uint8)
 BIASED = {"arch": "auto", "width": 16, "biased_epochs": 1, "gce_q": 0.7, "top_k": 0.02,
           "seed": 0, "batch_size": 256}  # the /train_biased API's parameters, in order
-START_TIMEOUT_S = 300
 JSON_PATH = ROOT / "docs" / "benchmarks-scale.json"
 
 
@@ -101,32 +100,14 @@ def make_dataset(size: int, folder: Path, *, seed: int = 0) -> Path:
 
 
 class App:
-    """`python app.py` on `workspace`, with its memory high-water mark read from /proc."""
+    """`python app.py` on `workspace` (bench/app.py's start_app), with its memory high-water
+    mark read from /proc."""
 
     def __init__(self, workspace: Path, data_root: Path) -> None:
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        start = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--workspace", str(workspace), "--data-root",
-             str(data_root), "--no-demo", "--port", str(self.port)], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.served_s = self._wait_until_served(start)
-
-    def _wait_until_served(self, start: float) -> float:
-        import httpx
-
-        while time.perf_counter() - start < START_TIMEOUT_S:
-            if self.process.poll() is not None:
-                raise RuntimeError("the app exited during start-up")
-            try:
-                if httpx.get(self.url, timeout=2).status_code == 200:
-                    return time.perf_counter() - start
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"the app did not serve within {START_TIMEOUT_S} s")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/"
+        self.process, self.served_s, _ = start_app(workspace, port, "--data-root",
+                                                   str(data_root), "--no-demo")
 
     def client(self):
         from gradio_client import Client
