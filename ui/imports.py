@@ -55,7 +55,7 @@ class _PackageLock:
         self.count = 0
 
 
-_state = threading.Condition()  # guards every _PackageLock and _waiting
+_state = threading.Condition()  # guards every _PackageLock, _waiting and _unlocked
 _locks: dict[str, _PackageLock] = {}
 _waiting: dict[int, _PackageLock] = {}  # thread id -> the lock it waits for
 _unlocked: dict[int, int] = {}  # thread id -> how many of its imports went ahead unlocked
