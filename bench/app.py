@@ -89,7 +89,9 @@ def bench_startup_and_workflow(skip_workflow: bool) -> dict:
         out.update(page_s=median(s[0] for s in starts), api_s=median(s[1] for s in starts),
                    page_min_s=min(s[0] for s in starts))
         try:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+            # the warm-up's native-library loads hold the GIL for seconds after a start
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False,
+                            httpx_kwargs={"timeout": 60})
             start = time.perf_counter()
             while (project := client.predict(api_name="/open_page")[1]) is None:
                 time.sleep(0.2)

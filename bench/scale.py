@@ -129,7 +129,9 @@ class App:
     def client(self):
         from gradio_client import Client
 
-        return Client(self.url, verbose=False, download_files=False)
+        # the warm-up's native-library loads hold the GIL for seconds after a start
+        return Client(self.url, verbose=False, download_files=False,
+                      httpx_kwargs={"timeout": 60})
 
     def peak_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -17,6 +17,7 @@ from gradio_client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120
+CLIENT_TIMEOUT_S = 60  # see AppProcess.client
 
 
 def free_port() -> int:
@@ -58,7 +59,11 @@ class AppProcess:
         raise AssertionError(f"the app did not serve within {START_TIMEOUT_S} s")
 
     def client(self) -> Client:
-        return Client(self.url, verbose=False, download_files=False)
+        # CPython holds the GIL while it loads a native library, so for a few seconds after a
+        # start (the warm-up loading torch and OpenCV) every request waits; measured up to 6 s
+        # on a busy machine, beyond the client's 5 s default
+        return Client(self.url, verbose=False, download_files=False,
+                      httpx_kwargs={"timeout": CLIENT_TIMEOUT_S})
 
     def kill(self) -> None:
         """SIGKILL: no handler, no clean-up, like a crash or the OOM killer."""
