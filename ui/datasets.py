@@ -203,7 +203,8 @@ def _import(store: Store, datasets: DatasetCache, config: RunConfig, *, name: st
     from diffubias.prepared import PreparedDataset
 
     start = time.perf_counter()
-    # every ValueError is raised here, before any write
+    # every ValueError is raised here, before anything is stored (the only file written is the
+    # cache of checked files, once the dataset loaded: decoding.CheckedFiles)
     data = PreparedDataset.load(config, part(progress, 0.0, 0.9))
     ds = data.ds
     root = sample_root if sample_root is not None else ds.root
