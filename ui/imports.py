@@ -49,8 +49,7 @@ _original: dict[str, Callable] = {}
 class _PackageLock:
     """A re-entrant lock for the first imports of one top-level package."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.owner: int | None = None
         self.count = 0
 
@@ -97,7 +96,7 @@ def _acquire(package: str) -> _PackageLock | None:
     me = threading.get_ident()
     deadline = time.monotonic() + MAX_WAIT_S
     with _state:
-        lock = _locks.setdefault(package, _PackageLock(package))
+        lock = _locks.setdefault(package, _PackageLock())
         while lock.owner not in (None, me):
             left = deadline - time.monotonic()
             if left <= 0 or lock.owner in _unlocked or _closes_a_circle(lock, me):
