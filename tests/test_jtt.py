@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffubias.baselines.error_set import identify_errors
 from diffubias.baselines.jtt import jtt
 from diffubias.baselines.shared import BaselineOptions, SharedStages
+from diffubias.prepared import train_evaluated
 from planted_methods import planted_folder, planted_run  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,7 +42,8 @@ def test_tuned_jtt_picks_the_grid_point_best_on_validation(planted_run, monkeypa
     from diffubias.baselines.jtt import TUNING_GRID, jtt_tuned, jtt_tuned_blind
 
     cfg, data, _ = planted_run
-    tuned = jtt_tuned(data, cfg)
+    shared = SharedStages(data, cfg)
+    tuned = jtt_tuned(data, cfg, shared=shared)
     grid = tuned.info["grid"]
     assert len(grid) == len(TUNING_GRID["epochs_T"]) * len(TUNING_GRID["upweight"])
     best = max(grid, key=lambda g: g["worst-group"])
@@ -53,6 +56,20 @@ def test_tuned_jtt_picks_the_grid_point_best_on_validation(planted_run, monkeypa
     monkeypatch.setattr(data, "bias_of", lambda positions: None)  # no bias labels anywhere
     with pytest.raises(ValueError, match="use jtt-tuned-blind"):
         jtt_tuned(data, cfg)
-    blind = jtt_tuned_blind(data, cfg)
+
+    # the blind variant scores the same candidates: with the shared stages it trains none again
+    import diffubias.baselines.jtt as jtt_module
+
+    trained = []
+    monkeypatch.setattr(jtt_module, "train_evaluated",
+                        lambda *a, **k: trained.append(1) or train_evaluated(*a, **k))
+    monkeypatch.setattr(jtt_module, "identify_errors",
+                        lambda *a, **k: trained.append(1) or identify_errors(*a, **k))
+    blind = jtt_tuned_blind(data, cfg, shared=shared)
+    assert trained == []
     assert blind.info["selected_by"] == "validation worst-class accuracy"
     assert blind.info["validation_score"] == max(g["worst-class"] for g in blind.info["grid"])
+    assert blind.seconds == pytest.approx(tuned.seconds)  # each counts every candidate's time
+    if (blind.info["epochs_T"], blind.info["upweight"]) == (tuned.info["epochs_T"],
+                                                            tuned.info["upweight"]):
+        assert blind.training is tuned.training

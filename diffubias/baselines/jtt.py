@@ -67,7 +67,7 @@ def jtt_tuned_blind(data: PreparedDataset, config: RunConfig, *,
 def _tuned(name: str, criterion: str, data: PreparedDataset, config: RunConfig,
            options: BaselineOptions, shared: SharedStages | None,
            progress: ProgressFn | None) -> MethodResult:
-    shared_stages_for(shared, data, config, options)
+    shared = shared_stages_for(shared, data, config, options)
     positions, valid = data.split("valid")
     bias = data.bias_of(positions)
     if criterion == "worst-group" and (bias is None or (bias < 0).any()):
@@ -76,16 +76,20 @@ def _tuned(name: str, criterion: str, data: PreparedDataset, config: RunConfig,
     labels = data.ds.labels[positions]
     groups = labels if criterion == "worst-class" else labels * (int(bias.max()) + 1) + bias
     grid = [(t, lam) for t in TUNING_GRID["epochs_T"] for lam in TUNING_GRID["upweight"]]
-    best, tried, seconds = None, [], 0.0
-    error_sets: dict[int, ErrorSet] = {}  # one identification model per T, for every lambda
+    best, tried, seconds, counted = None, [], 0.0, set()
     for i, (epochs_t, upweight) in enumerate(grid):
         span = part(progress, i / len(grid), (i + 1) / len(grid))
-        if epochs_t not in error_sets:
-            error_sets[epochs_t] = identify_errors(data, config, epochs=epochs_t,
-                                                   progress=part(span, 0.0, 0.3))
-            seconds += error_sets[epochs_t].training.seconds
-        errors = error_sets[epochs_t]
-        training, extra = _retrain(data, config, errors, upweight, part(span, 0.3, 1.0))
+        # one identification model per T and one retraining per (T, lambda), shared with the
+        # other criterion's run: both variants train the same candidates and differ only in
+        # which they keep. Each still counts every candidate's time.
+        errors = shared.once(("jtt-identification", epochs_t), "jtt_tuning", lambda: (
+            identify_errors(data, config, epochs=epochs_t, progress=part(span, 0.0, 0.3))))
+        if epochs_t not in counted:
+            counted.add(epochs_t)
+            seconds += errors.training.seconds
+        training, extra = shared.once(("jtt-candidate", epochs_t, upweight), "jtt_tuning",
+                                      lambda: _retrain(data, config, errors, upweight,
+                                                       part(span, 0.3, 1.0)))
         seconds += training.seconds
         predictions, _ = predict(training.model, valid, device=config.resolved_device())
         correct = predictions == labels

@@ -130,7 +130,10 @@ class SharedStages:
     seconds: dict[str, float] = field(default_factory=dict)
     _done: dict[object, object] = field(default_factory=dict, repr=False)
 
-    def _once(self, key: object, name: str, compute: Callable[[], object]) -> object:
+    def once(self, key: object, name: str, compute: Callable[[], object]) -> object:
+        """`compute()` the first time `key` is asked for, its result after that; its wall time
+        is added to `seconds[name]`. Methods use it for work another method repeats exactly
+        (JTT's tuned variants train the same candidates)."""
         if key not in self._done:
             start = time.perf_counter()
             self._done[key] = compute()
@@ -139,7 +142,7 @@ class SharedStages:
 
     def detection(self, progress: ProgressFn | None = None) -> Detection:
         """Stages 1-3 of DiffuBias: GCE model, CE scores, top-K candidates per class."""
-        return self._once("detection", "detection",
+        return self.once("detection", "detection",
                           lambda: detect_bias(self.data, self.config, progress=progress))
 
     def with_backends(self, *, captioner: str, generator: str) -> SharedStages:
@@ -185,7 +188,7 @@ class SharedStages:
         return {**names, "oracle": any(oracle_note(n, dataset) for n in names.values())}
 
     def error_set(self, progress: ProgressFn | None = None) -> ErrorSet:
-        return self._once("error_set", "error_set",
+        return self.once("error_set", "error_set",
                           lambda: identify_errors(self.data, self.config,
                                                   epochs=self.jtt_epochs, progress=progress))
 
@@ -213,7 +216,7 @@ class SharedStages:
                                                         dataset_name=self.data.ds.name)
             return tuple(captioner.caption(self.data.ds, candidates.tolist()))
 
-        return self._once("captions", "captions", compute)
+        return self.once("captions", "captions", compute)
 
     def prompts(self, *, text_filter: bool, progress: ProgressFn | None = None
                 ) -> tuple[Prompt, ...]:
@@ -245,7 +248,7 @@ class SharedStages:
         checks = self.config.image_checks == "drop"
         key = ("augmented", self._final_key(prompts),
                checks and (self.config.check_min_loss, self.config.check_max_hash_distance))
-        return self._once(key, "generation_and_training",
+        return self.once(key, "generation_and_training",
                           lambda: self._train_augmented(prompts, progress))
 
     def generated(self, prompts: tuple[Prompt, ...]) -> tuple[list, float]:
@@ -261,7 +264,7 @@ class SharedStages:
                             sink=sink)
             return sink.images, time.perf_counter() - start
 
-        return self._once(("generated", self._final_key(prompts)), "generation", compute)
+        return self.once(("generated", self._final_key(prompts)), "generation", compute)
 
     def final_prompts(self, prompts: Sequence[Prompt]) -> list[Prompt]:
         """`prompts` as this run's generator gets them: capped and anchored to their class."""
