@@ -39,6 +39,7 @@ from ui import (
     tab_gradcam,
     tab_loop,
 )
+from ui.events import remember_tab_in_url, url_param
 from ui.studio import (
     Studio,
     class_names,
@@ -79,16 +80,17 @@ footer { display: none !important; }
 def build_app(studio: Studio) -> gr.Blocks:
     """The whole UI: the header, then one tab per workflow step, wired to `studio`."""
     with gr.Blocks(title="DiffuBias Studio", analytics_enabled=False) as demo:
-        top = header.build(demo, header.HeaderCallbacks(
+        header_callbacks = header.HeaderCallbacks(
             projects=partial(project_choices, studio),
             default_project=partial(default_project, studio),
             status=partial(job_status, studio),
-            revision=partial(revision, studio)))
+            revision=partial(revision, studio))
+        top = header.build(demo, header_callbacks)
         project = top.project
         stop = partial(stop_job, studio)
         settings = partial(project_settings, studio)
-        with gr.Tabs(elem_id="steps"):
-            with gr.Tab("1 · Dataset", id="dataset"):
+        with gr.Tabs(elem_id="steps") as steps:
+            with gr.Tab("1 · Dataset", id="dataset", elem_id="tab-dataset"):
                 dataset = tab_dataset.build(tab_dataset.DatasetCallbacks(
                     view=partial(dataset_service.dataset_view, studio),
                     open_builtin=partial(dataset_service.open_builtin, studio),
@@ -98,7 +100,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     projects=partial(project_choices, studio),
                     demo_status=partial(demo_status, studio),
                 ), project, top.picker, has_data_root=studio.data_root is not None)
-            with gr.Tab("2 · Bias", id="bias"):
+            with gr.Tab("2 · Bias", id="bias", elem_id="tab-bias"):
                 bias = tab_bias.build(tab_bias.BiasCallbacks(
                     train=partial(bias_service.train_biased, studio),
                     view=partial(bias_service.detection_view, studio),
@@ -109,7 +111,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     settings=settings, stop=stop,
                     truth_shown=partial(review.project_truth_shown, studio),
                     show_truth=partial(review.set_truth_shown, studio)), project)
-            with gr.Tab("3 · Captions", id="captions"):
+            with gr.Tab("3 · Captions", id="captions", elem_id="tab-captions"):
                 captions = tab_captions.build(tab_captions.CaptionCallbacks(
                     run=partial(caption_service.run_captioner, studio),
                     apply_filter=partial(caption_service.apply_filter, studio),
@@ -119,7 +121,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     settings=settings, stop=stop,
                     captioners=caption_service.captioner_choices,
                     keywords_available=caption_service.keywords_available()), project)
-            with gr.Tab("4 · Generate", id="generate"):
+            with gr.Tab("4 · Generate", id="generate", elem_id="tab-generate"):
                 generate = tab_generate.build(tab_generate.GenerateCallbacks(
                     run=partial(generate_service.run_generation, studio),
                     view=partial(generate_service.generation_view, studio),
@@ -129,7 +131,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     reject_proposed=partial(checks_service.reject_proposed, studio),
                     settings=settings, stop=stop,
                     generators=generate_service.generator_choices), project)
-            with gr.Tab("5 · Debias", id="debias"):
+            with gr.Tab("5 · Debias", id="debias", elem_id="tab-debias"):
                 debias = tab_debias.build(tab_debias.DebiasCallbacks(
                     train=partial(debias_service.train_debiased_models, studio),
                     view=partial(debias_service.debias_view, studio),
@@ -138,7 +140,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                     rescore=partial(loop_service.rescore_round, studio),
                     start=partial(loop_service.start_next_round, studio),
                     view=partial(loop_service.loop_view, studio)), project)
-            with gr.Tab("6 · Grad-CAM", id="gradcam"):
+            with gr.Tab("6 · Grad-CAM", id="gradcam", elem_id="tab-gradcam"):
                 gradcam = tab_gradcam.build(tab_gradcam.GradcamCallbacks(
                     run=partial(gradcam_service.run_gradcam, studio),
                     view=partial(gradcam_service.gradcam_view, studio),
@@ -158,6 +160,17 @@ def build_app(studio: Studio) -> gr.Blocks:
                     opened.success(tab.settings_fn, project, tab.settings_outputs, **quiet)
         for tab in tabs:
             top.revision.change(tab.fn, tab.inputs, tab.outputs, **quiet)
+        header.follow_jobs(top, header_callbacks, {kind: button for tab in tabs
+                                                   for kind, button in tab.jobs.items()})
+        # a reload opens the tab the URL names (?tab=bias), as the user last picked it
+        steps.select(None, None, None, js=remember_tab_in_url("steps"))
+        tab_ids = [tab.id for tab in steps.children]
+
+        def open_tab_from_url(request: gr.Request) -> gr.Tabs:
+            tab = url_param(request, "tab")
+            return gr.Tabs(selected=tab) if tab in tab_ids else gr.skip()
+
+        demo.load(open_tab_from_url, None, steps, **quiet)
     return demo
 
 

@@ -40,6 +40,12 @@ class FilterResult:
     top_words: tuple[tuple[str, int], ...]  # (word, count), most frequent first
 
 
+def matched_words(text: str, top_words: Iterable[str]) -> tuple[str, ...]:
+    """The filter's top words that `text` contains as whole words, sorted: why a prompt is
+    kept, recomputed when a person edits it."""
+    return tuple(sorted(set(top_words).intersection(words(text))))
+
+
 def count_words(texts: Iterable[str], stop_words: frozenset[str]) -> Counter:
     return Counter(w for t in texts for w in words(t) if w not in stop_words)
 
@@ -63,7 +69,7 @@ def filter_captions(captions: Sequence[Caption], labels: Mapping[int, int] | Seq
         if not text or (c.position, text.lower()) in seen:
             continue
         seen.add((c.position, text.lower()))
-        matched = tuple(sorted(top_set.intersection(words(text))))
+        matched = matched_words(text, top_set)
         prompt = Prompt(text, int(labels[c.position]), c.position, matched, keep=bool(matched))
         (kept if matched else dropped).append(prompt)
     return FilterResult(tuple(kept), tuple(dropped), tuple(top))

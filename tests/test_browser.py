@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +109,11 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     page.wait_for_selector("#job-banner .done:has-text('Train biased model')")
     page.locator("#candidate-gallery button.thumbnail-item").nth(1).click()
     page.wait_for_selector("#candidate-detail:has-text('loss')")
+    page.wait_for_selector("#bias-metrics:has-text('0 excluded')")
     page.click("#toggle-exclude")
     page.wait_for_selector("#toggle-exclude:has-text('Include again')")
     page.wait_for_selector("#candidate-gallery .caption-label:has-text('✗')")
+    page.wait_for_selector("#bias-metrics:has-text('1 excluded')")  # the summary follows
     page.screenshot(path=screenshots / "2-bias.png", full_page=True)
 
     open_tab(page, "3 · Captions")
@@ -186,9 +189,17 @@ def check_the_report_renders_offline(page, screenshots) -> None:
 
 
 def test_a_refresh_and_a_second_tab_show_the_same_state(served, page):
-    page.reload()
     open_tab(page, "2 · Bias")
+    page.locator("#candidate-class input").click()
+    page.get_by_role("option", name="three").click()
+    page.wait_for_selector("#candidate-gallery .caption-label:has-text('three')")
+    page.reload()  # the tab and the class filter are kept (in the URL)
     page.wait_for_selector("#bias-metrics:has-text('200 candidates')")
+    assert page.input_value("#candidate-class input") == "three"
+    labels = page.locator("#candidate-gallery .caption-label").all_inner_texts()
+    assert labels and all(text.startswith("three") for text in labels), labels[:5]
+    page.locator("#candidate-class input").click()
+    page.get_by_role("option", name="all classes").click()
     page.wait_for_selector("#candidate-gallery .caption-label:has-text('✗')")
     second = page.context.new_page()
     second.goto(served)
@@ -198,13 +209,51 @@ def test_a_refresh_and_a_second_tab_show_the_same_state(served, page):
     second.close()
 
 
+def test_a_refused_action_keeps_what_is_on_screen_and_says_why(served, page, screenshots):
+    page.reload()
+    open_tab(page, "5 · Debias")
+    page.wait_for_selector("#accuracy-table:has-text('debiased')")
+    fill(page, "debias-epochs", 0)  # a setting out of range: said above the field
+    page.click("#train-debiased")
+    page.wait_for_selector("#debias-epochs:has-text('debias_epochs must be an integer')")
+    page.wait_for_timeout(1000)
+    assert page.locator("#accuracy-table").inner_text().count("debiased") >= 1
+    assert page.locator("#accuracy-bars .js-plotly-plot").count() == 1
+    assert page.locator("#loop-gaps .js-plotly-plot").count() == 1
+    assert page.locator("[data-testid='status-tracker'] .error:visible").count() == 0
+    page.screenshot(path=screenshots / "5-refused.png", full_page=True)
+
+    open_tab(page, "3 · Captions")  # a refusal by the handler: said under its button
+    cell = page.locator('#prompt-table [data-testid="cell-0-2"]')
+    cell.dblclick()
+    editor = page.locator('#prompt-table [data-testid="cell-0-2"] textarea, '
+                          '#prompt-table [data-testid="cell-0-2"] input').first
+    editor.fill("sevn")
+    editor.press("Enter")
+    page.click("#save-prompts")
+    page.wait_for_selector("#save-status:has-text(\"unknown class 'sevn'\")")
+    assert page.inner_text("#save-status").startswith("⚠")
+    assert page.locator("#prompt-table").inner_text().count("\n") > 5  # the table is still there
+    assert page.locator("[data-testid='status-tracker'] .error:visible").count() == 0
+
+
 def test_stop_ends_a_running_job_and_keeps_the_results(served, page):
     open_tab(page, "2 · Bias")
     fill(page, "bias-epochs", 50)
+    started = time.monotonic()
     page.click("#train-biased")
-    page.wait_for_selector("#job-banner .running")
+    page.wait_for_selector("#job-banner .running:has-text('Train biased model')")
+    banner_s = time.monotonic() - started
+    # the button says the job runs and refuses a second click, in this tab and any other
+    page.wait_for_selector("#train-biased:has-text('Running')")
+    assert page.locator("#train-biased").is_disabled()
     page.click("#stop-biased")
+    page.wait_for_selector("#bias-status:has-text('■ Stopped')")
+    stopped = time.monotonic()
     page.wait_for_selector("#job-banner .cancelled:has-text('Stopped')")
+    assert banner_s < 3 and time.monotonic() - stopped < 2, (banner_s, time.monotonic() - stopped)
+    page.wait_for_selector("#train-biased:has-text('Train')")
+    assert page.locator("#train-biased").is_enabled()
     page.wait_for_selector("#bias-metrics:has-text('200 candidates')")  # the last finished run
     open_tab(page, "5 · Debias")
     fill(page, "debias-epochs", 1)

@@ -37,6 +37,7 @@ def loop(tmp_path_factory, builtin_cache):
     views["before"] = loop_service.loop_view(studio, pid)
     caption_service.run_captioner(studio, pid, {})
     generate_service.run_generation(studio, pid, TINY_GENERATE)
+    assert generate_service.generation_view(studio, pid).stale == ""
     views["round1"] = debias_service.train_debiased_models(
         studio, pid, {"debias_epochs": TINY_DEBIAS_EPOCHS})
     with pytest.raises(ValueError, match="re-score the training set"):
@@ -81,6 +82,7 @@ def test_round_two_trains_on_the_images_of_both_rounds(loop):
         n_candidates = repo.count_candidates(session, found[1].source_job_id)
     assert n_candidates == 2 * 20  # top-K 2 % of each 1000-sample class
     assert "Round 2 has started" in caption_service.captions_view(studio, pid).stale
+    assert generate_service.generation_view(studio, pid).stale == "“Start the next round”"
     with pytest.raises(ValueError, match="re-score the training set"):
         loop_service.start_next_round(studio, pid, ["zero"])  # round 2 is not re-scored yet
 
@@ -89,6 +91,7 @@ def test_round_two_trains_on_the_images_of_both_rounds(loop):
     assert captions.prompts
     assert captions.stale is None
     generate_service.run_generation(studio, pid, TINY_GENERATE)
+    assert generate_service.generation_view(studio, pid).stale == ""
     with studio.store.sessions() as session:
         per_round = training_images(session, pid)
     assert [number for number, _, _ in per_round] == [1, 2]

@@ -160,10 +160,17 @@ def test_prompt_edits_are_saved_and_checked(workflow):
         caption_service.save_prompt_edits(studio, pid, [pasted])
     assert caption_service.captions_view(studio, pid).prompts[0].text == edit["text"].strip() \
         .replace("  ", " ")  # nothing of the rejected edit was saved
+    # an edited text's matched words are the filter's top words it now contains
+    top = view.top_words[0][0]
+    for text, matched in ((f"zzz {top}", [top]), ("zzz qqq", [])):
+        view, _ = caption_service.save_prompt_edits(studio, pid, [{**edit, "text": text}])
+        row = next(p for p in view.prompts if p.prompt_id == first.prompt_id)
+        assert row.matched_words == matched, (text, row.matched_words)
     caption_service.save_prompt_edits(studio, pid, [{**edit, "class": first.label,
                                                      "text": first.original}])
     restored = caption_service.captions_view(studio, pid).prompts[0]
     assert not restored.edited and restored.label == first.label
+    assert restored.matched_words == first.matched_words
 
 
 def test_applying_the_filter_again_makes_a_new_table(workflow):
@@ -307,7 +314,7 @@ def test_stop_cancels_the_running_job(workflow):
     with studio.store.sessions.begin() as session:
         job = repo.create_job(session, pid, JobKind.DEBIAS)
         repo.start_job(session, job.id)
-    assert stop_job(studio, pid).startswith("Stopping")
+    assert stop_job(studio, pid) == "■ Stopped “Train debiased model”: nothing of that run was kept."
     assert job_status(studio, pid).status == JobStatus.CANCELLED
 
 
@@ -417,3 +424,25 @@ def test_the_review_does_not_see_the_ground_truth_unless_asked(workflow):
     record = report_service.report_content(studio, pid).detection.review
     assert record == {"show_truth": False, "ever_shown": True, "excluded_while_shown": 2}
     assert not review.project_truth_shown(studio, pid)
+
+
+def test_results_say_when_a_later_step_ran_again(workflow):
+    """After the biased model is trained again, the images, the Grad-CAM maps and the report
+    say they come from earlier work (the captions and the debias tab say so too). Last in this
+    module: it records a newer detection job."""
+    studio, views = workflow
+    pid = views["project_id"]
+    title = "“Train biased model and score samples”"
+    views = (lambda: generate_service.generation_view(studio, pid),
+             lambda: gradcam_service.gradcam_view(studio, pid),
+             lambda: report_service.export_view(studio, pid))
+    assert [title in view().stale for view in views] == [False] * 3
+    assert generate_service.generation_view(studio, pid).stale == ""
+    # (an earlier test trained the debiased model again after the maps and the report)
+    assert "“Train debiased model”" in gradcam_service.gradcam_view(studio, pid).stale
+    with studio.store.sessions.begin() as session:
+        newer = repo.create_job(session, pid, JobKind.BIASED_TRAIN)
+        repo.start_job(session, newer.id)
+        repo.finish_job(session, newer.id, JobStatus.DONE)
+    assert [title in view().stale for view in views] == [True] * 3
+    assert generate_service.generation_view(studio, pid).stale == title

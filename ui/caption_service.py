@@ -221,7 +221,10 @@ def set_anchoring(studio: Studio, project_id: int, changes: Mapping[str, Any]) -
 def save_prompt_edits(studio: Studio, project_id: int,
                       rows: list[dict[str, Any]]) -> tuple[CaptionsView, int]:
     """Apply edited rows ({"id", "keep", "class", "text"}) to the current prompt table;
-    returns the new view and how many prompts changed."""
+    returns the new view and how many prompts changed. An edited text's matched words are
+    those of the filter's top words it now contains."""
+    from diffubias.text_filter import matched_words  # scikit-learn: not on the page's path
+
     with studio.store.sessions.begin() as session:
         project = repo.get_project(session, project_id)
         filter_job = repo.latest_job(session, project_id, JobKind.FILTER)
@@ -229,6 +232,7 @@ def save_prompt_edits(studio: Studio, project_id: int,
             raise ValueError("no prompt table yet: run the captioner first")
         current = {p.id: p for p in repo.list_prompts(session, project_id, job_id=filter_job.id)}
         index = {name: i for i, name in enumerate(project.class_names)}
+        top_words = [w for w, _ in (filter_job.result or {}).get("top_words", [])]
         changed = 0
         for line, row in enumerate(rows, start=1):
             prompt = current.get(int(row["id"]))
@@ -246,7 +250,8 @@ def save_prompt_edits(studio: Studio, project_id: int,
                                  "write a prompt or untick keep")
             if (text, keep, index[label_name]) != (prompt.text, prompt.keep, prompt.label):
                 repo.update_prompt(session, prompt.id, text=text, keep=keep,
-                                   label=index[label_name])
+                                   label=index[label_name],
+                                   matched_words=list(matched_words(text, top_words)))
                 changed += 1
     return captions_view(studio, project_id), changed
 

@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -31,11 +32,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
 
-def shows_errors(handler: F) -> F:
+def shows_errors(handler: F | None = None, *, status: gr.components.Component | None = None
+                 ) -> F | Callable[[F], F]:
     """Turns ValueError (bad input, missing step) into a gr.Error with its message, a stopped
     job into a short notice, a failure of the machine (full disk, unwritable workspace, GPU out
     of memory) into a gr.Error saying what to do, and anything else into a gr.Error that points
-    at the server log. The app keeps serving in every case."""
+    at the server log. The app keeps serving in every case.
+
+    With `status` (the line under the event's button, one of its outputs), a refusal or a
+    stopped job asked for from a browser is said there and in a toast, and every other output
+    keeps what it showed: a raised error would paint them all as red "Error" boxes until the
+    page is reloaded. API clients get the error either way.
+    Use as `@shows_errors` or `@shows_errors(status=status)`."""
+    if handler is None:
+        return functools.partial(shows_errors, status=status)
+
+    def refuse(message: str, *, mark: str = "⚠", title: str = "Error") -> Any:
+        if status is None or not from_browser():
+            raise gr.Error(html.escape(message), title=title, print_exception=False)
+        gr.Warning(html.escape(message), title=title)
+        return {status: f"{mark} {markdown_text(message)}"}
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -44,10 +60,10 @@ def shows_errors(handler: F) -> F:
         except gr.Error:
             raise
         except JobCancelled:
-            raise gr.Error("The job was stopped; nothing of it was kept.", title="Stopped",
-                           print_exception=False) from None
+            return refuse("The job was stopped; nothing of it was kept.", mark="■",
+                          title="Stopped")
         except ValueError as error:
-            raise gr.Error(html.escape(str(error)), print_exception=False) from error
+            return refuse(str(error))
         except Exception as error:
             advice = machine_failure(error)
             if advice is not None:
@@ -61,12 +77,60 @@ def shows_errors(handler: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def from_browser() -> bool:
+    """Whether the event being handled came from the page (not from gradio_client, which
+    marks its requests `x-gradio-user: api`, nor from a direct Python call)."""
+    from gradio.context import LocalContext
+
+    request = LocalContext.request.get(None)
+    headers = getattr(request, "headers", None)
+    return headers is not None and headers.get("x-gradio-user") != "api"
+
+
+def markdown_text(text: str) -> str:
+    """`text` shown as itself in a gr.Markdown: HTML escaped, and the characters Markdown
+    would read as emphasis or code (a field name such as `top_k`) escaped."""
+    escaped = html.escape(text)
+    for char in "\\`*_[]":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped
+
+
+def settings_validator(settings_of: Callable[[int | None], Mapping[str, Any]]) -> Callable:
+    """A Gradio `validator` for an event whose positional inputs come first (the project's id
+    first) and whose settings widgets are passed as `inputs_kwargs` keyed by RunConfig field
+    names. A value RunConfig refuses is refused before the job is queued: the message shows
+    above that widget and every output keeps what it showed (API clients get it as the
+    error). Anything else, such as a step not done yet, is left to the handler."""
+    names = {f.name for f in dataclass_fields(RunConfig)}
+
+    def validate(*args: Any, **changes: Any) -> list:
+        valid, message, bad = gr.validate(True, ""), "", None
+        project_id = args[0] if args else None
+        try:
+            stored = settings_of(project_id) if project_id is not None else {}
+            base = RunConfig.from_dict({k: v for k, v in stored.items() if k in names})
+            # a blank box keeps the project's setting, as the handlers read it
+            base.with_changes({k: None if v == "" else v for k, v in changes.items()
+                               if k in names})
+        except ValueError as error:
+            message = str(error)
+            # RunConfig's messages start with the field's name; the longest that matches
+            bad = max((name for name in changes if message.startswith(name)), key=len,
+                      default=None)
+        return [valid] * len(args) + [gr.validate(False, message) if name == bad else valid
+                                      for name in changes]
+
+    return validate
+
+
 @dataclass(frozen=True)
 class TabRefresh:
     """What a tab gives the app. `fn(*inputs)` re-reads the tab's results into `outputs` (on
     every revision); `settings_fn(project)` fills `settings_outputs` with the project's settings
     (when a project is opened); `opened` are the tab's events after which another project is
-    open (the Dataset tab's)."""
+    open (the Dataset tab's); `jobs` maps each JobKind the tab starts to its button, which the
+    header disables while that job runs."""
 
     fn: Callable
     inputs: list
@@ -74,6 +138,7 @@ class TabRefresh:
     settings_fn: Callable | None = None
     settings_outputs: list = field(default_factory=list)
     opened: list = field(default_factory=list)
+    jobs: dict = field(default_factory=dict)
 
 
 def open_project(project_id: int | float | None) -> int:
@@ -96,6 +161,32 @@ def shown_settings(stored: Mapping[str, Any], widgets: Mapping[str, gr.component
             value = ", ".join(value) if isinstance(widget, gr.Textbox) else list(value)
         shown.append(value)
     return shown
+
+
+# A reload keeps the open tab and the gallery filters: they live in the page's URL (?tab=bias&
+# class=3), written by the browser as the user picks them (history.replaceState: no reload, no
+# history entry) and read back by handlers through gr.Request.
+def remember_in_url(name: str) -> str:
+    """JS for an event's `js=`: writes the event's first input into the URL as `name`."""
+    return ("(value) => { const url = new URL(window.location.href); "
+            f"url.searchParams.set('{name}', String(value)); "
+            "window.history.replaceState(null, '', url); }")
+
+
+def remember_tab_in_url(tabs_elem_id: str) -> str:
+    """JS for a gr.Tabs' select event: writes the selected tab's id into the URL as `tab`
+    (each gr.Tab has elem_id `tab-<id>`, which Gradio gives its button as `tab-<id>-button`)."""
+    return ("() => { setTimeout(() => { const picked = document.querySelector("
+            f"'#{tabs_elem_id} [role=tab][aria-selected=true]'); if (!picked) return; "
+            "const url = new URL(window.location.href); url.searchParams.set('tab', "
+            "picked.id.replace(/^tab-/, '').replace(/-button$/, '')); "
+            "window.history.replaceState(null, '', url); }, 0); }")
+
+
+def url_param(request: gr.Request | None, name: str) -> str | None:
+    """A value `remember_in_url` wrote into the page's URL, None without one."""
+    params = getattr(request, "query_params", None)
+    return None if params is None else params.get(name)
 
 
 def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:

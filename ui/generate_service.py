@@ -22,7 +22,7 @@ from storage import repository as repo
 from storage.models import JobKind
 from ui.datasets import project_config, save_project_config, stored_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
-from ui.studio import Studio
+from ui.studio import Studio, redone_since
 from ui.thumbnails import LARGE_PX, thumbnail
 
 PROMPTS_PER_PAGE = 12
@@ -51,6 +51,7 @@ class GenerationView:
     image_checks: str = "propose"  # the project's setting: what a proposal does
     show: str = "all"  # which images the gallery shows: all, proposed or passed
     checks_note: str = ""  # why the last checks did not look at the class, if they did not
+    stale: str = ""  # the jobs that changed the candidates since these images were generated
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,7 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
             return empty
         job = repo.latest_job(session, project.id, JobKind.GENERATE)
         prompts, images = current_images(session, project.id)
+        stale = redone_since(session, job, (JobKind.BIASED_TRAIN, JobKind.ROUND))
     image_checks = stored_config(project.settings).image_checks
     proposed: dict[str, int] = {}
     for image in images:
@@ -304,7 +306,7 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
         sum("checks" in im.params for im in images), proposed,
         sum(im.accepted is None and bool(proposal(im)) for im in images),
         sum(used_for_training(im, image_checks) for im in images), image_checks, show,
-        (job.result.get("checks") or {}).get("class_check_skipped", "") if job else "")
+        (job.result.get("checks") or {}).get("class_check_skipped", "") if job else "", stale)
 
 
 def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:

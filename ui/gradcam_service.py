@@ -26,7 +26,7 @@ from storage import repository as repo
 from storage.models import JobKind, ModelRole
 from ui.datasets import project_config, save_project_config
 from ui.jobs import JobOutcome, JobProgress, UiProgress
-from ui.studio import Studio
+from ui.studio import Studio, redone_since
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -50,6 +50,7 @@ class CamView:
     n_pages: int
     figure: go.Figure | None = field(default=None, repr=False)
     before_role: str = "vanilla"  # the model the debiased one is compared with
+    stale: str = ""  # the jobs that retrained a model since these maps were made
 
 
 def run_gradcam(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
@@ -178,6 +179,7 @@ def gradcam_view(studio: Studio, project_id: int | None, *, page: int = 1,
         if job is None:
             return empty
         project = repo.get_project(session, int(project_id))
+        stale = redone_since(session, job, (JobKind.BIASED_TRAIN, JobKind.DEBIAS))
     result = job.result
     samples = result.get("samples", [])
     names = project.class_names
@@ -204,7 +206,7 @@ def gradcam_view(studio: Studio, project_id: int | None, *, page: int = 1,
     return CamView(job.id, result.get("method", ""), result.get("sample_set", ""), len(samples),
                    before, after, result.get("object_area"), agreement, tiles, page, n_pages,
                    object_mass_figure(before, after, result.get("object_area"), roles[0]),
-                   roles[0])
+                   roles[0], stale)
 
 
 def object_mass_figure(before: float | None, after: float | None, area: float | None,

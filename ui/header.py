@@ -11,7 +11,7 @@ fired that one again on unrelated updates, which made the page reload itself in 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import gradio as gr
@@ -28,6 +28,7 @@ bias-conflicting images → **5 Debias**: retrain and compare → **6 Grad-CAM**
 models look, and export a report. Everything is saved: come back any time.
 """
 
+RUNNING_LABEL = "⏳ Running…"
 STATUS_WORDS = {"queued": "Waiting", "running": "Running", "done": "Done", "failed": "Failed",
                 "interrupted": "Interrupted", "cancelled": "Stopped"}
 
@@ -47,6 +48,8 @@ class Header:
     banner: gr.HTML
     revision: gr.State  # changes whenever a job of the open project ends, or the project
     opened: list  # events after which a project is open: the page load, a pick
+    timer: gr.Timer
+    busy: gr.State  # the kind of the open project's running job, "" when none
 
 
 def build(demo: gr.Blocks, callbacks: HeaderCallbacks) -> Header:
@@ -67,7 +70,20 @@ def build(demo: gr.Blocks, callbacks: HeaderCallbacks) -> Header:
         return (gr.Dropdown(choices=callbacks.projects(), value=chosen), chosen,
                 banner_html(callbacks.status(chosen)))
 
-    def poll(project_id, seen: str) -> tuple:
+    loaded = demo.load(on_load, None, [picker, project, banner], api_name="open_page")
+    picked = picker.input(lambda chosen: chosen, picker, project, api_visibility="private")
+    return Header(picker, project, banner, revision, [loaded, picked], timer, gr.State(""))
+
+
+def follow_jobs(header: Header, callbacks: HeaderCallbacks,
+                job_buttons: Mapping[str, gr.Button]) -> None:
+    """Polls the store once a second (wired once every tab is built): the banner, the picker
+    while no project is open, `revision`, and each job's button ({JobKind: button}), which
+    reads "Running…" and cannot be clicked while its job runs, whichever tab or client
+    started it, and is itself again once the job ends."""
+    labels = {kind: button.value for kind, button in job_buttons.items()}
+
+    def poll(project_id, seen: str, was_busy: str) -> tuple:
         picked, opened = gr.skip(), gr.skip()
         if project_id is None:
             chosen = callbacks.default_project()
@@ -75,14 +91,18 @@ def build(demo: gr.Blocks, callbacks: HeaderCallbacks) -> Header:
                 picked = gr.Dropdown(choices=callbacks.projects(), value=chosen)
                 opened = project_id = chosen
         current = callbacks.revision(project_id)
-        return (banner_html(callbacks.status(project_id)), picked, opened,
-                current if current != seen else gr.skip())
+        status = callbacks.status(project_id)
+        busy = status.kind if status.active else ""
+        buttons = [gr.skip()] * len(labels) if busy == was_busy else [
+            gr.Button(RUNNING_LABEL if kind == busy else label, interactive=kind != busy)
+            for kind, label in labels.items()]
+        return (banner_html(status), picked, opened, current if current != seen else gr.skip(),
+                busy, *buttons)
 
-    loaded = demo.load(on_load, None, [picker, project, banner], api_name="open_page")
-    picked = picker.input(lambda chosen: chosen, picker, project, api_visibility="private")
-    timer.tick(poll, [project, revision], [banner, picker, project, revision],
-               api_visibility="private", show_progress="hidden")
-    return Header(picker, project, banner, revision, [loaded, picked])
+    header.timer.tick(poll, [header.project, header.revision, header.busy],
+                      [header.banner, header.picker, header.project, header.revision,
+                       header.busy, *job_buttons.values()],
+                      api_visibility="private", show_progress="hidden")
 
 
 def banner_html(status: JobStatusView) -> str:

@@ -171,6 +171,14 @@ class JobRunner:
             raise
         return job_id, outcome
 
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Whether no job holds the slot, waiting up to `timeout_s` for the running one to end
+        (a stopped job ends at its next progress update)."""
+        if not self._slot.acquire(timeout=timeout_s):
+            return False
+        self._slot.release()
+        return True
+
     def _run_started(self, job_id: int, work: Callable[[JobProgress], JobOutcome],
                      progress: JobProgress) -> JobOutcome:
         with self.store.sessions.begin() as session:

@@ -52,8 +52,12 @@ from ui.gradcam_service import CamView, gradcam_view
 from ui.jobs import JobOutcome, JobProgress, UiProgress
 from ui.loop_service import LoopView, loop_view
 from ui.review import review_record
-from ui.studio import Studio
+from ui.studio import Studio, redone_since
 from ui.thumbnails import thumbnail
+
+# the jobs whose results the report shows
+REPORTED_JOBS = (JobKind.BIASED_TRAIN, JobKind.CAPTION, JobKind.FILTER, JobKind.GENERATE,
+                 JobKind.DEBIAS, JobKind.GRADCAM)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class ExportView:
     model: str | None
     dataset: str | None
     n_generated: int
+    stale: str = ""  # the jobs whose results the report does not include
 
 
 def export_report(studio: Studio, project_id: int, *, ui: UiProgress | None = None
@@ -83,6 +88,7 @@ def export_view(studio: Studio, project_id: int | None) -> ExportView:
         return ExportView(None, None, None, None, 0)
     with studio.store.sessions() as session:
         job = repo.latest_job(session, int(project_id), JobKind.EXPORT)
+        stale = redone_since(session, job, REPORTED_JOBS)
     if job is None:
         return ExportView(None, None, None, None, 0)
     workspace = studio.store.workspace
@@ -92,7 +98,7 @@ def export_view(studio: Studio, project_id: int | None) -> ExportView:
         return str(workspace.resolve(value)) if value else None
 
     return ExportView(job.id, absolute("report"), absolute("model"), absolute("dataset"),
-                      job.result.get("n_generated", 0))
+                      job.result.get("n_generated", 0), stale)
 
 
 def _export(studio: Studio, project_id: int, progress: JobProgress) -> JobOutcome:

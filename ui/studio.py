@@ -48,6 +48,13 @@ JOB_TITLES = {
 }
 
 
+def redone_since(session, job, kinds) -> str:
+    """The titles of the jobs of `kinds` that finished after `job` was created (“Title” and
+    “Title”), "" when none did: what a result of `job` does not reflect yet."""
+    done = repo.kinds_done_since(session, job, list(kinds)) if job is not None else []
+    return " and ".join(f"“{JOB_TITLES.get(kind, kind)}”" for kind in done)
+
+
 @dataclass
 class Studio:
     """What handlers share within one process."""
@@ -151,6 +158,7 @@ class JobStatusView:
     error: str | None
     finished_at: datetime | None
     seconds: float | None
+    kind: str = ""  # the job's JobKind
 
     @property
     def active(self) -> bool:
@@ -181,18 +189,22 @@ def _status_view(job: Job | None) -> JobStatusView:
     if seconds is None and job.started_at and job.finished_at:
         seconds = (job.finished_at - job.started_at).total_seconds()
     return JobStatusView(job.id, JOB_TITLES.get(job.kind, job.kind), job.status, job.progress,
-                         job.message, job.error, job.finished_at, seconds)
+                         job.message, job.error, job.finished_at, seconds, job.kind)
 
 
-def stop_job(studio: Studio, project_id: int | None) -> str:
-    """Cancel the project's running job; its worker stops at its next progress update."""
+def stop_job(studio: Studio, project_id: int | None, *, wait_s: float = 10.0) -> str:
+    """Cancel the project's running job, and say once it has stopped: its worker stops at its
+    next progress update, waited for up to `wait_s`."""
     if project_id is None:
         return "No job is running."
     with studio.store.sessions.begin() as session:
         job = repo.active_job(session, int(project_id))
         if job is None or not repo.cancel_job(session, job.id):
             return "No job is running."
-        return f"Stopping “{JOB_TITLES.get(job.kind, job.kind)}”…"
+        title = JOB_TITLES.get(job.kind, job.kind)
+    if studio.jobs.wait_until_idle(wait_s):
+        return f"■ Stopped “{title}”: nothing of that run was kept."
+    return f"Stopping “{title}”… it stops at its next progress update."
 
 
 def revision(studio: Studio, project_id: int | None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from diffubias.config import ARCHITECTURES, FLOAT_RANGES, RunConfig
+from storage.models import JobKind
 from ui.bias_service import CandidatePage, DetectionView, SampleDetail
 from ui.events import (
     GPU,
@@ -23,8 +24,11 @@ from ui.events import (
     page_info,
     percent,
     progress_callback,
+    remember_in_url,
+    settings_validator,
     shown_settings,
     shows_errors,
+    url_param,
 )
 
 ALL_CLASSES = -1
@@ -109,7 +113,7 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
                                elem_id="toggle-exclude")
             selected_excluded = gr.State(False)
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_train(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True),
                  **changes) -> tuple:
         project_id = open_project(project_id)
@@ -143,19 +147,26 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
     detail_outputs_list = [large, detail, sample_id, toggle, selected_excluded]
     train_event = train.click(
         on_train, [project], [status, metrics, histogram, *page_outputs_list, label, page_size],
-        inputs_kwargs=settings, api_name="train_biased", **GPU)
+        inputs_kwargs=settings, validator=settings_validator(callbacks.settings),
+        api_name="train_biased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_biased")
     pager.wire(show_page, [project, label, page_size], page_outputs_list,
                api_name="candidates_page")
+    label.change(None, label, None, js=remember_in_url("class"))  # kept across a reload
     label.input(show_class, [project, label, page_size], [histogram, *page_outputs_list],
                 api_visibility="private")
     page_size.input(lambda p, lab, size: show_page(1, p, lab, size), [project, label, page_size],
                     page_outputs_list, api_visibility="private")
     gallery.select(on_select, [project, page_ids], detail_outputs_list,
                    api_visibility="private")
+    def after_toggle(page_number, project_id, label_value, size) -> tuple:
+        """The summary (its count of excluded candidates) and the page, marks included."""
+        view = callbacks.view(project_id, label=_label(label_value))
+        return metrics_markdown(view), *show_page(page_number, project_id, label_value, size)
+
     toggle.click(on_toggle, [project, sample_id, selected_excluded], detail_outputs_list,
                  api_visibility="private").then(
-        show_page, [pager.page, project, label, page_size], page_outputs_list,
+        after_toggle, [pager.page, project, label, page_size], [metrics, *page_outputs_list],
         api_visibility="private")
 
     @shows_errors
@@ -182,26 +193,40 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
         callbacks.show_truth(open_project(project_id), bool(shown))
         return refresh(project_id, page_number, label_value, size)
 
-    def refresh(project_id, page_number, label_value, size) -> tuple:
+    def refresh(project_id, page_number, label_value, size,
+                request: gr.Request | None = None) -> tuple:
+        label_value = class_from_url(project_id, request, label_value)
         view = callbacks.view(project_id, label=_label(label_value))
         return (metrics_markdown(view), view.histogram,
                 *show_page(page_number, project_id, label_value, size))
 
-    def settings_of(project_id) -> tuple:
+    def class_from_url(project_id, request: gr.Request | None, default: Any) -> Any:
+        """The class filter the URL keeps (a reload shows the same class), if this project
+        has that class; else `default`."""
+        wanted = url_param(request, "class")
+        names = callbacks.class_names(project_id) if wanted is not None else []
+        if wanted is not None and wanted.lstrip("-").isdigit() and (
+                ALL_CLASSES <= int(wanted) < len(names)):
+            return int(wanted)
+        return default
+
+    def settings_of(project_id, request: gr.Request | None = None) -> tuple:
         names = callbacks.class_names(project_id)
         choices = [("all classes", ALL_CLASSES), *((n, i) for i, n in enumerate(names))]
-        return (gr.Dropdown(choices=choices, value=ALL_CLASSES),
+        chosen = class_from_url(project_id, request, ALL_CLASSES)
+        return (gr.Dropdown(choices=choices, value=chosen),
                 *shown_settings(callbacks.settings(project_id), settings), "")
 
     truth.input(on_truth, [project, truth, pager.page, label, page_size],
                 [metrics, histogram, *page_outputs_list], api_name="show_truth")
 
-    def show_settings(project_id) -> tuple:
-        return (*settings_of(project_id), callbacks.truth_shown(project_id))
+    def show_settings(project_id, request: gr.Request) -> tuple:
+        return (*settings_of(project_id, request), callbacks.truth_shown(project_id))
 
     return TabRefresh(refresh, [project, pager.page, label, page_size],
                       [metrics, histogram, *page_outputs_list],
-                      show_settings, [label, *settings.values(), status, truth])
+                      show_settings, [label, *settings.values(), status, truth],
+                      jobs={JobKind.BIASED_TRAIN: train})
 
 
 def _label(value: Any) -> int | None:

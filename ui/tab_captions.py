@@ -14,6 +14,7 @@ import gradio as gr
 
 from diffubias.config import RunConfig
 from diffubias.shipped_models import BASE_CAPTIONERS
+from storage.models import JobKind
 from ui.caption_service import CaptionsView
 from ui.events import (
     GPU,
@@ -21,6 +22,7 @@ from ui.events import (
     file_url,
     open_project,
     progress_callback,
+    settings_validator,
     shown_settings,
     shows_errors,
 )
@@ -114,7 +116,7 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
     settings = {"captions_per_image": per_image, "caption_instruction": instruction,
                 **filter_settings, "keywords_top_n": keywords_n, **anchor_settings}
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
                model_id: str = "", **changes) -> tuple:
         # a blank instruction keeps the project's (a VLM needs one)
@@ -126,21 +128,21 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
         return (f"✓ {view.n_captions} captions of {view.n_images} candidates; {kept} prompts "
                 "kept.", *view_outputs(view))
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_filter(project_id, **changes) -> tuple:
         view = callbacks.apply_filter(open_project(project_id), changes)
         kept = sum(p.keep for p in view.prompts)
         return f"✓ Filtered again: {kept} of {len(view.prompts)} prompts kept.", \
             *view_outputs(view)
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_anchor(project_id, **changes) -> tuple:
         view = callbacks.anchoring(open_project(project_id), changes)
         anchored = sum(p.generated_as != p.text for p in view.prompts if p.keep)
         return (f"✓ Anchoring saved: {anchored} kept prompt(s) get their class added.",
                 *view_outputs(view))
 
-    @shows_errors
+    @shows_errors(status=saved)
     def on_save(project_id, frame) -> tuple:
         project_id = open_project(project_id)
         rows = [{"keep": r[0], "id": r[1], "class": r[2], "text": r[3]}
@@ -155,13 +157,16 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
     run_event = run.click(on_run, [project], [status, *view_outputs_list],
                           inputs_kwargs={"captioner": captioner, "model_id": model_id,
                                          **settings},
+                          validator=settings_validator(callbacks.settings),
                           api_name="run_captioner", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_captioner")
     refilter.click(on_filter, [project], [status, *view_outputs_list],
-                   inputs_kwargs=filter_settings, api_name="apply_filter")
+                   inputs_kwargs=filter_settings, validator=settings_validator(callbacks.settings),
+                   api_name="apply_filter")
     save.click(on_save, [project, table], [saved, *view_outputs_list], api_name="save_prompts")
     anchor.click(on_anchor, [project], [status, *view_outputs_list],
-                 inputs_kwargs=anchor_settings, api_name="save_anchoring")
+                 inputs_kwargs=anchor_settings, validator=settings_validator(callbacks.settings),
+                 api_name="save_anchoring")
 
     def refresh(project_id, shown_table) -> tuple:
         view = callbacks.view(project_id)
@@ -180,7 +185,8 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
         return picker, *shown_settings(stored, settings), "", ""
 
     return TabRefresh(refresh, [project, shown], view_outputs_list, show_settings,
-                      [captioner, *settings.values(), status, saved])
+                      [captioner, *settings.values(), status, saved],
+                      jobs={JobKind.CAPTION: run})
 
 
 def view_outputs(view: CaptionsView) -> tuple:

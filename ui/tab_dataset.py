@@ -111,7 +111,7 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
                    else f"✓ Opened **{name}**. The other tabs now work on it.")
         return gr.Dropdown(choices=choices, value=project_id), project_id, message
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_builtin(source: str, conflict_ratio: float, seed_value: float | None,
                    progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="generating and loading the built-in dataset")
@@ -119,12 +119,12 @@ def build(callbacks: DatasetCallbacks, project: gr.Number, picker: gr.Dropdown, 
         return after_open(callbacks.open_builtin(source, conflict_ratio, seed_value,
                                                  ui=progress_callback(progress)))
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_upload(path: str | None, name: str, progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="extracting and checking the archive")
         return after_open(callbacks.upload(path, name or "", ui=progress_callback(progress)))
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_folder(path: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
         progress(0.1, desc="checking the folder")
         return after_open(callbacks.open_folder(path, "", ui=progress_callback(progress)))

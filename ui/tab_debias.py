@@ -15,6 +15,7 @@ import gradio as gr
 from diffubias.baselines import baseline_methods
 from diffubias.config import RunConfig
 from diffubias.report import ACCURACY_METRICS
+from storage.models import JobKind
 from ui.debias_service import DebiasView
 from ui.events import (
     GPU,
@@ -22,6 +23,7 @@ from ui.events import (
     open_project,
     percent,
     progress_callback,
+    settings_validator,
     shown_settings,
     shows_errors,
 )
@@ -78,7 +80,7 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
 
     settings = {"debias_epochs": epochs, "baselines": baselines}
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_train(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
                  train_vanilla: bool = True, **changes) -> tuple:
         view = callbacks.train(open_project(project_id), changes,
@@ -92,6 +94,7 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
     train_event = train.click(on_train, [project], [status, *outputs],
                               inputs_kwargs={"debias_epochs": epochs, "train_vanilla": vanilla,
                                              "baselines": baselines},
+                              validator=settings_validator(callbacks.settings),
                               api_name="train_debiased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_debias")
 
@@ -101,7 +104,8 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
     def show_settings(project_id) -> tuple:
         return *shown_settings(callbacks.settings(project_id), settings), ""
 
-    return TabRefresh(refresh, [project], outputs, show_settings, [*settings.values(), status])
+    return TabRefresh(refresh, [project], outputs, show_settings, [*settings.values(), status],
+                      jobs={JobKind.DEBIAS: train})
 
 
 def view_outputs(view: DebiasView) -> tuple:

@@ -14,6 +14,7 @@ import gradio as gr
 
 from diffubias.config import RunConfig
 from diffubias.shipped_models import BASE_GENERATORS
+from storage.models import JobKind
 from ui.events import (
     GPU,
     Pager,
@@ -21,8 +22,11 @@ from ui.events import (
     open_project,
     page_info,
     progress_callback,
+    remember_in_url,
+    settings_validator,
     shown_settings,
     shows_errors,
+    url_param,
 )
 from ui.generate_service import SHOW, GenerationView, ImageDetail
 
@@ -104,7 +108,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                         "its class, does the biased model find it hard, is it a copy of a "
                         "training image); ⚑ marks the ones that fail a check.*")
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
                model_id: str = "", **changes) -> tuple:
         view = callbacks.run(open_project(project_id), changes, model_id=model_id or "",
@@ -141,13 +145,14 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
     run_event = run.click(on_run, [project], [status, *page_outputs],
                           inputs_kwargs={"generator": generator, "model_id": model_id,
                                          **settings},
+                          validator=settings_validator(callbacks.settings),
                           api_name="generate", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_generate")
     pager.wire(show_page, [project, show], page_outputs, api_name="generated_page")
     show.change(lambda project_id, shown: show_page(1, project_id, shown), [project, show],
                 page_outputs, api_visibility="private")
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_reject_all(project_id, shown) -> tuple:
         n = callbacks.reject_proposed(open_project(project_id))
         return (f"✗ Rejected {n} proposed image(s).", *show_page(1, project_id, shown))
@@ -182,16 +187,20 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
     def refresh(project_id, page_number, shown) -> tuple:
         return show_page(page_number, project_id, shown)
 
-    def show_settings(project_id) -> tuple:
+    def show_settings(project_id, request: gr.Request) -> tuple:
         stored = callbacks.settings(project_id)
         choices = callbacks.generators()
         chosen = stored.get("generator", DEFAULTS.generator)  # a typed model id is not shown
         picker = (gr.Dropdown(choices=choices, value=chosen) if chosen in choices
                   else gr.Dropdown(choices=choices))
-        return picker, *shown_settings(stored, settings), ""
+        shown = url_param(request, "show")  # the filter a reload keeps
+        return (picker, *shown_settings(stored, settings), "",
+                shown if shown in SHOW else gr.skip())
 
+    show.change(None, show, None, js=remember_in_url("show"))
     return TabRefresh(refresh, [project, pager.page, show], page_outputs, show_settings,
-                      [generator, *settings.values(), status])
+                      [generator, *settings.values(), status, show],
+                      jobs={JobKind.GENERATE: run})
 
 
 def view_outputs(view: GenerationView) -> tuple:
@@ -217,6 +226,9 @@ def view_outputs(view: GenerationView) -> tuple:
             summary += f"\n\n⚠ The class was not checked: {view.checks_note}."
         if view.oracle:
             summary += f"\n\n⚠ **Upper bound, not a model**: {view.oracle}."
+        if view.stale:
+            summary += (f"\n\n⚠ These images come from earlier candidates: {view.stale} ran "
+                        "since. Caption the current candidates (tab 3), then generate again.")
     info = page_info(view.page, view.n_pages, view.n_images, "images") if view.n_images else ""
     # whole prompts per row: 2 per prompt -> 3 prompts a row, 6 -> 1, 12 -> 1 (12 wide)
     columns = max(view.columns, view.columns * (TILES_PER_ROW // max(view.columns, 1)))

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from diffubias.config import CAM_BEFORE, CAM_METHODS, CAM_SAMPLE_SETS, RunConfig
+from storage.models import JobKind
 from ui.events import (
     GPU,
     Pager,
@@ -22,6 +23,7 @@ from ui.events import (
     page_info,
     percent,
     progress_callback,
+    settings_validator,
     shown_settings,
     shows_errors,
 )
@@ -80,14 +82,14 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
 
     settings = {"cam_method": method, "cam_samples": count, "cam_before": before}
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
                sample_set: str = "conflicting", **changes) -> tuple:
         view = callbacks.run(open_project(project_id), changes, sample_set=sample_set,
                              ui=progress_callback(progress))
         return (f"✓ Explained {view.n_samples} images.", *view_outputs(view))
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_export(project_id, progress: gr.Progress = gr.Progress()) -> tuple:
         exported = callbacks.export(open_project(project_id), ui=progress_callback(progress))
         return ("✓ Report exported.", *export_outputs(exported))
@@ -101,6 +103,7 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
     run_event = run.click(on_run, [project], [status, *outputs],
                           inputs_kwargs={"cam_method": method, "sample_set": sample_set,
                                          "cam_samples": count, "cam_before": before},
+                          validator=settings_validator(callbacks.settings),
                           api_name="run_gradcam", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_gradcam")
     pager.wire(show_page, [project], outputs, api_name="cam_page")
@@ -108,13 +111,14 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
 
     def refresh(project_id, page_number) -> tuple:
         return (*show_page(page_number, project_id),
-                *export_outputs(callbacks.exported(project_id)))
+                *labelled_export_outputs(callbacks.exported(project_id)))
 
     def show_settings(project_id) -> tuple:
         return *shown_settings(callbacks.settings(project_id), settings), ""
 
     return TabRefresh(refresh, [project, pager.page], [*outputs, *export_list], show_settings,
-                      [*settings.values(), status])
+                      [*settings.values(), status],
+                      jobs={JobKind.GRADCAM: run, JobKind.EXPORT: export})
 
 
 def view_outputs(view: CamView) -> tuple:
@@ -129,6 +133,9 @@ def view_outputs(view: CamView) -> tuple:
                         f"**{percent(view.mean_mass_before)}** → debiased "
                         f"**{percent(view.mean_mass_after)}** (object area "
                         f"{percent(view.object_area)}).")
+        if view.stale:
+            summary += (f"\n\n⚠ These maps explain earlier models: {view.stale} ran since. "
+                        "Run Grad-CAM again.")
     info = page_info(view.page, view.n_pages, view.n_samples, "images") if view.n_samples else ""
     return (summary, gr.Plot(value=view.figure, visible=view.figure is not None), view.tiles,
             view.page, info)
@@ -136,3 +143,11 @@ def view_outputs(view: CamView) -> tuple:
 
 def export_outputs(view: ExportView) -> tuple:
     return view.report, view.model, view.dataset
+
+
+def labelled_export_outputs(view: ExportView) -> tuple:
+    """`export_outputs` for the page (not the API): the report's label says when the report
+    predates later work."""
+    label = "report (HTML)" + (f" · ⚠ made before {view.stale} ran: export again"
+                               if view.stale else "")
+    return gr.File(view.report, label=label), view.model, view.dataset

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ui.events import GPU, TabRefresh, open_project, percent, progress_callback, shows_errors
+from storage.models import JobKind
+from ui.events import (
+    GPU,
+    TabRefresh,
+    open_project,
+    percent,
+    progress_callback,
+    shows_errors,
+)
 from ui.loop_service import LoopView
 
 KEYWORD_HEADERS = ["class", "keyword", "candidates using it", "still wrong", "accuracy",
@@ -61,14 +69,14 @@ def build(callbacks: LoopCallbacks, project: gr.Number) -> TabRefresh:
 
     outputs = [note, classes, gaps, keywords, still_wrong, rounds]
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_rescore(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
         view = callbacks.rescore(open_project(project_id), ui=progress_callback(progress))
         summary = view.summary
         return (f"✓ {summary['n_still_wrong']} of {summary['n_candidates']} candidates still "
                 "wrong.", *view_outputs(view))
 
-    @shows_errors
+    @shows_errors(status=status)
     def on_start(project_id, chosen) -> tuple:
         view = callbacks.start(open_project(project_id), list(chosen or []))
         return f"✓ Round {view.round} started.", *view_outputs(view)
@@ -79,7 +87,7 @@ def build(callbacks: LoopCallbacks, project: gr.Number) -> TabRefresh:
     def refresh(project_id) -> tuple:
         return view_outputs(callbacks.view(project_id))
 
-    return TabRefresh(refresh, [project], outputs)
+    return TabRefresh(refresh, [project], outputs, jobs={JobKind.RESCORE: rescore})
 
 
 def view_outputs(view: LoopView) -> tuple:

@@ -38,6 +38,7 @@ from storage.repository.jobs import (
     finish_job,
     get_job,
     interrupt_active_jobs,
+    kinds_done_since,
     latest_finished_job,
     latest_job,
     list_jobs,
@@ -98,7 +99,7 @@ __all__ = [
     "samples_per_class",
     # jobs
     "active_job", "cancel_job", "create_job", "finish_job", "get_job", "interrupt_active_jobs",
-    "latest_finished_job", "latest_job", "list_jobs", "mark_interrupted_jobs",
+    "kinds_done_since", "latest_finished_job", "latest_job", "list_jobs", "mark_interrupted_jobs",
     "referenced_paths", "start_job", "unfinished_job_ids", "update_job_progress",
     # scores and candidates
     "add_scores", "count_candidates", "get_score", "list_scores", "loss_histogram",

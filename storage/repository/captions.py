@@ -52,9 +52,10 @@ def update_prompt(
     text: str | None = None,
     keep: bool | None = None,
     label: int | None = None,
+    matched_words: list[str] | None = None,
 ) -> Prompt:
-    """Edit a prompt's text, keep flag or class. The original text is kept; editing back to it
-    clears the edit."""
+    """Edit a prompt's text, keep flag, class or the filter's words it contains. The original
+    text is kept; editing back to it clears the edit."""
     prompt = require_row(session, Prompt, prompt_id)
     if text is not None:
         prompt.text_edited = None if text == prompt.text_original else text
@@ -62,6 +63,8 @@ def update_prompt(
         prompt.keep = keep
     if label is not None:
         prompt.label = label
+    if matched_words is not None:
+        prompt.matched_words = list(matched_words)
     session.flush()
     return prompt
 

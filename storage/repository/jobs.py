@@ -102,6 +102,15 @@ def latest_job(
     return session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(1)).first()
 
 
+def kinds_done_since(session: Session, job: Job, kinds: Sequence[str]) -> list[str]:
+    """Which of `kinds` have a job of `job`'s project that finished (done) after `job` was
+    created, in the order given: the work a result of `job` no longer reflects."""
+    newer = select(Job.kind).where(Job.project_id == job.project_id, Job.kind.in_(kinds),
+                                   Job.status == JobStatus.DONE, Job.id > job.id).distinct()
+    found = set(session.scalars(newer))
+    return [kind for kind in kinds if kind in found]
+
+
 def list_jobs(session: Session, project_id: int, kind: str | None = None) -> Sequence[Job]:
     """Newest first."""
     query = select(Job).where(Job.project_id == project_id)
