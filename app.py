@@ -74,6 +74,16 @@ CSS = """
 #sample-grid img, #candidate-gallery img, #generated-gallery img, #cam-gallery img,
 #candidate-large img, #generated-large img { image-rendering: pixelated; }
 footer { display: none !important; }
+/* galleries: the label chip sits above the first row, not on it; tiles shrink to fit the width
+   instead of overflowing it; a tile's caption wraps instead of being cut */
+.grid-wrap:not(.minimal) { padding-top: 2.6em !important; }
+.grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important; }
+.thumbnail-item .caption-label { max-width: calc(100% - 8px) !important; line-height: 1.25; }
+#sample-grid .caption-label, #candidate-gallery .caption-label, #still-wrong .caption-label {
+  white-space: normal !important; overflow-wrap: anywhere; }
+/* a prompt under its first image: three lines, the whole text in the selected image's detail */
+#generated-gallery .caption-label { white-space: normal !important; display: -webkit-box;
+  -webkit-line-clamp: 3; -webkit-box-orient: vertical; font-size: 0.8em; }
 """
 
 

@@ -44,6 +44,7 @@ def loss_histogram(
     class_names: Sequence[str] | None = None,
     bins: int = 60,
     log_y: bool = True,
+    log_x: bool | None = None,
 ) -> go.Figure:
     """Histogram of per-sample losses; with `is_conflict`, bias-aligned and bias-conflicting
     samples as two overlaid bar traces on the same bin edges.
@@ -54,6 +55,11 @@ def loss_histogram(
     more samples than the candidates reach it. With `labels`, hovering a bar lists its commonest classes, named by
     `class_names` when given. The y axis is logarithmic by default because conflicting samples are
     often ~1% of the data. Each trace's `y` holds the exact counts.
+
+    The loss axis is logarithmic when `log_x`, or (None) when most losses are under a hundredth
+    of the highest, as after GCE training: on a linear axis they and the threshold would all sit
+    in the first bin. Bins are then equal in log10(loss), the traces' `x` and the line are in
+    log10 units, and the ticks read as losses.
     """
     losses = np.asarray(losses, dtype=np.float64)
     if losses.ndim != 1 or losses.size == 0:
@@ -67,15 +73,22 @@ def loss_histogram(
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
 
-    edges = np.histogram_bin_edges(losses, bins=bins)
+    highest = float(losses.max())
+    if log_x is None:
+        log_x = highest > 0 and float(np.median(losses)) < highest / 100
+    floor = max(float(losses[losses > 0].min(initial=highest)), highest * 1e-6) if log_x else 0.0
+    position = np.log10(np.maximum(losses, floor)) if log_x else losses
+    edges = np.histogram_bin_edges(position, bins=bins)
+    loss_edges = 10.0 ** edges if log_x else edges
     centers = (edges[:-1] + edges[1:]) / 2
     # Which bin each sample falls in; the last bin is closed, as in np.histogram.
-    bin_of = np.clip(np.searchsorted(edges, losses, side="right") - 1, 0, len(centers) - 1)
+    bin_of = np.clip(np.searchsorted(edges, position, side="right") - 1, 0, len(centers) - 1)
     fig = go.Figure()
     for name, selected, color in groups:
         counts = np.bincount(bin_of[selected], minlength=len(centers))
         hover = "loss %{customdata[0]:.3g} to %{customdata[1]:.3g}<br>%{y} samples"
-        customdata: list[list[object]] = [[lo, hi] for lo, hi in zip(edges[:-1], edges[1:])]
+        customdata: list[list[object]] = [[lo, hi] for lo, hi in zip(loss_edges[:-1],
+                                                                      loss_edges[1:])]
         if label_array is not None:
             tops = _top_classes(bin_of[selected], label_array[selected], len(centers), class_names)
             customdata = [row + [top] for row, top in zip(customdata, tops)]
@@ -93,24 +106,36 @@ def loss_histogram(
             )
         )
     if threshold is not None:
+        reach = int((losses >= threshold).sum())
         if n_selected is None:
-            text = f"top-K threshold {threshold:.3g} ({int((losses >= threshold).sum())} at or above)"
+            text = f"top-K threshold {threshold:.3g} ({reach} at or above)"
         else:
-            text = f"lowest per-class top-K threshold {threshold:.3g} ({n_selected} candidates)"
+            text = (f"lowest per-class top-K threshold {threshold:.3g}: {n_selected} candidates, "
+                    f"{reach} samples at or right of it")
+        x = math.log10(max(threshold, floor)) if log_x else threshold
+        # the label on the side with room, so it covers neither the y ticks nor the last bars
+        left_of = (x - edges[0]) > 0.55 * (edges[-1] - edges[0])
         fig.add_vline(
-            x=threshold,
+            x=x,
             line_dash="dash",
             line_color="black",
+            line_width=2,
             annotation_text=text,
-            annotation_position="top right",
+            annotation_position="top left" if left_of else "top right",
+            annotation_bgcolor="rgba(255,255,255,0.8)",
         )
     fig.update_layout(barmode="overlay", bargap=0, title="Per-sample loss", legend_title_text="")
-    fig.update_xaxes(title_text="per-sample loss")
+    fig.update_xaxes(title_text="per-sample loss" + (" (log scale)" if log_x else ""))
+    if log_x:
+        decades = range(math.ceil(edges[0]), math.floor(edges[-1]) + 1)
+        fig.update_xaxes(tickvals=list(decades), ticktext=[f"{10.0 ** d:g}" for d in decades])
     if log_y:
         # Plotly takes a log axis's range in log10 units; starting below 1 keeps 1-count bars.
-        highest = max(int(np.max(trace.y)) for trace in fig.data)
+        # One tick per decade: the 2s and 5s clutter a short range.
+        top = max(int(np.max(trace.y)) for trace in fig.data)
         fig.update_yaxes(
-            type="log", range=[math.log10(0.5), math.log10(highest * 2)], title_text="samples (log)"
+            type="log", range=[math.log10(0.5), math.log10(top * 2)], dtick=1,
+            title_text="samples (log)"
         )
     else:
         fig.update_yaxes(title_text="samples")

@@ -173,3 +173,25 @@ def test_save_png_round_trips(tmp_path):
         assert reloaded.format == "PNG" and reloaded.size == (30, 20)
         assert reloaded.getpixel((0, 0)) == (10, 200, 30)
     assert [p.name for p in path.parent.iterdir()] == ["sheet.png"]
+
+
+def test_a_skewed_histogram_puts_the_threshold_where_it_can_be_seen():
+    """After GCE training most losses are near 0 and the conflicts near 10: on a linear axis the
+    threshold sat on the y axis. The loss axis goes logarithmic and the line lands mid-plot."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.lognormal(np.log(1e-3), 0.5, 9800),
+                             rng.normal(10.0, 2.0, 200).clip(0.5)])
+    threshold = float(np.sort(values)[-200])
+    fig = plots.loss_histogram(values, threshold=threshold, n_selected=200)
+    (line,) = fig.layout.shapes
+    low, high = fig.data[0].x[0], fig.data[0].x[-1]
+    assert line.x0 == pytest.approx(np.log10(threshold))
+    assert 0.3 < (line.x0 - low) / (high - low) < 0.95  # not on an edge
+    assert "log" in fig.layout.xaxis.title.text
+    assert "0.001" in fig.layout.xaxis.ticktext and "10" in fig.layout.xaxis.ticktext
+    assert "200 candidates, 200 samples at or right of it" in fig.layout.annotations[0].text
+    assert fig.layout.yaxis.dtick == 1
+    lo, hi = fig.data[0].customdata[0][:2]  # the hover reads losses, not log10 units
+    assert 0 < lo < hi < 0.01
+    # most losses far from the top: linear when they are not
+    assert plots.loss_histogram(values[-200:]).layout.xaxis.ticktext is None

@@ -14,6 +14,7 @@ import functools
 import html
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -189,8 +190,23 @@ def url_param(request: gr.Request | None, name: str) -> str | None:
     return None if params is None else params.get(name)
 
 
+PROGRESS_INTERVAL_S = 0.5  # the page's progress bar redraws at most this often
+
+
 def progress_callback(progress: gr.Progress) -> Callable[[float, str], None]:
-    return lambda fraction, message: progress(fraction, desc=message)
+    """The services' (fraction, message) callback, drawn by the page's progress bar at most
+    every PROGRESS_INTERVAL_S (and when the message changes): every redraw costs the browser
+    CPU that, on a small machine, the job itself needs. (Not track_tqdm, which sent every
+    step of every progress bar.)"""
+    last = {"at": -math.inf, "message": None}
+
+    def report(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last["at"] >= PROGRESS_INTERVAL_S or message != last["message"]:
+            last.update(at=now, message=message)
+            progress(fraction, desc=message)
+
+    return report
 
 
 def file_url(path: str) -> str:

@@ -114,7 +114,7 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
             selected_excluded = gr.State(False)
 
     @shows_errors(status=status)
-    def on_train(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True),
+    def on_train(project_id, progress: gr.Progress = gr.Progress(),
                  **changes) -> tuple:
         project_id = open_project(project_id)
         view = callbacks.train(project_id, changes, ui=progress_callback(progress))

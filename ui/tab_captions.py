@@ -117,7 +117,7 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
                 **filter_settings, "keywords_top_n": keywords_n, **anchor_settings}
 
     @shows_errors(status=status)
-    def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+    def on_run(project_id, progress: gr.Progress = gr.Progress(), *,
                model_id: str = "", **changes) -> tuple:
         # a blank instruction keeps the project's (a VLM needs one)
         changes["caption_instruction"] = (changes.get("caption_instruction") or "").strip() \

@@ -81,7 +81,7 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
     settings = {"debias_epochs": epochs, "baselines": baselines}
 
     @shows_errors(status=status)
-    def on_train(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+    def on_train(project_id, progress: gr.Progress = gr.Progress(), *,
                  train_vanilla: bool = True, **changes) -> tuple:
         view = callbacks.train(open_project(project_id), changes,
                                train_vanilla=bool(train_vanilla), ui=progress_callback(progress))

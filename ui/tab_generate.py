@@ -109,7 +109,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                         "training image); ⚑ marks the ones that fail a check.*")
 
     @shows_errors(status=status)
-    def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+    def on_run(project_id, progress: gr.Progress = gr.Progress(), *,
                model_id: str = "", **changes) -> tuple:
         view = callbacks.run(open_project(project_id), changes, model_id=model_id or "",
                              ui=progress_callback(progress))

@@ -83,7 +83,7 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
     settings = {"cam_method": method, "cam_samples": count, "cam_before": before}
 
     @shows_errors(status=status)
-    def on_run(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True), *,
+    def on_run(project_id, progress: gr.Progress = gr.Progress(), *,
                sample_set: str = "conflicting", **changes) -> tuple:
         view = callbacks.run(open_project(project_id), changes, sample_set=sample_set,
                              ui=progress_callback(progress))

@@ -70,7 +70,7 @@ def build(callbacks: LoopCallbacks, project: gr.Number) -> TabRefresh:
     outputs = [note, classes, gaps, keywords, still_wrong, rounds]
 
     @shows_errors(status=status)
-    def on_rescore(project_id, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+    def on_rescore(project_id, progress: gr.Progress = gr.Progress()) -> tuple:
         view = callbacks.rescore(open_project(project_id), ui=progress_callback(progress))
         summary = view.summary
         return (f"✓ {summary['n_still_wrong']} of {summary['n_candidates']} candidates still "
