@@ -229,7 +229,7 @@ def _detection(d: Detection, figure: _Figures) -> list[str]:
             if d.review.get("ever_shown") else "did not see the dataset's bias labels.</p>"))
     metrics = {k: v for k, v in d.metrics.items() if isinstance(v, (int, float))}
     if metrics:
-        parts.append(_table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()]))
+        parts.append(_table(["metric", "value"], [_metric_row(k, v) for k, v in metrics.items()]))
     if d.histogram is not None:
         parts.append(figure(d.histogram))
     parts += ["<h3>Top candidates</h3>", *_images(d.candidates[:MAX_TILES], d.sheets),
@@ -280,7 +280,7 @@ def _oracle(note: str) -> str:
 def _accuracy(a: Accuracy, figure: _Figures) -> list[str]:
     parts = [f"<p class=warn>{_e(a.note)}</p>"] if a.note else []
     parts += [_table(["model", *ACCURACY_METRICS, "training images"],
-                    [[m.model, *(_fmt(m.test.get(k)) for k in ACCURACY_METRICS),
+                    [[m.model, *(_percent(m.test.get(k)) for k in ACCURACY_METRICS),
                       m.n_train if m.n_train is not None else ""] for m in a.models])]
     if a.figure is not None:
         parts.append(figure(a.figure))
@@ -298,7 +298,7 @@ def _gradcam(g: GradCam, figure: _Figures) -> list[str]:
         parts.append(figure(g.figure))
     tiles = [Tile(path, caption) for row in g.rows[:MAX_CAM_ROWS]
              for path, caption in zip((row.image, row.before, row.after), row.captions)]
-    parts += _images(tiles, g.sheets, columns=3)
+    parts += _images(tiles, g.sheets, columns=6)  # two samples a row, across the page
     if g.settings:
         parts.append(_settings(g.settings))
     return parts
@@ -324,6 +324,23 @@ def _rounds(rounds: tuple[Mapping[str, Any], ...]) -> list[str]:
 
 def _e(text: Any) -> str:
     return html.escape(str(text))
+
+
+# the detection metrics as the app names and shows them: (name, shown as a percentage)
+DETECTION_METRICS = {
+    "n_selected": ("candidates (top-K)", False), "n_conflicts": ("bias-conflicting in train", False),
+    "precision_at_k": ("precision@K", True), "recall_at_k": ("recall@K", True),
+    "r_precision": ("R-precision", True), "auroc": ("AUROC", False),
+    "average_precision": ("average precision", True)}
+
+
+def _metric_row(key: str, value: float) -> list[str]:
+    name, share = DETECTION_METRICS.get(key, (key.replace("_", " "), False))
+    return [_e(name), f"{value:.1%}" if share else _fmt(value)]
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _fmt(value: Any) -> str:
@@ -360,8 +377,12 @@ def _tile_html(tile: Tile) -> str:
 
 
 def _gallery(tiles: tuple[Tile, ...] | list[Tile], columns: int | None = None) -> str:
-    style = f' style="grid-template-columns: repeat({columns}, 120px)"' if columns else ""
-    return f'<div class="gallery"{style}>{"".join(_tile_html(t) for t in tiles)}</div>'
+    """Fixed-size tiles filling the width; with `columns`, that many across the whole page,
+    the images as wide as their column (Grad-CAM: image, before, after for two samples a row)."""
+    style = (f' style="grid-template-columns: repeat({columns}, minmax(0, 1fr))"' if columns
+             else "")
+    wide = " wide" if columns else ""
+    return f'<div class="gallery{wide}"{style}>{"".join(_tile_html(t) for t in tiles)}</div>'
 
 
 def _sheets(sheets: tuple[Tile, ...]) -> str:
@@ -394,6 +415,7 @@ figure {{ margin: 0; }} figure img {{ width: 112px; height: 112px; object-fit: c
        image-rendering: pixelated; background: #eee; }}
 figcaption {{ font-size: 0.75em; color: #445; }}
 .sheets figure img {{ width: auto; height: auto; max-width: 100%; image-rendering: auto; }}
+.gallery.wide figure img {{ width: 100%; height: auto; aspect-ratio: 1; }}
 </style></head><body>
 {body}
 </body></html>

@@ -92,6 +92,15 @@ def fill(page, elem_id: str, value) -> None:
     raise AssertionError(f"#{elem_id} does not keep the value {value}")
 
 
+def edit_prompt_cell(page, cell: str, text: str) -> None:
+    """Type `text` into a cell of the prompt table (`cell-ROW-COLUMN`), as a person does."""
+    page.locator(f'#prompt-table [data-testid="{cell}"]').dblclick()
+    editor = page.locator(f'#prompt-table [data-testid="{cell}"] textarea, '
+                          f'#prompt-table [data-testid="{cell}"] input').first
+    editor.fill(text)
+    editor.press("Enter")
+
+
 def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots):
     width, biased_epochs, per_prompt, max_images, debias_epochs, cam_samples = SETTINGS
     page.goto(served)
@@ -119,12 +128,7 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     open_tab(page, "3 · Captions")
     page.click("#run-captioner")
     page.wait_for_selector("#captions-status:has-text('captions of 199 candidates')")
-    cell = page.locator('#prompt-table [data-testid="cell-0-3"]')
-    cell.dblclick()
-    editor = page.locator('#prompt-table [data-testid="cell-0-3"] textarea, '
-                          '#prompt-table [data-testid="cell-0-3"] input').first
-    editor.fill("a red digit on a black background")
-    editor.press("Enter")
+    edit_prompt_cell(page, "cell-0-3", "a red digit on a black background")
     page.click("#save-prompts")
     page.wait_for_selector("#save-status:has-text('Saved 1 change')")
     page.screenshot(path=screenshots / "3-captions.png", full_page=True)
@@ -224,12 +228,7 @@ def test_a_refused_action_keeps_what_is_on_screen_and_says_why(served, page, scr
     page.screenshot(path=screenshots / "5-refused.png", full_page=True)
 
     open_tab(page, "3 · Captions")  # a refusal by the handler: said under its button
-    cell = page.locator('#prompt-table [data-testid="cell-0-2"]')
-    cell.dblclick()
-    editor = page.locator('#prompt-table [data-testid="cell-0-2"] textarea, '
-                          '#prompt-table [data-testid="cell-0-2"] input').first
-    editor.fill("sevn")
-    editor.press("Enter")
+    edit_prompt_cell(page, "cell-0-2", "sevn")  # the class column
     page.click("#save-prompts")
     page.wait_for_selector("#save-status:has-text(\"unknown class 'sevn'\")")
     assert page.inner_text("#save-status").startswith("⚠")

@@ -57,7 +57,8 @@ def content(png) -> ReportContent:
                              ("indoor", "outdoor"), 1)
     return ReportContent(
         "pets <audit>", "data/pets.zip", WHEN, dataset,
-        detection=Detection(90, 6, 1, {"auroc": 0.91234, "k_per_class": {"0": 3}, "n": 90},
+        detection=Detection(90, 6, 1, {"auroc": 0.91234, "precision_at_k": 0.8234,
+                                       "k_per_class": {"0": 3}, "n": 90},
                             bars("histogram"), (Tile(png, "cat · 2.31"),) * (MAX_TILES + 5),
                             settings={"top_k": 3, "epochs": 2, "shape": [1, 2]}),
         captions=Captions("blip", 12, 6, 4, ("grass", "sofa"), MAX_PROMPTS + 2, 1,
@@ -107,15 +108,17 @@ def test_every_section_in_order_with_its_numbers(page):
     assert "2 classes (cat, dog); image size 64 px; bias attribute known: indoor, outdoor; " \
         "1 file(s) skipped at import." in page
     assert "scored 90 training samples" in page and "(1 excluded by the reviewer)" in page
-    assert "<td>auroc</td><td>0.912</td>" in page and "<td>k_per_class</td>" not in page
+    assert "<td>AUROC</td><td>0.912</td>" in page and "<td>k_per_class</td>" not in page
+    assert "<td>precision@K</td><td>82.3%</td>" in page
     assert "sofa (5/1), indoors (3/0)" in page
     assert "8 images, 2 rejected by the reviewer. Generator: <b>sd15</b>." in page
     assert ("Automatic checks: 5 of 8 images passed; 1 captioned without their class, 2 easy "
             "for the biased model (bias-aligned), 0 near-copies of a training image. Images "
             "failing a check were proposed for rejection to the reviewer.") in page
     assert "Upper bound" not in page  # no oracle in this run
-    assert "<td>biased</td><td>0.800</td><td>n/a</td><td>n/a</td><td>n/a</td><td></td>" in page
-    assert "<td>debiased</td><td>0.850</td><td>0.900</td><td>0.700</td><td>0.800</td>" \
+    # percentages and the app's names, as the app shows them
+    assert "<td>biased</td><td>80.0%</td><td>n/a</td><td>n/a</td><td>n/a</td><td></td>" in page
+    assert "<td>debiased</td><td>85.0%</td><td>90.0%</td><td>70.0%</td><td>80.0%</td>" \
         "<td>98</td>" in page
     assert "Accuracy on them: biased 25.0%, debiased 75.0%." in page
     assert "<td>top_k</td><td>3</td>" in page and "<td>shape</td>" not in page
@@ -127,7 +130,9 @@ def test_galleries_and_tables_stop_at_their_caps(page):
     captions = page.split("<h2>3. Captions and prompts</h2>")[1].split("<h2>")[0]
     assert captions.count("<td>cat</td>") == MAX_PROMPTS - 1  # one row is the edited dog prompt
     cams = page.split("<h2>6. Where")[1].split("<h2>")[0]
-    assert cams.count("<img ") == 3 and "repeat(3, 120px)" in cams
+    # image, before, after of two samples a row, across the page (not one narrow column)
+    assert cams.count("<img ") == 3 and 'class="gallery wide"' in cams
+    assert "repeat(6, minmax(0, 1fr))" in cams
 
 
 def test_text_from_models_and_people_is_escaped(page):

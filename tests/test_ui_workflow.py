@@ -234,6 +234,7 @@ def test_debiasing_compares_three_models(workflow):
     assert view.n_generated == 40
     debiased = view.rows[-1]
     assert debiased.n_train == 10000 + 40 and debiased.epochs == 1
+    assert view.rows[0].n_train == 10000  # the biased model: the train split
     assert all(0 <= r.test["overall"] <= 1 for r in view.rows)
     assert view.figure is not None and len(view.figure.data) == 3
 

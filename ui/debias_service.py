@@ -160,7 +160,10 @@ def debias_view(studio: Studio, project_id: int | None, *,
     sizes = (project.settings.get("summary") or {}).get("split_sizes", {}) if project else {}
     # a baseline counts only if the latest debias job trained it (the user may have dropped it)
     baselines = baseline_names()
-    rows = [AccuracyRow(role, dict(m.metrics.get("test", {})), m.metrics.get("n_train"),
+    # the biased model trains on the train split alone; older jobs did not record its size
+    rows = [AccuracyRow(role, dict(m.metrics.get("test", {})),
+                        m.metrics.get("n_train") or (sizes.get("train") if role == "biased"
+                                                     else None),
                         m.metrics.get("epochs"), m.weights_path)
             for role, m in models.items() if m is not None
             and (role not in baselines or (job is not None and m.job_id == job.id))]

@@ -94,8 +94,8 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
             summary = gr.Markdown("*Caption the candidates to get prompts.*",
                                   elem_id="captions-summary")
             table = gr.Dataframe(headers=PROMPT_HEADERS, datatype=PROMPT_TYPES,
-                                 interactive=True, static_columns=[1, 4, 5, 6], max_height=520,
-                                 column_widths=["72px", "64px", "100px", "30%", "88px", "14%",
+                                 interactive=True, static_columns=[1, 4, 5, 6], max_height=900,
+                                 column_widths=["88px", "64px", "100px", "30%", "88px", "14%",
                                                 "24%"],
                                  wrap=True, label="Prompts: tick keep, fix the class, edit "
                                  "the text, then save", elem_id="prompt-table")

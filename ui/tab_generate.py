@@ -102,7 +102,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                 reject = gr.Button("✗ Reject", variant="stop", interactive=False,
                                    elem_id="reject-image")
             reject_prompt = gr.Button("✗ Reject this prompt's images", interactive=False,
-                                      size="sm", elem_id="reject-prompt")
+                                      variant="stop", size="sm", elem_id="reject-prompt")
             gr.Markdown("*Images nobody reviewed are used for training; rejected ones are "
                         "not. Every image is checked after generation (does its caption name "
                         "its class, does the biased model find it hard, is it a copy of a "
