@@ -39,7 +39,7 @@ from ui import (
     tab_gradcam,
     tab_loop,
 )
-from ui.events import remember_tab_in_url, url_param
+from ui.events import open_tab_from_url, remember_tab_in_url
 from ui.studio import (
     Studio,
     class_names,
@@ -174,13 +174,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                                    for kind, button in tab.jobs.items()})
         # a reload opens the tab the URL names (?tab=bias), as the user last picked it
         steps.select(None, None, None, js=remember_tab_in_url("steps"))
-        tab_ids = [tab.id for tab in steps.children]
-
-        def open_tab_from_url(request: gr.Request) -> gr.Tabs:
-            tab = url_param(request, "tab")
-            return gr.Tabs(selected=tab) if tab in tab_ids else gr.skip()
-
-        demo.load(open_tab_from_url, None, steps, **quiet)
+        # in the browser, at once: a server round trip could switch back a tab clicked meanwhile
+        demo.load(None, None, None, js=open_tab_from_url("steps"))
     return demo
 
 

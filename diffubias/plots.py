@@ -133,10 +133,8 @@ def loss_histogram(
         # Plotly takes a log axis's range in log10 units; starting below 1 keeps 1-count bars.
         # One tick per decade: the 2s and 5s clutter a short range.
         top = max(int(np.max(trace.y)) for trace in fig.data)
-        fig.update_yaxes(
-            type="log", range=[math.log10(0.5), math.log10(top * 2)], dtick=1,
-            title_text="samples (log)"
-        )
+        fig.update_yaxes(type="log", range=[math.log10(0.5), math.log10(top * 2)], dtick=1,
+                         title_text="samples (log)")
     else:
         fig.update_yaxes(title_text="samples")
     return fig

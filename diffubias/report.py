@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffubias.report_page import report_page
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -190,7 +192,7 @@ def render_report_html(content: ReportContent) -> str:
     if content.rounds:
         parts += ["<h2>7. Rounds of the closed loop</h2>", *_rounds(content.rounds)]
     parts += ["<h2>Settings</h2>", _settings(content.settings)]
-    return _page(f"Bias audit: {content.name}", "\n".join(parts))
+    return report_page(f"Bias audit: {content.name}", "\n".join(parts))
 
 
 # -- the sections -------------------------------------------------------------------------------
@@ -395,28 +397,3 @@ def _images(tiles: tuple[Tile, ...] | list[Tile], sheets: tuple[Tile, ...],
     """A gallery of the tiles (an empty one when there are no sheets either), then the sheets."""
     return ([_gallery(tiles, columns)] if tiles or not sheets else []) + \
         ([_sheets(sheets)] if sheets else [])
-
-
-def _page(title: str, body: str) -> str:
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #1f2933; }}
-h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em;
-       margin-top: 2em; }}
-.muted {{ color: #667; }}
-.warn {{ color: #8a4b00; }}
-table {{ border-collapse: collapse; margin: 0.8em 0; }}
-td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: left; font-size: 0.92em; }}
-th {{ background: #f4f6f8; }}
-.gallery {{ display: grid; grid-template-columns: repeat(auto-fill, 120px); gap: 8px; }}
-figure {{ margin: 0; }} figure img {{ width: 112px; height: 112px; object-fit: contain;
-       image-rendering: pixelated; background: #eee; }}
-figcaption {{ font-size: 0.75em; color: #445; }}
-.sheets figure img {{ width: auto; height: auto; max-width: 100%; image-rendering: auto; }}
-.gallery.wide figure img {{ width: 100%; height: auto; aspect-ratio: 1; }}
-</style></head><body>
-{body}
-</body></html>
-"""

@@ -1,7 +1,7 @@
-"""How tab handlers refuse: a setting RunConfig refuses is refused before the job, above its
-field (`settings_validator`); another refusal asked for from the page goes under the button and
-leaves every other output alone (`shows_errors(status=...)`); API clients get the error. The
-browser test (tests/test_browser.py) checks the same on the page."""
+"""How tab handlers refuse: a refusal asked for from the page (a setting out of range, a step
+not done yet) goes under the button and leaves every other output alone
+(`shows_errors(status=...)`); API clients get the error. The browser test
+(tests/test_browser.py) checks the same on the page."""
 
 from __future__ import annotations
 
@@ -9,21 +9,7 @@ import gradio as gr
 import pytest
 from gradio.context import LocalContext
 
-from ui.events import markdown_text, settings_validator, shows_errors
-
-
-def test_a_refused_setting_is_named_on_its_own_field():
-    validate = settings_validator(lambda project_id: {"debias_epochs": 12})
-    results = validate(1, debias_epochs=0, train_vanilla=True, baselines=["lff"])
-    assert [r["is_valid"] for r in results] == [True, False, True, True]
-    assert results[1]["message"].startswith("debias_epochs must be an integer from 1")
-    assert all(r["is_valid"] for r in validate(1, debias_epochs=3, train_vanilla=False,
-                                               baselines=[]))
-    # a blank box keeps the project's setting: not refused
-    assert all(r["is_valid"] for r in validate(1, debias_epochs="", train_vanilla=True,
-                                               baselines=[]))
-    # no project open yet: checked against the defaults, the handler says what to do
-    assert [r["is_valid"] for r in validate(None, debias_epochs=-1)] == [True, False]
+from ui.events import markdown_text, shows_errors
 
 
 class FakeRequest:

@@ -17,7 +17,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -61,7 +60,7 @@ def shows_errors(handler: F | None = None, *, status: gr.components.Component | 
         except gr.Error:
             raise
         except JobCancelled:
-            return refuse("The job was stopped; nothing of it was kept.", mark="■",
+            return refuse("Stopped: nothing of that run was kept.", mark="■",
                           title="Stopped")
         except ValueError as error:
             return refuse(str(error))
@@ -95,34 +94,6 @@ def markdown_text(text: str) -> str:
     for char in "\\`*_[]":
         escaped = escaped.replace(char, "\\" + char)
     return escaped
-
-
-def settings_validator(settings_of: Callable[[int | None], Mapping[str, Any]]) -> Callable:
-    """A Gradio `validator` for an event whose positional inputs come first (the project's id
-    first) and whose settings widgets are passed as `inputs_kwargs` keyed by RunConfig field
-    names. A value RunConfig refuses is refused before the job is queued: the message shows
-    above that widget and every output keeps what it showed (API clients get it as the
-    error). Anything else, such as a step not done yet, is left to the handler."""
-    names = {f.name for f in dataclass_fields(RunConfig)}
-
-    def validate(*args: Any, **changes: Any) -> list:
-        valid, message, bad = gr.validate(True, ""), "", None
-        project_id = args[0] if args else None
-        try:
-            stored = settings_of(project_id) if project_id is not None else {}
-            base = RunConfig.from_dict({k: v for k, v in stored.items() if k in names})
-            # a blank box keeps the project's setting, as the handlers read it
-            base.with_changes({k: None if v == "" else v for k, v in changes.items()
-                               if k in names})
-        except ValueError as error:
-            message = str(error)
-            # RunConfig's messages start with the field's name; the longest that matches
-            bad = max((name for name in changes if message.startswith(name)), key=len,
-                      default=None)
-        return [valid] * len(args) + [gr.validate(False, message) if name == bad else valid
-                                      for name in changes]
-
-    return validate
 
 
 @dataclass(frozen=True)
@@ -182,6 +153,14 @@ def remember_tab_in_url(tabs_elem_id: str) -> str:
             "const url = new URL(window.location.href); url.searchParams.set('tab', "
             "picked.id.replace(/^tab-/, '').replace(/-button$/, '')); "
             "window.history.replaceState(null, '', url); }, 0); }")
+
+
+def open_tab_from_url(tabs_elem_id: str) -> str:
+    """JS for the page's load event: clicks the tab the URL names, as `remember_tab_in_url`
+    wrote it."""
+    return ("() => { const tab = new URL(window.location.href).searchParams.get('tab'); "
+            f"const button = tab && document.querySelector('#{tabs_elem_id} #tab-' + tab + "
+            "'-button'); if (button) button.click(); }")
 
 
 def url_param(request: gr.Request | None, name: str) -> str | None:

@@ -25,7 +25,6 @@ from ui.events import (
     percent,
     progress_callback,
     remember_in_url,
-    settings_validator,
     shown_settings,
     shows_errors,
     url_param,
@@ -147,8 +146,7 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
     detail_outputs_list = [large, detail, sample_id, toggle, selected_excluded]
     train_event = train.click(
         on_train, [project], [status, metrics, histogram, *page_outputs_list, label, page_size],
-        inputs_kwargs=settings, validator=settings_validator(callbacks.settings),
-        api_name="train_biased", **GPU)
+        inputs_kwargs=settings, api_name="train_biased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_biased")
     pager.wire(show_page, [project, label, page_size], page_outputs_list,
                api_name="candidates_page")

@@ -22,7 +22,6 @@ from ui.events import (
     file_url,
     open_project,
     progress_callback,
-    settings_validator,
     shown_settings,
     shows_errors,
 )
@@ -157,16 +156,13 @@ def build(callbacks: CaptionCallbacks, project: gr.Number) -> TabRefresh:
     run_event = run.click(on_run, [project], [status, *view_outputs_list],
                           inputs_kwargs={"captioner": captioner, "model_id": model_id,
                                          **settings},
-                          validator=settings_validator(callbacks.settings),
                           api_name="run_captioner", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_captioner")
     refilter.click(on_filter, [project], [status, *view_outputs_list],
-                   inputs_kwargs=filter_settings, validator=settings_validator(callbacks.settings),
-                   api_name="apply_filter")
+                   inputs_kwargs=filter_settings, api_name="apply_filter")
     save.click(on_save, [project, table], [saved, *view_outputs_list], api_name="save_prompts")
     anchor.click(on_anchor, [project], [status, *view_outputs_list],
-                 inputs_kwargs=anchor_settings, validator=settings_validator(callbacks.settings),
-                 api_name="save_anchoring")
+                 inputs_kwargs=anchor_settings, api_name="save_anchoring")
 
     def refresh(project_id, shown_table) -> tuple:
         view = callbacks.view(project_id)

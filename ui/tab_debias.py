@@ -23,7 +23,6 @@ from ui.events import (
     open_project,
     percent,
     progress_callback,
-    settings_validator,
     shown_settings,
     shows_errors,
 )
@@ -94,7 +93,6 @@ def build(callbacks: DebiasCallbacks, project: gr.Number) -> TabRefresh:
     train_event = train.click(on_train, [project], [status, *outputs],
                               inputs_kwargs={"debias_epochs": epochs, "train_vanilla": vanilla,
                                              "baselines": baselines},
-                              validator=settings_validator(callbacks.settings),
                               api_name="train_debiased", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[train_event], api_name="stop_debias")
 

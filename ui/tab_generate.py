@@ -23,7 +23,6 @@ from ui.events import (
     page_info,
     progress_callback,
     remember_in_url,
-    settings_validator,
     shown_settings,
     shows_errors,
     url_param,
@@ -145,7 +144,6 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
     run_event = run.click(on_run, [project], [status, *page_outputs],
                           inputs_kwargs={"generator": generator, "model_id": model_id,
                                          **settings},
-                          validator=settings_validator(callbacks.settings),
                           api_name="generate", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_generate")
     pager.wire(show_page, [project, show], page_outputs, api_name="generated_page")

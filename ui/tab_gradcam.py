@@ -23,7 +23,6 @@ from ui.events import (
     page_info,
     percent,
     progress_callback,
-    settings_validator,
     shown_settings,
     shows_errors,
 )
@@ -103,7 +102,6 @@ def build(callbacks: GradcamCallbacks, project: gr.Number) -> TabRefresh:
     run_event = run.click(on_run, [project], [status, *outputs],
                           inputs_kwargs={"cam_method": method, "sample_set": sample_set,
                                          "cam_samples": count, "cam_before": before},
-                          validator=settings_validator(callbacks.settings),
                           api_name="run_gradcam", **GPU)
     stop.click(callbacks.stop, project, status, cancels=[run_event], api_name="stop_gradcam")
     pager.wire(show_page, [project], outputs, api_name="cam_page")
