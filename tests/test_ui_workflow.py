@@ -116,7 +116,7 @@ def test_a_class_histogram_draws_that_class_threshold(workflow):
     # across classes the line is the lowest class threshold: it counts candidates, not samples
     every = bias_service.detection_view(studio, views["project_id"]).histogram
     assert "lowest per-class top-K threshold" in every.layout.annotations[0].text
-    assert "(200 candidates)" in every.layout.annotations[0].text
+    assert "200 candidates, " in every.layout.annotations[0].text
 
 
 def test_an_excluded_candidate_is_not_captioned(workflow):
