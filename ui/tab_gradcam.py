@@ -146,6 +146,7 @@ def export_outputs(view: ExportView) -> tuple:
 def labelled_export_outputs(view: ExportView) -> tuple:
     """`export_outputs` for the page (not the API): the report's label says when the report
     predates later work."""
+    report, *rest = export_outputs(view)
     label = "report (HTML)" + (f" · ⚠ made before {view.stale} ran: export again"
                                if view.stale else "")
-    return gr.File(view.report, label=label), view.model, view.dataset
+    return gr.File(report, label=label), *rest
