@@ -63,7 +63,7 @@ def test_run_writes_the_report_page_the_app_exports(digits_run):
     for role in ("biased", "vanilla", "debiased"):
         test = report["models"][role]["test"]
         assert f"<td>{role}</td>" + "".join(
-            f"<td>{test[m]:.3f}</td>" for m in ("overall", "aligned", "conflicting", "unbiased")
+            f"<td>{test[m]:.1%}</td>" for m in ("overall", "aligned", "conflicting", "unbiased")
         ) in page
     assert "Not run." not in page and page.count('class="plotly-graph-div"') == 2
     sources = re.findall(r'<img src="([^"]*)"', page)  # top-K, generated and Grad-CAM sheets
