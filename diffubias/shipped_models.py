@@ -7,8 +7,9 @@ loaded through the same `from_pretrained` paths as BLIP and Stable Diffusion. `m
 the top of the repository; `DIFFUBIAS_MODELS` points elsewhere (an installed copy, a retrained
 set).
 
-Knows: folder names. Does not know: how the models load (diffubias.backends) or train
-(diffubias.zoo).
+Knows: folder names; a variant of a built-in (`colored-digits-sigma0.05`,
+`shape-scenes-subtle`) uses its family's models (`diffubias.builtin.builtin_family`). Does not
+know: how the models load (diffubias.backends) or train (diffubias.zoo).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def models_root() -> Path:
 
 def shipped_folder(name: str, dataset_name: str) -> Path:
     """The folder of shipped model `name` (builtin-blip, builtin-ldm, judge) for a built-in
-    dataset; a ValueError that says what to choose instead for any other dataset."""
+    dataset (its family's, for a variant); a ValueError that says what to choose instead
+    for any other dataset."""
     if name not in KINDS:
         raise ValueError(f"no shipped model {name!r}; expected one of {', '.join(KINDS)}")
     if not dataset_name.startswith("builtin:"):
@@ -62,7 +64,9 @@ def shipped_folder(name: str, dataset_name: str) -> Path:
             f"{name} is pretrained on the built-in datasets only, not {dataset_name!r}: choose "
             "a model id or local folder (e.g. --captioner blip, --generator sd15 with the weights "
             "in the Hugging Face cache), or `metadata` for the captions in your metadata.csv")
-    domain = dataset_name.removeprefix("builtin:")
+    from diffubias.builtin import builtin_family  # numpy and PIL: only when a model is wanted
+
+    domain = builtin_family(dataset_name.removeprefix("builtin:"))
     folder = models_root() / f"{domain}-{KINDS[name]}"
     if not folder.is_dir():
         raise ValueError(

@@ -14,6 +14,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from diffubias.builtin import (
     BUILTIN_NAMES,
     CONFLICT_RATIOS,
+    builtin_family,
     colored_digits,
     ensure_builtin,
     get_renderer,
@@ -197,7 +198,7 @@ def test_cached_builtin_is_reused_and_leaves_no_temp_folders(digits_folder):
 
 def test_bad_builtin_requests_are_rejected(tmp_path):
     with pytest.raises(
-        ValueError, match="unknown built-in dataset 'mnist'.*colored-digits, shape-scenes"
+        ValueError, match="unknown built-in dataset 'mnist'.*colored-digits, .*shape-scenes-subtle"
     ):
         ensure_builtin("mnist", cache_dir=tmp_path, conflict_ratio=0.01, seed=0)
     with pytest.raises(ValueError, match=r"conflict_ratio 0\.03 .*0\.005, 0\.01, 0\.02, 0\.05"):
@@ -283,7 +284,7 @@ def test_renderers_are_deterministic_and_vary_with_seed():
         renderer = get_renderer(name)
         prompt, label = (
             ("a cyan seven", "seven")
-            if name == "colored-digits"
+            if builtin_family(name) == "colored-digits"
             else ("a yellow star on snow", "star")
         )
         a = np.asarray(renderer.render(prompt, label_name=label, seed=11))

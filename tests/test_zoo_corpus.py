@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from diffubias.builtin import BUILTIN_NAMES, colored_digits, ensure_builtin
+from diffubias.builtin import BUILTIN_FAMILIES, colored_digits, ensure_builtin
 from diffubias.builtin.generator_parts import prompt_words
 from diffubias.zoo.corpus import ROLES, corpus_vocabulary, make_corpus
 
@@ -18,10 +18,10 @@ from diffubias.zoo.corpus import ROLES, corpus_vocabulary, make_corpus
 @pytest.fixture(scope="module")
 def corpora():
     return {(d, r): make_corpus(d, role=r, per_cell=6, seed=0)
-            for d in BUILTIN_NAMES for r in ROLES}
+            for d in BUILTIN_FAMILIES for r in ROLES}
 
 
-@pytest.mark.parametrize("domain", BUILTIN_NAMES)
+@pytest.mark.parametrize("domain", BUILTIN_FAMILIES)
 def test_every_class_attribute_cell_is_drawn_equally_often(corpora, domain):
     corpus = corpora[domain, "pretrain"]
     counts = Counter(zip(corpus.labels.tolist(), corpus.attributes.tolist()))
@@ -31,7 +31,7 @@ def test_every_class_attribute_cell_is_drawn_equally_often(corpora, domain):
     assert len(corpus.captions) == len(corpus.sources) == len(corpus)
 
 
-@pytest.mark.parametrize("domain", BUILTIN_NAMES)
+@pytest.mark.parametrize("domain", BUILTIN_FAMILIES)
 def test_captions_vary_and_name_the_class_or_the_attribute_they_show(domain):
     corpus = make_corpus(domain, per_cell=20, seed=1)
     names_class = np.array([corpus.names_class(c, y) for c, y in zip(corpus.captions,
@@ -53,7 +53,7 @@ def test_captions_vary_and_name_the_class_or_the_attribute_they_show(domain):
     assert {w for c in corpus.captions for w in prompt_words(c)} <= vocabulary
 
 
-@pytest.mark.parametrize("domain", BUILTIN_NAMES)
+@pytest.mark.parametrize("domain", BUILTIN_FAMILIES)
 def test_same_seed_same_corpus_other_seed_other_corpus(corpora, domain):
     first = corpora[domain, "pretrain"]
     again = make_corpus(domain, per_cell=6, seed=0)

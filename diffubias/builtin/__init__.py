@@ -1,5 +1,12 @@
 """Built-in benchmark datasets, generated deterministically on first use, and their renderers.
 
+Two families, `colored-digits` and `shape-scenes`, and their harder or easier variants:
+`colored-digits-sigma<s>` draws LfF's colour noise at sigma s (larger: weaker shortcut);
+`shape-scenes-subtle` fades every background towards one grey and tints each image at random, so
+the scenes differ only in a slight, overlapping tint and a faint texture. A variant shares its
+family's classes, attribute and class words, renderer and shipped models; only the drawing
+parameters differ (`Builtin.params`).
+
 Each built-in is written into `cache_dir/builtin/<name>-rho<ratio>-seed<seed>/` in the ordinary
 on-disk format (see `diffubias.dataset`): same (name, ratio, seed), byte-identical files. Each
 also has a `PromptRenderer`, the offline stand-in for a diffusion model: it reads the class and
@@ -15,18 +22,53 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-BUILTIN_NAMES = ("colored-digits", "shape-scenes")
-BUILTIN_TITLES = {  # name: what it is, in a few words (for pickers)
-    "colored-digits": "Colored digits (28 px, colour is the bias)",
-    "shape-scenes": "Shape scenes (64 px, background is the bias, with object masks)",
-}
 CONFLICT_RATIOS = (0.005, 0.01, 0.02, 0.05)  # LfF's rho grid: 0.5, 1, 2, 5 % bias-conflicting
+LFF_COLOR_SIGMAS = (0.05, 0.02, 0.01, 0.005, 0.002)  # LfF's Colored-MNIST severities 1..5
+# shape-scenes-subtle: each background a quarter of the way from one grey to its full scene, then
+# shifted by a random tint per image that blurs the scenes' tints into each other, so that their
+# faint textures are what tells them apart (see docs/guide/dataset-format.md)
+SUBTLE_SCENES = {"scene_strength": 0.25, "tint_sigma": 0.1}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """One built-in dataset: its family, and the keyword arguments that set the family's
+    generator and renderer apart from their defaults (none: the family itself, as it was)."""
+
+    family: str  # "colored-digits" or "shape-scenes": classes, words, renderer, shipped models
+    title: str  # what it is, in a few words (for pickers)
+    params: dict[str, float] = field(default_factory=dict)
+
+
+def _colour_severity(sigma: float) -> Builtin:
+    severity = LFF_COLOR_SIGMAS.index(sigma) + 1
+    return Builtin("colored-digits", f"Colored digits, colour sigma {sigma:g} (LfF severity "
+                   f"{severity}: {'weaker' if sigma > 0.01 else 'stronger'} colour shortcut)",
+                   {"color_sigma": sigma})
+
+
+BUILTINS = {
+    "colored-digits": Builtin(
+        "colored-digits",
+        "Colored digits (28 px, colour is the bias; colour sigma 0.01, LfF severity 3)"),
+    **{f"colored-digits-sigma{s:g}": _colour_severity(s) for s in LFF_COLOR_SIGMAS if s != 0.01},
+    "shape-scenes": Builtin(
+        "shape-scenes", "Shape scenes (64 px, background is the bias, with object masks)"),
+    "shape-scenes-subtle": Builtin(
+        "shape-scenes", "Shape scenes, subtle (faint backgrounds tinted at random: a weaker "
+        "background shortcut)", SUBTLE_SCENES),
+}
+BUILTIN_NAMES = tuple(BUILTINS)
+BUILTIN_FAMILIES = ("colored-digits", "shape-scenes")  # the zoo's domains: one model set each
+BUILTIN_TITLES = {name: builtin.title for name, builtin in BUILTINS.items()}
 
 
 class PromptRenderer(Protocol):
@@ -68,16 +110,22 @@ def ensure_builtin(name: str, *, cache_dir: Path, conflict_ratio: float, seed: i
     return folder
 
 
+def builtin_family(name: str) -> str:
+    """The family of built-in `name` (a family is its own): the built-in whose classes, class
+    and attribute words, renderer and shipped models it shares."""
+    return _builtin(name).family
+
+
 def get_renderer(name: str) -> PromptRenderer:
-    """The prompt renderer of built-in `name`."""
-    _check_name(name)
-    if name == "colored-digits":
+    """The prompt renderer of built-in `name`: its family's, drawing with its parameters."""
+    builtin = _builtin(name)
+    if builtin.family == "colored-digits":
         from diffubias.builtin.colored_digits import DigitRenderer
 
-        return DigitRenderer()
+        return DigitRenderer(**builtin.params)
     from diffubias.builtin.shape_scenes import ShapeRenderer
 
-    return ShapeRenderer()
+    return ShapeRenderer(**builtin.params)
 
 
 def class_words(dataset_name: str) -> dict[str, tuple[str, ...]]:
@@ -85,9 +133,9 @@ def class_words(dataset_name: str) -> dict[str, tuple[str, ...]]:
     name: numerals for digits, plurals and synonyms for shapes; {} for any other dataset. The
     vocabulary a person would type as `class_synonyms`, so it reads no label."""
     name = dataset_name.removeprefix("builtin:")
-    if not dataset_name.startswith("builtin:") or name not in BUILTIN_NAMES:
+    if not dataset_name.startswith("builtin:") or name not in BUILTINS:
         return {}
-    if name == "colored-digits":
+    if BUILTINS[name].family == "colored-digits":
         from diffubias.builtin.colored_digits import _CLASS_WORDS, CLASS_NAMES
     else:
         from diffubias.builtin.shape_scenes import _SHAPE_WORDS as _CLASS_WORDS
@@ -97,21 +145,20 @@ def class_words(dataset_name: str) -> dict[str, tuple[str, ...]]:
 
 
 def _generator(name: str) -> Callable[..., None]:
-    _check_name(name)
-    if name == "colored-digits":
+    builtin = _builtin(name)
+    if builtin.family == "colored-digits":
         from diffubias.builtin.colored_digits import generate
-
-        return generate
-    from diffubias.builtin.shape_scenes import generate
-
-    return generate
+    else:
+        from diffubias.builtin.shape_scenes import generate
+    return partial(generate, **builtin.params)
 
 
-def _check_name(name: str) -> None:
-    if name not in BUILTIN_NAMES:
+def _builtin(name: str) -> Builtin:
+    if name not in BUILTINS:
         raise ValueError(
             f"unknown built-in dataset {name!r}; expected one of {', '.join(BUILTIN_NAMES)}"
         )
+    return BUILTINS[name]
 
 
 def _check_conflict_ratio(conflict_ratio: float) -> float:

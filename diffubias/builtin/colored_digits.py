@@ -1,7 +1,10 @@
 """Colored digits: LfF's Colored-MNIST protocol applied to scikit-learn's bundled 8x8 digits.
 
 Each 8x8 source digit is upscaled to 28 px with a random affine (small rotation, scale, shift)
-and coloured `clamp(mean_color[bias] + N(0,1) * sigma, 0, 1) * digit` per RGB channel. In train,
+and coloured `clamp(mean_color[bias] + N(0,1) * sigma, 0, 1) * digit` per RGB channel: one colour
+per image, its noise drawn once, so the same seed gives the same digits at every sigma and only
+the spread of each colour differs (`color_sigma`: LfF's severities run 0.05, 0.02, 0.01, 0.005,
+0.002; the larger, the more the colours overlap and the weaker the shortcut). In train,
 class i takes colour i except for a fraction rho spread evenly over the other colours; valid and
 test are unbiased (every class x colour cell equally often). The 1797 source digits are split
 once into disjoint train/valid/test pools, so valid and test digits are never seen in train.
@@ -102,8 +105,11 @@ def source_pools() -> dict[str, np.ndarray]:
     return {"train": np.sort(train), "valid": np.sort(valid), "test": np.sort(test)}
 
 
-def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
+def generate(
+    folder: Path, *, conflict_ratio: float, seed: int, color_sigma: float = COLOR_SIGMA
+) -> None:
     """Write images and metadata.csv for one variant into the existing `folder`."""
+    color_sigma = _check_color_sigma(color_sigma)
     rng = np.random.default_rng(seed)
     images, _ = source_digits()
     rows: list[dict[str, str]] = []
@@ -111,7 +117,7 @@ def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
         for split, samples in _plan(conflict_ratio, rng).items():
             for index, (label, color, source_id) in enumerate(samples):
                 path = f"{split}/{index:05d}.png"
-                writer.write(_render(images[source_id], color, rng), path)
+                writer.write(_render(images[source_id], color, rng, color_sigma), path)
                 captions = pick_captions(
                     CAPTION_TEMPLATES, rng, digit=CLASS_NAMES[label], color=COLOR_NAMES[color]
                 )
@@ -129,11 +135,13 @@ def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
 
 
 class DigitRenderer:
-    """Draws the digit and colour a prompt names, from train-pool source digits only."""
+    """Draws the digit and colour a prompt names, from train-pool source digits only, with the
+    colour noise of the dataset variant it stands in for."""
 
     image_size = IMAGE_SIZE
 
-    def __init__(self) -> None:
+    def __init__(self, *, color_sigma: float = COLOR_SIGMA) -> None:
+        self.color_sigma = _check_color_sigma(color_sigma)
         _, classes = source_digits()
         train = source_pools()["train"]
         self.pool = tuple(train[classes[train] == label] for label in range(len(CLASS_NAMES)))
@@ -154,7 +162,7 @@ class DigitRenderer:
         if color is None:
             color = int(rng.integers(len(COLOR_NAMES)))
         images, _ = source_digits()
-        return Image.fromarray(_render(images[source_id], color, rng))
+        return Image.fromarray(_render(images[source_id], color, rng, self.color_sigma))
 
 
 def _plan(conflict_ratio: float, rng: np.random.Generator) -> dict[str, list[tuple[int, int, int]]]:
@@ -185,7 +193,15 @@ def _plan(conflict_ratio: float, rng: np.random.Generator) -> dict[str, list[tup
     return plan
 
 
-def _render(digit: np.ndarray, color: int, rng: np.random.Generator) -> np.ndarray:
+def _check_color_sigma(color_sigma: float) -> float:
+    if not 0.0 <= color_sigma <= 1.0:
+        raise ValueError(f"color_sigma must be in [0, 1]; got {color_sigma!r}")
+    return float(color_sigma)
+
+
+def _render(
+    digit: np.ndarray, color: int, rng: np.random.Generator, color_sigma: float = COLOR_SIGMA
+) -> np.ndarray:
     """uint8 (28, 28, 3): `digit` (8x8 in [0, 1]) upscaled, randomly warped, and coloured."""
     # 1. sharpen the blurry 8x8 strokes so their cores reach full intensity, then upscale
     strokes = np.clip((digit - 0.1) / 0.6, 0.0, 1.0)
@@ -204,7 +220,7 @@ def _render(digit: np.ndarray, color: int, rng: np.random.Generator) -> np.ndarr
         Image.Resampling.BILINEAR,
     )
     # 3. LfF colouring: one noisy colour per image, times the stroke intensity
-    rgb = np.clip(MEAN_COLORS[color] + rng.normal(size=3) * COLOR_SIGMA, 0.0, 1.0)
+    rgb = np.clip(MEAN_COLORS[color] + rng.normal(size=3) * color_sigma, 0.0, 1.0)
     intensity = np.asarray(warped, dtype=np.float64)  # (28, 28) in 0..255
     return np.rint(intensity[:, :, None] * rgb).astype(
         np.uint8

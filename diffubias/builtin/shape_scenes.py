@@ -6,7 +6,15 @@ brick, snow, sky) that differs from the others in colour and in texture. The obj
 from a small palette that contrasts with every scene and is drawn independently of the class.
 Every image has an object mask. Same rho protocol as colored digits: in train, class i sits on
 scene i except for a fraction rho spread evenly over the other scenes; valid and test are
-unbiased. Knows: this generator and its prompt renderer. Does not know: the loader or any model.
+unbiased.
+
+A weaker shortcut with the same names: `scene_strength` < 1 fades every scene that share of the
+way from one grey (GROUND), so the six backgrounds differ only in a slight tint and a faint
+texture; `tint_sigma` > 0 then shifts each image's background by its own random tint, N(0,
+tint_sigma) per channel, as LfF's colour noise does to its digits, so that the scenes' tints
+overlap and only their faint textures tell them apart for sure. The tints come from a stream of
+their own, so the same seed gives the same objects, scenes and captions at every setting.
+Knows: this generator and its prompt renderer. Does not know: the loader or any model.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ VALID_PER_CELL = (
     17  # per class x scene: 6 x 6 x 17 = 612 valid images (600 is not a multiple of 36)
 )
 TEST_PER_CELL = 34  # 1,224 test images
+GROUND = np.array([0.55, 0.55, 0.55])  # the grey faded scenes share: every object colour stands out
+TINT_STREAM = 1  # the per-image tints' generator is seeded (seed, TINT_STREAM), apart from `seed`'s
 
 CAPTION_TEMPLATES = (
     "a {color} {shape} {where}",
@@ -69,16 +79,28 @@ _SCENE_WORDS = {word: i for i, word in enumerate(SCENE_NAMES)} | {
 _COLOR_WORDS = {word: i for i, word in enumerate(OBJECT_COLORS)}
 
 
-def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
+def generate(
+    folder: Path,
+    *,
+    conflict_ratio: float,
+    seed: int,
+    scene_strength: float = 1.0,
+    tint_sigma: float = 0.0,
+) -> None:
     """Write images, masks and metadata.csv for one variant into the existing `folder`."""
+    scene_strength, tint_sigma = _check_subtlety(scene_strength, tint_sigma)
     rng = np.random.default_rng(seed)
+    tints = np.random.default_rng([seed, TINT_STREAM])
     color_names = tuple(OBJECT_COLORS)
     rows: list[dict[str, str]] = []
     with PngWriter(folder) as writer:
         for split, samples in _plan(conflict_ratio, rng).items():
             for index, (label, scene) in enumerate(samples):
                 color = int(rng.integers(len(color_names)))
-                image, mask = draw_scene(label, scene, color, rng)
+                tint = tints.normal(size=3) * tint_sigma if tint_sigma else None
+                image, mask = draw_scene(
+                    label, scene, color, rng, scene_strength=scene_strength, tint=tint
+                )
                 path, mask_path = f"{split}/{index:05d}.png", f"masks/{split}/{index:05d}.png"
                 writer.write(image, path)
                 writer.write(mask.astype(np.uint8) * 255, mask_path)
@@ -104,10 +126,21 @@ def generate(folder: Path, *, conflict_ratio: float, seed: int) -> None:
 
 
 def draw_scene(
-    shape: int, scene: int, color: int, rng: np.random.Generator
+    shape: int,
+    scene: int,
+    color: int,
+    rng: np.random.Generator,
+    *,
+    scene_strength: float = 1.0,
+    tint: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (64, 64, 3): `shape` in palette colour `color` on `scene`; its bool (64, 64) mask."""
+    """uint8 (64, 64, 3): `shape` in palette colour `color` on `scene`, faded to
+    `scene_strength` and shifted by the float (3,) `tint`; its bool (64, 64) mask."""
     background = _SCENE_TEXTURES[scene](rng)  # float (64, 64, 3) in [0, 1]
+    if scene_strength != 1.0:  # the full scene skips the arithmetic: its bytes stay as they were
+        background = GROUND + scene_strength * (background - GROUND)
+    if tint is not None:
+        background = background + tint
     image = np.rint(np.clip(background, 0.0, 1.0) * 255).astype(np.uint8)
     mask = _shape_mask(shape, rng)
     image[mask] = list(OBJECT_COLORS.values())[color]
@@ -115,9 +148,13 @@ def draw_scene(
 
 
 class ShapeRenderer:
-    """Draws the shape, scene and object colour a prompt names."""
+    """Draws the shape, scene and object colour a prompt names, the scene faded and tinted as in
+    the dataset variant it stands in for."""
 
     image_size = IMAGE_SIZE
+
+    def __init__(self, *, scene_strength: float = 1.0, tint_sigma: float = 0.0) -> None:
+        self.scene_strength, self.tint_sigma = _check_subtlety(scene_strength, tint_sigma)
 
     def render(self, prompt: str, *, label_name: str, seed: int) -> Image.Image:
         words = prompt_words(prompt)
@@ -136,8 +173,21 @@ class ShapeRenderer:
         color = find_named(words, _COLOR_WORDS)
         if color is None:
             color = int(rng.integers(len(OBJECT_COLORS)))
-        image, _ = draw_scene(shape, scene, color, rng)
+        tint = None
+        if self.tint_sigma:
+            tint = np.random.default_rng([seed, TINT_STREAM]).normal(size=3) * self.tint_sigma
+        image, _ = draw_scene(
+            shape, scene, color, rng, scene_strength=self.scene_strength, tint=tint
+        )
         return Image.fromarray(image)
+
+
+def _check_subtlety(scene_strength: float, tint_sigma: float) -> tuple[float, float]:
+    if not 0.0 < scene_strength <= 1.0:
+        raise ValueError(f"scene_strength must be in (0, 1]; got {scene_strength!r}")
+    if not 0.0 <= tint_sigma <= 1.0:
+        raise ValueError(f"tint_sigma must be in [0, 1]; got {tint_sigma!r}")
+    return float(scene_strength), float(tint_sigma)
 
 
 def _plan(conflict_ratio: float, rng: np.random.Generator) -> dict[str, list[tuple[int, int]]]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffubias.builtin import BUILTIN_NAMES
+from diffubias.builtin import BUILTIN_FAMILIES
 
 # model name: "module:function"; the function takes (domain, out, *, steps, seed,
 # checkpoint_every, show_progress, log) and returns the folder it wrote
@@ -44,7 +44,7 @@ def build_parser(prog: str = "python -m diffubias.zoo") -> argparse.ArgumentPars
                                 epilog=EXAMPLES.format(prog=prog),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("model", choices=sorted(TRAINERS), help="which model to train")
-    train.add_argument("--domain", required=True, choices=BUILTIN_NAMES,
+    train.add_argument("--domain", required=True, choices=BUILTIN_FAMILIES,
                        help="the built-in dataset whose domain the model learns")
     train.add_argument("--out", required=True, type=Path,
                        help="folder for the model, its card and its checkpoint/")

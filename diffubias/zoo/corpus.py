@@ -17,6 +17,10 @@ Where images come from, per role (no model ever sees an audited dataset's own im
   would have to exceed 2**96 to spell four 32-bit entropy words); the three roles differ in the
   role index, so their sources are disjoint too.
 
+A domain is a built-in family (`BUILTIN_FAMILIES`): its variants share its models, so
+there is no corpus for `colored-digits-sigma0.05` or `shape-scenes-subtle`; the corpora draw at
+the family's default strength (colour sigma 0.01, full scenes).
+
 Deterministic: the same (domain, role, per_cell, seed) gives identical images and captions.
 Knows: the built-ins' renderers, class and attribute words. Does not know: any model.
 """
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffubias.builtin import BUILTIN_NAMES
+from diffubias.builtin import BUILTIN_FAMILIES
 from diffubias.builtin.generator_parts import prompt_words
 
 ROLES = ("pretrain", "judge", "check")
@@ -89,8 +93,9 @@ class Corpus:
 
 def make_corpus(domain: str, *, role: str = "pretrain", per_cell: int, seed: int) -> Corpus:
     """The `role` corpus of built-in `domain`: `per_cell` images per class x attribute cell."""
-    if domain not in BUILTIN_NAMES:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(BUILTIN_NAMES)}")
+    if domain not in BUILTIN_FAMILIES:
+        raise ValueError(
+            f"unknown domain {domain!r}; expected one of {', '.join(BUILTIN_FAMILIES)}")
     if role not in ROLES:
         raise ValueError(f"unknown corpus role {role!r}; expected one of {', '.join(ROLES)}")
     if isinstance(per_cell, bool) or not isinstance(per_cell, (int, np.integer)) or per_cell < 1:
