@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from diffubias.baselines import baseline_names
-from diffubias.config import ARCHITECTURES, CAM_METHODS, RunConfig
+from diffubias.config import ARCHITECTURES, BIASED_SELECTIONS, CAM_METHODS, RANKERS, RunConfig
 from diffubias.pipeline import STAGES, run_stages
 from diffubias.run_folder import Run
 from diffubias.run_folder_report import REPORT_HTML
@@ -36,7 +36,8 @@ COMMANDS = {
         "stages 1-3: biased model, scores, top-K candidates (any dataset)",
         """\
   {prog} detect --dataset path/to/folder_or.zip --out runs/mine
-  {prog} detect --dataset path/to/data --out runs/mine --top-k 100 --biased-epochs 5 --seed 1""",
+  {prog} detect --dataset path/to/data --out runs/mine --top-k 100 --biased-epochs 5 --seed 1
+  {prog} detect --dataset path/to/data --out runs/mine --ranker committee --committee-size 5""",
         "dataset-format.md"),
     "caption": (
         "stage 4 on an existing run: captions of the candidates -> captions.csv",
@@ -129,7 +130,10 @@ class _Parser(argparse.ArgumentParser):
 
 # (config field, help); the flag is the field name with dashes
 _OPTIONS = (
-    ("dataset", "builtin:colored-digits, builtin:shape-scenes, a folder or a .zip"),
+    ("dataset", ("builtin:colored-digits, builtin:shape-scenes, their variants (colour "
+                 "severities builtin:colored-digits-sigma0.05, -sigma0.02, -sigma0.005, "
+                 "-sigma0.002; builtin:shape-scenes-subtle; see dataset-format.md), a folder or "
+                 "a .zip")),
     ("conflict_ratio", "built-ins: share of bias-conflicting train samples (0.005/0.01/0.02/0.05)"),
     ("seed", "seed for data, initialisation, order and generation"),
     ("cache_dir", "cache for built-in datasets and extracted zips (default ~/.cache/diffubias)"),
@@ -140,8 +144,16 @@ _OPTIONS = (
     ("init_weights", "local ResNet-18 weights (safetensors or state dict) to start from"),
     ("batch_size", "training batch size"),
     ("lr", "learning rate (Adam)"),
-    ("biased_epochs", "epochs of the biased (GCE) model"),
+    ("ranker", ("what ranks the training samples: " + ", ".join(RANKERS) + " (gce: the "
+                "method's GCE biased model; erm-early: plain CE stopped early, JTT's "
+                "identification model; committee: BiasEnsemble's bias-amplified model, trained "
+                "without the samples a committee of GCE models does not fit)")),
+    ("biased_epochs", "epochs of the biased model (of each committee member too)"),
     ("gce_q", "GCE q in (0, 1]"),
+    ("biased_selection", ("which epoch of the biased model scores: " + ", ".join(BIASED_SELECTIONS)
+                          + " (train-valid-gap: the one that fits train but generalises worst "
+                          "to the validation split; no bias label is read)")),
+    ("committee_size", "models in the committee ranker's committee"),
     ("top_k", "candidates per class: a count >= 1, or a fraction in (0, 1) of the class"),
     ("captioner", ("caption backend: builtin-blip (the small BLIP pretrained here for the built-in "
                    "datasets, in models/), metadata (the dataset's own captions; on the built-in "

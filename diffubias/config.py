@@ -39,8 +39,18 @@ IMAGE_CHECKS = ("off", "propose", "drop")
 # the model the debiased one is compared with in Grad-CAM: the vanilla model, trained on the same
 # data with the same schedule (the fair "before"), or the GCE model built to be biased
 CAM_BEFORE = ("vanilla", "biased")
+# how the training samples are ranked (diffubias.rankers implements each): the GCE biased model
+# (the method's), early-stopped ERM (JTT's identification model), or a bias-amplified committee
+# (BiasEnsemble: the samples a committee of GCE models does not fit are left out of the scoring
+# model's training)
+RANKERS = ("gce", "erm-early", "committee")
+# which epoch of the scoring model ranks: the last, or the one whose train accuracy most exceeds
+# its validation accuracy (fits the training set, generalises worst: the most biased one when the
+# validation split is less biased than train; no bias label is read)
+BIASED_SELECTIONS = ("last", "train-valid-gap")
 CHOICES = {"arch": ARCHITECTURES, "cam_method": CAM_METHODS,
-           "image_checks": IMAGE_CHECKS, "cam_before": CAM_BEFORE}  # field: the names it may take
+           "image_checks": IMAGE_CHECKS, "cam_before": CAM_BEFORE, "ranker": RANKERS,
+           "biased_selection": BIASED_SELECTIONS}  # field: the names it may take
 
 
 # Caps on the settings: past them a run would never finish or would exhaust memory, so the
@@ -55,6 +65,7 @@ MAX_GENERATED_IMAGES = 1_000_000
 MAX_CAM_SAMPLES = 100_000
 MAX_GEN_STEPS = 1000
 MAX_GEN_SIDE = 4096
+MAX_COMMITTEE = 32  # models of the committee ranker, each as costly as the biased model
 MAX_TOP_K = 1_000_000  # a larger count per class still takes each class whole
 MAX_TEXT_CHARS = 1000  # negative prompt, caption instruction (diffubias.text_safety's prompt cap)
 MAX_SEED = 2**32 - 1  # numpy and torch both take it
@@ -66,6 +77,7 @@ INT_RANGES = {  # field: (lowest, highest)
     "batch_size": (1, MAX_BATCH_SIZE),
     "biased_epochs": (1, MAX_EPOCHS),
     "debias_epochs": (1, MAX_EPOCHS),
+    "committee_size": (2, MAX_COMMITTEE),
     "captions_per_image": (1, MAX_CAPTIONS_PER_IMAGE),
     "top_f": (0, 100_000),
     "images_per_prompt": (1, MAX_IMAGES_PER_PROMPT),
@@ -137,9 +149,14 @@ class RunConfig:
     init_weights: str = ""  # optional local ResNet-18 weights file
     batch_size: int = 64
     lr: float = 2e-3
-    # stage 2: biased model
+    # stage 2: biased model; ranker: gce, erm-early or committee (diffubias.rankers).
+    # biased_epochs: epochs of the model that scores, whichever ranker (and of each committee
+    # member); with biased_selection train-valid-gap, the most it may train
+    ranker: str = "gce"
     biased_epochs: int = 3
     gce_q: float = 0.7
+    biased_selection: str = "last"
+    committee_size: int = 5  # BiasEnsemble's: 5 models, a sample dropped unless 3 fit it
     # stage 3: candidates; a number >= 1 is a count per class, in (0, 1) a fraction of the class
     top_k: float = 0.02
     # stages 4-5: captions and text filter

@@ -5,7 +5,8 @@ Each `stage_*` reads its inputs from the run folder, calls the stage function of
 `report.json`, so the CLI can run the whole method or a single stage, and a person can edit
 `prompts.csv` between the filter and generation stages. No stage logic lives here. Stages:
 
-  detect   1-3  biased classifier (GCE), per-sample CE scores, top-K candidates per class
+  detect   1-3  biased classifier (the ranker's: GCE by default), per-sample CE scores, top-K
+                candidates per class, the biased model's diagnostics (report.json: biased_model)
   caption  4    captions of the candidates
   filter   5    text filter -> prompts.csv (editable: keep, text)
   generate 6    images from the kept prompts, with a manifest
@@ -52,7 +53,9 @@ STAGES = ("detect", "caption", "filter", "generate", "debias", "rescore", "gradc
 # -- stages -------------------------------------------------------------------------------------
 
 def stage_detect(run: Run) -> dict:
-    """Stages 1-3: train the biased model with GCE, score every train sample, pick top-K."""
+    """Stages 1-3: train the ranker's biased model, score every train sample, pick top-K; its
+    per-epoch accuracies and any warning that it looks unbiased go to report.json's
+    `biased_model`."""
     from diffubias.plots import contact_sheet, loss_histogram, save_png, write_html
 
     cfg, data, ds = run.config, run.data, run.data.ds
@@ -75,10 +78,17 @@ def stage_detect(run: Run) -> dict:
     save_png(sheet, run.out_dir / "topk_gallery.png")
     run.log("detection: " + ", ".join(f"{k}={v:.3f}" for k, v in det.metrics.items()
                                      if isinstance(v, float)))
+    diagnostics = det.diagnostics.to_dict()
+    run.log(f"biased model ({cfg.ranker}), epoch {diagnostics['selected_epoch']}: train "
+            f"accuracy {diagnostics['train_accuracy']:.3f}, validation "
+            + (f"{diagnostics['valid_accuracy']:.3f}" if diagnostics["valid_accuracy"] is not None
+               else "n/a"))
+    if diagnostics["warning"]:
+        run.log(f"warning: {diagnostics['warning']}")
     return run.update_report(
-        dataset=data.summary(), detection=det.metrics,
+        dataset=data.summary(), detection=det.metrics, biased_model=diagnostics,
         models={"biased": {"test": det.test.to_dict(), "epochs": cfg.biased_epochs,
-                           "arch": det.training.model.spec.arch}},
+                           "ranker": cfg.ranker, "arch": det.training.model.spec.arch}},
         timings_s={"biased_model_and_scoring": t1 - t0})
 
 

@@ -11,14 +11,20 @@ knows nothing of where they came from or how the numbers were computed (no torch
 from __future__ import annotations
 
 import base64
-import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffubias.report_page import report_page
+from diffubias.report_page import (
+    escape,
+    number,
+    percent,
+    report_page,
+    settings_table,
+    table,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -61,6 +67,9 @@ class Detection:
     settings: Mapping[str, Any] = field(default_factory=dict)
     # did the reviewer see the bias column: {"ever_shown", "excluded_while_shown"}; {}: no review
     review: Mapping[str, Any] = field(default_factory=dict)
+    # the scoring model's own accuracies per epoch and its warning when it looks unbiased
+    # (diffubias.rankers.Diagnostics.to_dict()); {}: not recorded
+    biased_model: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,15 +180,15 @@ class ReportContent:
 def render_report_html(content: ReportContent) -> str:
     """The whole report as one HTML page that needs nothing but itself."""
     figures = _Figures()
-    parts = [f"<h1>Bias audit: {_e(content.name)}</h1>",
+    parts = [f"<h1>Bias audit: {escape(content.name)}</h1>",
              f"<p class=muted>DiffuBias Studio report, {content.created:%Y-%m-%d %H:%M} UTC. "
-             f"Source: {_e(content.source)}.</p>"]
+             f"Source: {escape(content.source)}.</p>"]
     oracles = [step.oracle for step in (content.captions, content.generation)
                if step is not None and step.oracle]
     if oracles:
         parts.append("<p class=warn><b>Upper bound, not the method:</b> this run used an oracle "
                      "that reads what no model could know, so its accuracies overstate what "
-                     f"DiffuBias achieves with real models. {_e(' '.join(oracles))}</p>")
+                     f"DiffuBias achieves with real models. {escape(' '.join(oracles))}</p>")
     parts += ["<h2>1. Dataset</h2>", *_dataset(content.dataset)]
     for title, step, render in (("2. Bias detection", content.detection, _detection),
                                 ("3. Captions and prompts", content.captions, _captions),
@@ -191,7 +200,7 @@ def render_report_html(content: ReportContent) -> str:
                                           else [NOT_RUN])]
     if content.rounds:
         parts += ["<h2>7. Rounds of the closed loop</h2>", *_rounds(content.rounds)]
-    parts += ["<h2>Settings</h2>", _settings(content.settings)]
+    parts += ["<h2>Settings</h2>", settings_table(content.settings)]
     return report_page(f"Bias audit: {content.name}", "\n".join(parts))
 
 
@@ -212,16 +221,18 @@ class _Figures:
 
 
 def _dataset(d: DatasetSummary) -> list[str]:
-    bias = "known: " + _e(", ".join(d.bias_names)) if d.bias_names else "unknown"
-    return [_table(["split", "images"], [[s, n] for s, n in d.split_sizes.items()]),
-            f"<p>{len(d.class_names)} classes ({_e(', '.join(d.class_names))}); image size "
+    bias = "known: " + escape(", ".join(d.bias_names)) if d.bias_names else "unknown"
+    return [table(["split", "images"], [[s, n] for s, n in d.split_sizes.items()]),
+            f"<p>{len(d.class_names)} classes ({escape(', '.join(d.class_names))}); image size "
             f"{d.image_size} px; bias attribute {bias}; {d.n_skipped} file(s) skipped at "
             "import.</p>"]
 
 
 def _detection(d: Detection, figure: _Figures) -> list[str]:
     excluded = f" ({d.n_excluded} excluded by the reviewer)" if d.n_excluded is not None else ""
-    parts = [f"<p>A deliberately biased classifier (GCE, settings below) scored {d.n_scored} "
+    ranker = d.biased_model.get("ranker", "gce")
+    parts = [f"<p>A deliberately biased classifier (ranker {escape(ranker)}, settings below) "
+             f"scored {d.n_scored} "
              f"training samples; the highest-loss samples of each class (top-K per class, "
              f"{d.n_candidates} in all) are the bias-conflicting candidates{excluded}.</p>"]
     if d.review:
@@ -231,25 +242,36 @@ def _detection(d: Detection, figure: _Figures) -> list[str]:
             if d.review.get("ever_shown") else "did not see the dataset's bias labels.</p>"))
     metrics = {k: v for k, v in d.metrics.items() if isinstance(v, (int, float))}
     if metrics:
-        parts.append(_table(["metric", "value"], [_metric_row(k, v) for k, v in metrics.items()]))
+        parts.append(table(["metric", "value"], [_metric_row(k, v) for k, v in metrics.items()]))
+    parts += _biased_model(d.biased_model)
     if d.histogram is not None:
         parts.append(figure(d.histogram))
     parts += ["<h3>Top candidates</h3>", *_images(d.candidates[:MAX_TILES], d.sheets),
-              _settings(d.settings)]
+              settings_table(d.settings)]
     return parts
 
 
+def _biased_model(b: Mapping[str, Any]) -> list[str]:
+    if not b.get("epochs"):
+        return []
+    rows = [[e["epoch"], percent(e.get("train_accuracy")), percent(e.get("valid_accuracy"))]
+            for e in b["epochs"]]
+    warning = [f"<p class=warn>{escape(b['warning'])}</p>"] if b.get("warning") else []
+    return [*warning, f"<p>The biased model per epoch (epoch {b['selected_epoch']} scores):</p>",
+            table(["epoch", "train accuracy", "validation accuracy"], rows)]
+
+
 def _captions(c: Captions, _: _Figures) -> list[str]:
-    parts = [f"<p>Captioner <b>{_e(c.captioner)}</b>{_oracle(c.oracle)}: {c.n_captions} "
+    parts = [f"<p>Captioner <b>{escape(c.captioner)}</b>{_oracle(c.oracle)}: {c.n_captions} "
              f"captions of {c.n_images} "
-             f"candidates. Text filter: top {c.top_f} words ({_e(', '.join(c.top_words))}); "
+             f"candidates. Text filter: top {c.top_f} words ({escape(', '.join(c.top_words))}); "
              f"{c.n_kept} prompts kept, {c.n_edited} edited by hand.</p>",
-             _table(["class", "prompt", "edited"],
+             table(["class", "prompt", "edited"],
                     [[p.label, p.text, "yes" if p.edited else ""]
                      for p in c.prompts[:MAX_PROMPTS]])]
     if c.keywords:
         parts += ["<h3>Bias keywords per class</h3>",
-                  _table(["class", "keywords (candidates / aligned samples using it)"],
+                  table(["class", "keywords (candidates / aligned samples using it)"],
                          [[label, ", ".join(f"{k.term} ({k.n_candidates}/{k.n_aligned})"
                                             for k in found[:MAX_KEYWORDS])]
                           for label, found in c.keywords.items()])]
@@ -258,9 +280,9 @@ def _captions(c: Captions, _: _Figures) -> list[str]:
 
 def _generation(g: Generation, _: _Figures) -> list[str]:
     rejected = f", {g.n_rejected} rejected by the reviewer" if g.n_rejected is not None else ""
-    return [f"<p>{g.n_images} images{rejected}. Generator: <b>{_e(g.generator)}</b>"
+    return [f"<p>{g.n_images} images{rejected}. Generator: <b>{escape(g.generator)}</b>"
             f"{_oracle(g.oracle)}.</p>", *_checks(g),
-            *_images(g.tiles[:MAX_TILES], g.sheets), _settings(g.settings)]
+            *_images(g.tiles[:MAX_TILES], g.sheets), settings_table(g.settings)]
 
 
 def _checks(g: Generation) -> list[str]:
@@ -276,13 +298,13 @@ def _checks(g: Generation) -> list[str]:
 
 
 def _oracle(note: str) -> str:
-    return f" <span class=warn>({_e(note)})</span>" if note else ""
+    return f" <span class=warn>({escape(note)})</span>" if note else ""
 
 
 def _accuracy(a: Accuracy, figure: _Figures) -> list[str]:
-    parts = [f"<p class=warn>{_e(a.note)}</p>"] if a.note else []
-    parts += [_table(["model", *ACCURACY_METRICS, "training images"],
-                    [[m.model, *(_percent(m.test.get(k)) for k in ACCURACY_METRICS),
+    parts = [f"<p class=warn>{escape(a.note)}</p>"] if a.note else []
+    parts += [table(["model", *ACCURACY_METRICS, "training images"],
+                    [[m.model, *(percent(m.test.get(k)) for k in ACCURACY_METRICS),
                       m.n_train if m.n_train is not None else ""] for m in a.models])]
     if a.figure is not None:
         parts.append(figure(a.figure))
@@ -290,7 +312,7 @@ def _accuracy(a: Accuracy, figure: _Figures) -> list[str]:
 
 
 def _gradcam(g: GradCam, figure: _Figures) -> list[str]:
-    text = (f"{_e(g.method)} on {g.n_samples} {_e(g.sample_set)} samples; each model explains "
+    text = (f"{escape(g.method)} on {g.n_samples} {escape(g.sample_set)} samples; each model explains "
             "its own prediction.")
     if g.agreement:
         text += " Accuracy on them: " + ", ".join(f"{k} {v:.1%}" for k, v in g.agreement.items()) \
@@ -302,7 +324,7 @@ def _gradcam(g: GradCam, figure: _Figures) -> list[str]:
              for path, caption in zip((row.image, row.before, row.after), row.captions)]
     parts += _images(tiles, g.sheets, columns=6)  # two samples a row, across the page
     if g.settings:
-        parts.append(_settings(g.settings))
+        parts.append(settings_table(g.settings))
     return parts
 
 
@@ -318,15 +340,11 @@ def _rounds(rounds: tuple[Mapping[str, Any], ...]) -> list[str]:
             "between its accuracy on the rest of each class and on the candidates (mean over "
             "classes; the bias-column gap, where the dataset has one, is what the proxy "
             "estimates). Later rounds train on the images of every round.</p>",
-            _table(list(ROUND_COLUMNS.values()),
-                   [[_fmt(r.get(k)) for k in ROUND_COLUMNS] for r in rounds])]
+            table(list(ROUND_COLUMNS.values()),
+                   [[number(r.get(k)) for k in ROUND_COLUMNS] for r in rounds])]
 
 
 # -- HTML pieces --------------------------------------------------------------------------------
-
-def _e(text: Any) -> str:
-    return html.escape(str(text))
-
 
 # the detection metrics as the app names and shows them: (name, shown as a percentage)
 DETECTION_METRICS = {
@@ -338,32 +356,7 @@ DETECTION_METRICS = {
 
 def _metric_row(key: str, value: float) -> list[str]:
     name, share = DETECTION_METRICS.get(key, (key.replace("_", " "), False))
-    return [_e(name), f"{value:.1%}" if share else _fmt(value)]
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return _e(value)
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _settings(settings: Mapping[str, Any]) -> str:
-    """A folded table of the scalar settings; lists and dicts are left out."""
-    rows = [[k, v] for k, v in sorted(settings.items()) if not isinstance(v, (list, dict))]
-    return "<details><summary>settings</summary>" + _table(["setting", "value"], rows) + \
-        "</details>"
+    return [escape(name), f"{value:.1%}" if share else number(value)]
 
 
 def _data_uri(path: Path) -> str:
@@ -375,7 +368,7 @@ def _data_uri(path: Path) -> str:
 
 def _tile_html(tile: Tile) -> str:
     return (f'<figure><img src="{_data_uri(Path(tile.image))}" alt=""><figcaption>'
-            f"{_e(tile.caption)}</figcaption></figure>")
+            f"{escape(tile.caption)}</figcaption></figure>")
 
 
 def _gallery(tiles: tuple[Tile, ...] | list[Tile], columns: int | None = None) -> str:

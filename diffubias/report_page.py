@@ -1,9 +1,11 @@
 """The page around the report's sections (`diffubias.report`): its title and its one style
-sheet, so the exported file needs nothing else."""
+sheet, so the exported file needs nothing else, and the HTML pieces the sections are made of."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
+from typing import Any
 
 
 def report_page(title: str, body: str) -> str:
@@ -29,3 +31,34 @@ figcaption {{ font-size: 0.75em; color: #445; }}
 {body}
 </body></html>
 """
+
+
+# -- HTML pieces ---------------------------------------------------------------------------------
+
+def escape(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return escape(value)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def settings_table(settings: Mapping[str, Any]) -> str:
+    """A folded table of the scalar settings; lists and dicts are left out."""
+    rows = [[k, v] for k, v in sorted(settings.items()) if not isinstance(v, (list, dict))]
+    return "<details><summary>settings</summary>" + table(["setting", "value"], rows) + \
+        "</details>"

@@ -39,8 +39,9 @@ from diffubias.shipped_models import oracle_note, resolve
 
 REPORT_HTML = "report.html"
 # the config fields that each step's settings table shows
-DETECTION_SETTINGS = ("arch", "width", "image_size", "init_weights", "biased_epochs", "gce_q",
-                      "top_k", "batch_size", "lr", "seed")
+DETECTION_SETTINGS = ("ranker", "arch", "width", "image_size", "init_weights", "biased_epochs",
+                      "gce_q", "biased_selection", "committee_size", "top_k", "batch_size", "lr",
+                      "seed")
 GENERATION_SETTINGS = ("generator", "images_per_prompt", "max_images", "gen_steps",
                        "guidance_scale", "negative_prompt", "gen_width", "gen_height",
                        "gen_batch_size", "model_dtype", "offload", "seed")
@@ -105,9 +106,14 @@ def _detection(out_dir: Path, report: Mapping[str, Any], names: list[str]) -> De
             threshold=float(losses[is_candidate].min()) if is_candidate.any() else None,
             n_selected=int(is_candidate.sum()), labels=labels, class_names=names)
         histogram.update_layout(title="Per-sample loss under the biased model")
-    return Detection(len(rows), int(is_candidate.sum()), None, report.get("detection", {}),
-                     histogram, sheets=_sheets(out_dir, "topk_gallery.png"),
-                     settings=_pick(report.get("config", {}), DETECTION_SETTINGS))
+    return Detection(len(rows), int(is_candidate.sum()), None,
+                     report.get("detection", {}), histogram,
+                     sheets=_sheets(out_dir, "topk_gallery.png"),
+                     settings=_pick(report.get("config", {}), DETECTION_SETTINGS
+                                    if report.get("config", {}).get("ranker") == "committee"
+                                    else tuple(k for k in DETECTION_SETTINGS
+                                               if k != "committee_size")),
+                     biased_model=report.get("biased_model") or {})
 
 
 def _captions(out_dir: Path, report: Mapping[str, Any]) -> Captions | None:

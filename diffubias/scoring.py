@@ -97,18 +97,22 @@ class DetectionMetrics:
     recall_at_k: float  # share of all conflicts that are in the top-K
     r_precision: float  # precision when each class's K equals its true number of conflicts
     auroc: float  # over all samples: does a higher loss mean a conflict?
+    # over all samples: the mean precision at each conflict's rank in the global loss order;
+    # unlike AUROC it stays low when many aligned samples outrank the few conflicts
+    average_precision: float
 
     def to_dict(self) -> dict:
         return {"k_per_class": {str(c): k for c, k in self.k_per_class.items()},
                 "n_selected": self.n_selected, "n_conflicts": self.n_conflicts,
                 "precision_at_k": self.precision_at_k, "recall_at_k": self.recall_at_k,
-                "r_precision": self.r_precision, "auroc": self.auroc}
+                "r_precision": self.r_precision, "auroc": self.auroc,
+                "average_precision": self.average_precision}
 
 
 def detection_metrics(losses: np.ndarray, labels: np.ndarray, is_conflict: np.ndarray, *,
                       k: int | float) -> DetectionMetrics:
     """Detection quality of top-K-per-class selection; needs the bias attribute (evaluation only)."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     losses, labels = np.asarray(losses), np.asarray(labels)
     is_conflict = np.asarray(is_conflict, dtype=bool)
@@ -133,4 +137,6 @@ def detection_metrics(losses: np.ndarray, labels: np.ndarray, is_conflict: np.nd
         recall_at_k=hits / n_conflicts if n_conflicts else float("nan"),
         r_precision=r_hits / r_total if r_total else float("nan"),
         auroc=float(roc_auc_score(is_conflict, losses)) if both else float("nan"),
+        average_precision=(float(average_precision_score(is_conflict, losses)) if both
+                           else float("nan")),
     )

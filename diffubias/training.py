@@ -22,7 +22,11 @@ from diffubias.images import ImageSource
 from diffubias.progress import ProgressFn
 
 LOSSES = ("ce", "gce")
-SELECTIONS = ("valid_accuracy", "last")
+# valid_accuracy: the best epoch on validation (the models that should generalise); last: the last
+# epoch; train_valid_gap: the epoch whose train accuracy most exceeds its validation accuracy,
+# the one that fits the training set but generalises worst (a biased model, chosen without bias
+# labels when the validation split is less biased than train)
+SELECTIONS = ("valid_accuracy", "last", "train_valid_gap")
 
 # (logits (B, C), labels (B,), positions (B,) into the training source, float images (B, 3, H, W))
 # -> per-sample loss (B,). Replaces the configured loss; it may train a model of its own on the
@@ -124,7 +128,7 @@ def train_classifier(model: nn.Module, train: ImageSource, *, valid: ImageSource
     steps_per_epoch = -(-len(train) // config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     history: list[EpochStats] = []
-    best_state, best_epoch, best_valid = None, config.epochs, None
+    best_state, best_epoch, best_valid, best_gap = None, config.epochs, None, None
     torch.manual_seed(config.seed)  # dropout/augmentation randomness, if a model has any
     bar = tqdm(total=total_steps, desc=desc, unit="step", leave=False)
     for epoch in range(1, config.epochs + 1):
@@ -161,6 +165,11 @@ def train_classifier(model: nn.Module, train: ImageSource, *, valid: ImageSource
         if (config.selection == "valid_accuracy" and valid_acc is not None
                 and (best_valid is None or valid_acc > best_valid)):
             best_valid, best_epoch = valid_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        gap = None if valid_acc is None else correct / seen - valid_acc
+        if (config.selection == "train_valid_gap" and gap is not None
+                and (best_gap is None or gap > best_gap)):
+            best_gap, best_valid, best_epoch = gap, valid_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
     bar.close()
     if best_state is not None:

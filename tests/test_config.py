@@ -13,10 +13,12 @@ import pytest
 
 from diffubias.config import (
     ARCHITECTURES,
+    BIASED_SELECTIONS,
     CAM_METHODS,
     FLOAT_RANGES,
     INT_RANGES,
     MAX_TOP_K,
+    RANKERS,
     RunConfig,
 )
 
@@ -75,8 +77,13 @@ def test_every_listed_name_is_implemented():
     """The config's lists are the only ones: each name builds what it names."""
     from diffubias.gradcam import _cam_class
     from diffubias.models import build_classifier
+    from diffubias.rankers import _RANKERS, _SELECTIONS
+    from diffubias.training import SELECTIONS
 
     assert len({_cam_class(m) for m in CAM_METHODS}) == len(CAM_METHODS)
+    assert tuple(_RANKERS) == RANKERS
+    assert set(_SELECTIONS) == set(BIASED_SELECTIONS) and set(_SELECTIONS.values()) <= set(
+        SELECTIONS)
     for arch in ARCHITECTURES:
         model = build_classifier(num_classes=2, image_size=32, arch=arch, width=4)
         assert model.spec.arch in ("small-cnn", "resnet18")

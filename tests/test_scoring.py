@@ -42,6 +42,9 @@ def test_detection_metrics_on_a_known_ranking():
     assert m.recall_at_k == pytest.approx(1.0)
     assert m.r_precision == pytest.approx(2 / 3)  # class 1's single slot goes to sample 6
     assert 0.5 < m.auroc < 1.0
+    # over the whole loss order the conflicts rank 1st, 2nd and 4th: precisions 1, 1 and 3/4
+    assert m.average_precision == pytest.approx((1 + 1 + 3 / 4) / 3)
+    assert m.to_dict()["average_precision"] == m.average_precision
 
 
 def test_gce_biased_model_ranks_planted_conflicts_on_top(planted_bias):

@@ -1,6 +1,6 @@
 """JTT's identification stage (`identify_errors` -> `ErrorSet`): the samples an ERM model gets
-wrong, which JTT upsamples. The benchmark also ranks samples by its losses, to compare them with
-the GCE detection's. It knows nothing of how the error set is weighted
+wrong, which JTT upsamples. Its model and losses are the `erm-early` ranker's
+(`diffubias.rankers`). It knows nothing of how the error set is weighted
 (`diffubias.baselines.jtt`) or cached (`diffubias.baselines.shared.SharedStages.error_set`).
 """
 
@@ -12,10 +12,10 @@ import numpy as np
 
 from diffubias.config import RunConfig
 from diffubias.evaluation import predict
-from diffubias.prepared import PreparedDataset, new_classifier, train_config
-from diffubias.progress import ProgressFn, part
-from diffubias.scoring import score_samples
-from diffubias.training import TrainResult, train_classifier
+from diffubias.prepared import PreparedDataset
+from diffubias.progress import ProgressFn
+from diffubias.rankers import train_and_score
+from diffubias.training import TrainResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,14 +32,10 @@ class ErrorSet:
 def identify_errors(data: PreparedDataset, config: RunConfig, *, epochs: int,
                     progress: ProgressFn | None = None) -> ErrorSet:
     """Trains ERM (plain CE) for `epochs`, keeping the last epoch (as for the biased model, the
-    best on an unbiased validation split would be the least biased), and finds its mistakes."""
+    best on an unbiased validation split would be the least biased), and finds its mistakes.
+    The model is the `erm-early` ranker's (`diffubias.rankers.train_and_score` with CE)."""
     positions, train = data.split("train")
-    _, valid = data.split("valid")
-    device = config.resolved_device()
-    training = train_classifier(new_classifier(data, config), train, valid=valid,
-                                config=train_config(config, epochs=epochs, loss="ce",
-                                                    selection="last"),
-                                progress=part(progress, 0.0, 0.9), desc="JTT ERM (CE)")
-    losses = score_samples(training.model, train, device=device)
-    predictions, _ = predict(training.model, train, device=device)
+    training, losses = train_and_score(data, config, loss="ce", epochs=epochs,
+                                       desc="JTT ERM (CE)", progress=progress)
+    predictions, _ = predict(training.model, train, device=config.resolved_device())
     return ErrorSet(training, positions, losses, predictions != train.labels.numpy())

@@ -1,5 +1,6 @@
-"""Stages 1-3, detect: the deliberately biased model (GCE), every training sample's loss under
-it, and the top-K highest-loss samples of each class: the bias-conflicting candidates.
+"""Stages 1-3, detect: the deliberately biased model (the ranker's, `diffubias.rankers`: GCE by
+default), every training sample's loss under it, and the top-K highest-loss samples of each
+class: the bias-conflicting candidates; with the biased model's own diagnostics (is it biased?).
 
 Knows nothing of where the scores are stored; the bias column is read only to measure the
 ranking (precision@K, AUROC) when the dataset has one, never to rank.
@@ -13,25 +14,17 @@ import numpy as np
 
 from diffubias.config import RunConfig
 from diffubias.evaluation import GroupAccuracy
-from diffubias.prepared import (
-    PreparedDataset,
-    new_classifier,
-    test_accuracy,
-    train_config,
-)
+from diffubias.prepared import PreparedDataset, test_accuracy
 from diffubias.progress import ProgressFn, part
-from diffubias.scoring import (
-    detection_metrics,
-    ranks_in_class,
-    score_samples,
-    top_k_per_class,
-)
-from diffubias.training import TrainResult, train_classifier
+from diffubias.rankers import Diagnostics, diagnose, rank_samples
+from diffubias.scoring import detection_metrics, ranks_in_class, top_k_per_class
+from diffubias.training import TrainResult
 
 
 @dataclass(frozen=True, eq=False)
 class Detection:
-    """The biased model, every train sample's loss, and the top-K candidates."""
+    """The biased model, every train sample's loss, the top-K candidates, and the biased
+    model's diagnostics."""
 
     training: TrainResult = field(repr=False)
     positions: np.ndarray  # dataset positions of the train samples, in score order
@@ -41,6 +34,9 @@ class Detection:
     is_conflict: np.ndarray | None  # known bias only: to measure, never to rank
     metrics: dict  # detection_metrics(...).to_dict(), or counts only when bias is unknown
     test: GroupAccuracy  # the biased model on the evaluation split
+    diagnostics: Diagnostics | None = None  # its accuracies per epoch, a warning if unbiased
+    # committee ranker: bool per scored sample, left out of the biased model's training
+    dropped: np.ndarray | None = None
 
     @property
     def candidates(self) -> np.ndarray:
@@ -80,26 +76,24 @@ def whole_classes(labels: np.ndarray, top_k: float, class_names) -> dict[str, in
 
 def detect_bias(data: PreparedDataset, config: RunConfig, *,
                 progress: ProgressFn | None = None) -> Detection:
-    """Trains the biased model with GCE, scores every train sample with CE, picks top-K.
+    """Trains the ranker's biased model, scores every train sample with CE, picks top-K.
 
-    1. train `biased_epochs` of GCE (q = `gce_q`), keeping the last epoch;
-    2. score: each train sample's cross entropy under that model;
-    3. select: the `top_k` highest-loss samples of each class;
+    1. rank (`config.ranker`): train the biased model for `biased_epochs` (GCE by default),
+       keeping the last epoch (or, with `biased_selection` train-valid-gap, the one that
+       generalises worst), and score each train sample's cross entropy under it;
+    2. select: the `top_k` highest-loss samples of each class;
+    3. diagnose the biased model from its train and validation accuracy (no bias label);
     4. evaluate the biased model, and the ranking where the bias is known.
     """
-    positions, train = data.split("train")
+    positions, _ = data.split("train")
     _, valid = data.split("valid")
-    # selection="last": the best checkpoint on an unbiased validation split would be the
-    # least biased one, the opposite of what this model is for.
-    result = train_classifier(new_classifier(data, config), train, valid=valid,
-                              config=train_config(config, epochs=config.biased_epochs,
-                                                  loss="gce", gce_q=config.gce_q,
-                                                  selection="last"),
-                              progress=part(progress, 0.0, 0.85), desc="biased model (GCE)")
-    losses = score_samples(result.model, train, device=config.resolved_device(),
-                           progress=part(progress, 0.85, 0.95))
+    # a best checkpoint on an unbiased validation split would be the least biased one, the
+    # opposite of what this model is for: the rankers keep the last epoch by default
+    ranking = rank_samples(data, config, progress=part(progress, 0.0, 0.95))
+    losses = ranking.losses
     labels = data.ds.labels[positions].astype(np.int64)
     selected = top_k_per_class(losses, labels, k=config.top_k)
+    diagnostics = diagnose(ranking, config, valid.labels.numpy())
     is_conflict = data.conflicts(positions)
     if is_conflict is not None:
         metrics = detection_metrics(losses, labels, is_conflict, k=config.top_k).to_dict()
@@ -108,8 +102,9 @@ def detect_bias(data: PreparedDataset, config: RunConfig, *,
                                    for c in range(data.ds.num_classes)},
                    "n_selected": int(len(selected)), "n_conflicts": None,
                    "precision_at_k": None, "recall_at_k": None, "r_precision": None,
-                   "auroc": None}
+                   "auroc": None, "average_precision": None}
     if progress is not None:
         progress(0.95, "evaluating the biased model")
-    test = test_accuracy(data, result.model, config)
-    return Detection(result, positions, losses, labels, selected, is_conflict, metrics, test)
+    test = test_accuracy(data, ranking.training.model, config)
+    return Detection(ranking.training, positions, losses, labels, selected, is_conflict,
+                     metrics, test, diagnostics, ranking.dropped)

@@ -1,0 +1,331 @@
+"""Detection benchmark: every ranker of `diffubias.rankers` side by side on built-in datasets x
+conflict ratios x seeds, with the product's default settings: how well each one's loss ranking
+finds the bias-conflicting training samples (read from the bias column, for this measurement
+only), how long detection takes, and what its biased model's diagnostics said.
+
+Usage:
+  python bench/detection.py --quick      # the hardest variant of each built-in, 1 %, seed 0
+  python bench/detection.py --jobs 2     # every built-in and severity, 1 %, seeds 0-4
+  python bench/detection.py --jobs 2 --resume    # continue a stopped run from its checkpoint
+  python bench/detection.py --datasets builtin:colored-digits-sigma0.05,builtin:shape-scenes \
+      --seeds 0,1,2 --ratios 0.005,0.01 --rankers gce,committee --set width=8
+Writes docs/benchmarks-detection.json (every row) and the `detection` section of
+docs/BENCHMARKS.md; the checkpoint (docs/benchmarks-detection.partial.json) is written after
+each (dataset, ratio, seed). Metrics: AP (average precision of the whole ranking), AUROC,
+R-precision and precision@K (K per class as configured), mean with a 95 % Student t interval
+over seeds; differences from `gce` are paired by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from debias import _machine, _parse_set, dataset_label, paired_interval, write_json  # noqa: E402
+from markdown import BENCHMARKS_MD, write_section  # noqa: E402
+
+from diffubias.builtin import BUILTIN_NAMES  # noqa: E402
+from diffubias.config import RunConfig  # noqa: E402
+from diffubias.prepared import PreparedDataset  # noqa: E402
+from diffubias.stages.detect import detect_bias  # noqa: E402
+
+JSON = ROOT / "docs" / "benchmarks-detection.json"
+# name: the RunConfig changes that make the variant (on top of the run's config)
+VARIANTS = {
+    "gce": {"ranker": "gce"},  # the method's biased model, today's default
+    "erm-early": {"ranker": "erm-early"},
+    "committee": {"ranker": "committee"},
+    # item 3 of issue 17: twice the epochs, keeping the one that fits train but generalises
+    # worst to the validation split (no bias label)
+    "gce-gap": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 6},
+}
+METRICS = ("average_precision", "auroc", "r_precision", "precision_at_k")
+METRIC_NAMES = {"average_precision": "AP", "auroc": "AUROC", "r_precision": "R-precision",
+                "precision_at_k": "precision@K"}
+HARDEST = ("builtin:colored-digits-sigma0.05", "builtin:shape-scenes-subtle")
+PROFILES = {"quick": {"ratios": (0.01,), "seeds": (0,)},
+            "full": {"ratios": (0.01,), "seeds": (0, 1, 2, 3, 4)}}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def default_datasets(quick: bool) -> tuple[str, ...]:
+    """Every built-in (each severity) for the full run; for --quick the hardest variant of each
+    family where it exists, else the family itself."""
+    names = tuple(f"builtin:{n}" for n in BUILTIN_NAMES)
+    if not quick:
+        return names
+    return tuple(h if h in names else h.split("-sigma")[0].removesuffix("-subtle")
+                 for h in HARDEST)
+
+
+def run_setting(dataset: str, ratio: float, seed: int, *, base: RunConfig,
+                variants: Sequence[str], threads: int = 1) -> list[dict]:
+    """Every ranker variant on one (dataset, ratio, seed): one row each."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = base.with_overrides(dataset=dataset, conflict_ratio=ratio, seed=seed)
+    data = PreparedDataset.load(cfg)
+    rows = []
+    for name in variants:
+        start = time.perf_counter()
+        detection = detect_bias(data, cfg.with_overrides(**VARIANTS[name]))
+        seconds = time.perf_counter() - start
+        m, d = detection.metrics, detection.diagnostics
+        rows.append({"dataset": dataset_label(dataset), "conflict_ratio": ratio, "seed": seed,
+                     "ranker": name, **{k: m[k] for k in (*METRICS, "recall_at_k",
+                                                          "n_selected", "n_conflicts")},
+                     "seconds": seconds, "selected_epoch": d.selected_epoch,
+                     "train_accuracy": d.train_accuracy, "valid_accuracy": d.valid_accuracy,
+                     "transfer": d.transfer, "warned": d.warning is not None,
+                     "n_dropped": d.info.get("n_dropped"),
+                     "test_conflicting": detection.test.to_dict()["conflicting"]})
+        _log(f"  {rows[-1]['dataset']} rho={ratio} seed={seed} {name}: "
+             f"AP {m['average_precision']:.3f}, AUROC {m['auroc']:.3f}, "
+             f"R-precision {m['r_precision']:.3f}, {seconds:.0f} s")
+    return rows
+
+
+def run_grid(datasets: Sequence[str], *, ratios: Sequence[float], seeds: Sequence[int],
+             base: RunConfig, variants: Sequence[str], checkpoint: Path | None = None,
+             resume: dict | None = None, jobs: int = 1, threads: int = 1) -> dict:
+    """Variants x datasets x ratios x seeds, seeds outermost; with `checkpoint`, the rows so far
+    are written there after each (dataset, ratio, seed), and `resume` (such a checkpoint, same
+    config and variants) keeps its settings and runs the rest."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown rankers {unknown}; expected some of {tuple(VARIANTS)}")
+    meta = {"machine": _machine(), "torch_threads": threads or torch.get_num_threads(),
+            "jobs": jobs, "datasets": list(datasets), "ratios": list(ratios),
+            "seeds": list(seeds), "variants": {v: VARIANTS[v] for v in variants},
+            "config": base.to_dict(), "load_average_before": os.getloadavg()}
+    rows, earlier_s = [], 0.0
+    if resume is not None:
+        if (RunConfig.from_dict(resume["meta"]["config"]) != base
+                or resume["meta"]["variants"] != meta["variants"]):
+            raise ValueError("the checkpoint was made with another config or rankers; delete it "
+                             "or run with the same settings")
+        rows, earlier_s = list(resume["rows"]), resume["meta"]["wall_s"]
+    done = {(r["dataset"], r["conflict_ratio"], r["seed"]) for r in rows}
+    todo = [(d, r, s) for s in seeds for r in ratios for d in datasets
+            if (dataset_label(d), r, s) not in done]
+    _log(f"{len(todo)} settings to run, {len(done)} done")
+    start = time.perf_counter()
+    out = {"meta": meta, "rows": rows}
+
+    def record(new_rows: list[dict]) -> None:
+        rows.extend(new_rows)
+        meta.update(wall_s=earlier_s + time.perf_counter() - start,
+                    load_average_after=os.getloadavg(),
+                    resumed_after_s=earlier_s if resume is not None else None)
+        if checkpoint is not None:
+            write_json(out, checkpoint)
+
+    kwargs = {"base": base, "variants": variants, "threads": threads}
+    if jobs <= 1:
+        for setting in todo:
+            record(run_setting(*setting, **kwargs))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(run_setting, *s, **kwargs) for s in todo]):
+                record(future.result())
+    meta.setdefault("wall_s", earlier_s)
+    return out
+
+
+# -- aggregation ----------------------------------------------------------------------------------
+
+def summary(rows: Sequence[dict]) -> dict[tuple, dict]:
+    """(dataset, ratio, ranker) -> {metric: (mean, low, high)} over seeds, plus seconds and
+    the diagnostics' means, and the seeds counted."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["conflict_ratio"], r["ranker"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        cell = {k: paired_interval([g[k] for g in group]) for k in (*METRICS, "seconds")}
+        cell["valid_accuracy"] = float(np.mean([g["valid_accuracy"] for g in group]))
+        cell["warned"] = sum(g["warned"] for g in group)
+        cell["seeds"] = len(group)
+        out[key] = cell
+    return out
+
+
+def differences(rows: Sequence[dict], metric: str, against: str = "gce") -> dict[tuple, tuple]:
+    """(dataset, ratio, ranker) -> (mean, low, high) of ranker minus `against`, paired by seed."""
+    values = {(r["dataset"], r["conflict_ratio"], r["seed"], r["ranker"]): r[metric]
+              for r in rows}
+    diffs: dict[tuple, list[float]] = {}
+    for (d, ratio, seed, ranker), value in values.items():
+        if ranker != against and (d, ratio, seed, against) in values:
+            diffs.setdefault((d, ratio, ranker), []).append(
+                value - values[(d, ratio, seed, against)])
+    return {k: paired_interval(v) for k, v in diffs.items()}
+
+
+def _interval(cell: tuple[float, float, float], scale: float = 1.0, digits: int = 3) -> str:
+    mean, low, high = (scale * x for x in cell)
+    if np.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def render(results: dict, *, command: str) -> str:
+    meta, rows = results["meta"], results["rows"]
+    cfg = meta["config"]
+    stats = summary(rows)
+    # the json sorts its keys: back to VARIANTS' order
+    variants = sorted(meta["variants"], key=lambda v: (v not in VARIANTS, list(VARIANTS).index(v)
+                                                       if v in VARIANTS else 0, v))
+    seeds = sorted({r["seed"] for r in rows})
+    lines = ["## Detection: the rankers side by side", "",
+             f"Measured by `{command}` on {meta['machine']}; torch on {meta['torch_threads']} "
+             f"thread(s), {meta['jobs']} job(s); load average "
+             f"{', '.join(f'{x:.1f}' for x in meta['load_average_before'])} before (the machine "
+             f"is shared, so times are indicative). Wall time {meta['wall_s'] / 60:.1f} min.", "",
+             f"Settings: the product's defaults (`arch={cfg['arch']}`, width {cfg['width']}, "
+             f"{cfg['biased_epochs']} epochs, GCE q {cfg['gce_q']}, batch {cfg['batch_size']}, "
+             f"lr {cfg['lr']}, top_k {cfg['top_k']:g} per class, committee of "
+             f"{cfg['committee_size']}) unless a ranker changes them: "
+             + "; ".join(f"`{v}` " + ", ".join(f"{k}={x}" for k, x in meta["variants"][v].items())
+                         for v in variants) + ". "
+             f"Seed(s) {', '.join(map(str, seeds))}: each cell is the mean over the seeds with its "
+             "95 % t interval in brackets (none with one seed). The bias column is read only here, "
+             "to measure; no ranker reads it.", "",
+             "| dataset | ratio | ranker | AP | AUROC | R-precision | precision@K | seconds | "
+             "biased model's valid acc. | warned |", "|---|---|---|---|---|---|---|---|---|---|"]
+    order = sorted(stats, key=lambda k: (k[0], k[1], variants.index(k[2])))
+    for key in order:
+        s = stats[key]
+        lines.append(f"| {key[0]} | {100 * key[1]:g} % | {key[2]} | "
+                     + " | ".join(_interval(s[m]) for m in METRICS)
+                     + f" | {_interval(s['seconds'], digits=0)} | {s['valid_accuracy']:.3f} | "
+                     f"{s['warned']}/{s['seeds']} |")
+    lines += ["", "Average over the datasets and ratios above (mean of the cells' means):", "",
+              "| ranker | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | seconds |",
+              "|---|" + "---|" * (len(METRICS) + 1)]
+    averages = {}
+    for v in variants:
+        cells = [stats[k] for k in stats if k[2] == v]
+        averages[v] = {m: float(np.mean([c[m][0] for c in cells])) for m in (*METRICS, "seconds")}
+        lines.append(f"| {v} | " + " | ".join(f"{averages[v][m]:.3f}" for m in METRICS)
+                     + f" | {averages[v]['seconds']:.0f} |")
+    best = max(averages, key=lambda v: averages[v]["average_precision"])
+    lines += ["", f"Best on average by AP: `{best}`."]
+    diffs = differences(rows, "average_precision")
+    if diffs:
+        lines += ["", "AP minus `gce`'s, in points, paired by seed [95 % interval]:", "",
+                  "| dataset | ratio | " + " | ".join(v for v in variants if v != "gce") + " |",
+                  "|---|---|" + "---|" * (len(variants) - 1)]
+        for d, ratio in sorted({k[:2] for k in diffs}):
+            lines.append(f"| {d} | {100 * ratio:g} % | " + " | ".join(
+                _interval(diffs[(d, ratio, v)], 100, 1) if (d, ratio, v) in diffs else "n/a"
+                for v in variants if v != "gce") + " |")
+    lines += _target_lines(stats, diffs, variants)
+    lines += ["", "`warned`: runs where the biased model's diagnostics said it looks unbiased "
+              "(its validation accuracy carries over at least 70 % of its train fit above "
+              "chance, `diffubias.rankers.TRANSFER_WARNING`). Every row is in "
+              "`docs/benchmarks-detection.json`."]
+    return "\n".join(lines)
+
+
+def _target_lines(stats: dict, diffs: dict, variants: Sequence[str]) -> list[str]:
+    """Issue 17's targets on the hardest variant of each built-in: AUROC >= 0.9, R-precision
+    >= 0.7, AP at least 10 points above `gce` (means over seeds)."""
+    hardest = [dataset_label(h) for h in HARDEST]
+    cells = sorted(k for k in stats if k[0] in hardest)
+    if not cells:
+        return []
+    lines = ["", "Targets on the hardest variants (AUROC >= 0.9, R-precision >= 0.7, AP >= "
+             "`gce`'s + 10 points; means over seeds):", "",
+             "| dataset | ratio | ranker | AUROC | R-precision | AP gain | all met |",
+             "|---|---|---|---|---|---|---|"]
+    for key in sorted(cells, key=lambda k: (k[0], k[1], variants.index(k[2]))):
+        s = stats[key]
+        gain = diffs.get(key, (0.0,))[0] if key[2] != "gce" else 0.0
+        values = (s["auroc"][0], s["r_precision"][0], gain)
+        met = (values[0] >= 0.9, values[1] >= 0.7, values[2] >= 0.10)
+        shown = (f"{values[0]:.3f}", f"{values[1]:.3f}", "n/a (the reference)" if key[2] == "gce"
+                 else f"{100 * values[2]:+.1f} points")
+        lines.append(f"| {key[0]} | {100 * key[1]:g} % | {key[2]} | "
+                     + " | ".join(f"{v} ({'yes' if m else 'no'})" for v, m in zip(shown, met))
+                     + f" | {'yes' if all(met) else 'no'} |")
+    return lines
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="the hardest variant of each built-in, 1 %%, seed 0")
+    parser.add_argument("--datasets", help="comma-separated, e.g. builtin:colored-digits-sigma0.05"
+                        ",builtin:shape-scenes-subtle (default: every built-in; --quick: the "
+                        "hardest of each)")
+    parser.add_argument("--ratios", help="comma-separated conflict ratios (default 0.01)")
+    parser.add_argument("--seeds", help="comma-separated (default 0-4; --quick: 0)")
+    parser.add_argument("--rankers", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a RunConfig field for every run, e.g. width=8")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="settings run at once in worker processes")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per process (0: torch's own)")
+    parser.add_argument("--json", type=Path, default=JSON)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the .partial.json checkpoint next to --json")
+    parser.add_argument("--from-json", action="store_true",
+                        help="redraw the section from --json without training")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the section instead of writing BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.json.read_text())
+    else:
+        profile = PROFILES["quick" if args.quick else "full"]
+        base = RunConfig(device=args.device).with_overrides(**_parse_set(args.set))
+        checkpoint = args.json.with_name(args.json.stem + ".partial.json")
+        datasets = (tuple(d.strip() for d in args.datasets.split(",") if d.strip())
+                    if args.datasets else default_datasets(args.quick))
+        results = run_grid(
+            datasets, base=base,
+            ratios=tuple(float(x) for x in args.ratios.split(",")) if args.ratios
+            else profile["ratios"],
+            seeds=tuple(int(x) for x in args.seeds.split(",")) if args.seeds
+            else profile["seeds"],
+            variants=[v.strip() for v in args.rankers.split(",") if v.strip()],
+            checkpoint=checkpoint, jobs=args.jobs, threads=args.threads,
+            resume=json.loads(checkpoint.read_text()) if args.resume else None)
+        results["meta"]["command"] = " ".join(
+            ["python bench/detection.py", *(argv if argv is not None else sys.argv[1:])])
+        write_json(results, args.json)
+        checkpoint.unlink(missing_ok=True)  # the whole run is in --json now
+    body = render(results, command=results["meta"].get("command", "python bench/detection.py"))
+    if args.no_write:
+        print(body)
+        return
+    write_section("detection", body)
+    print(f"wrote {BENCHMARKS_MD} and {args.json}")
+
+
+if __name__ == "__main__":
+    main()
