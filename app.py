@@ -13,10 +13,13 @@ import ipaddress
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
+from gradio import routes as gr_routes
 
 from storage import WorkspaceUnavailable
 from ui import (
@@ -81,14 +84,35 @@ footer { display: none !important; }
 .thumbnail-item .caption-label { max-width: calc(100% - 8px) !important; line-height: 1.25; }
 #sample-grid .caption-label, #candidate-gallery .caption-label, #still-wrong .caption-label {
   white-space: normal !important; overflow-wrap: anywhere; }
-/* a prompt under its first image: three lines, the whole text in the selected image's detail */
-#generated-gallery .caption-label { white-space: normal !important; display: -webkit-box;
-  -webkit-line-clamp: 3; -webkit-box-orient: vertical; font-size: 0.8em; }
+/* generated tiles say only their mark and prompt number; the page's prompts are listed below */
+#generated-prompts ul { margin-top: 0; }
 """
 
 
+@contextmanager
+def _server_built_at_launch() -> Iterator[None]:
+    """Gradio builds its web server (every API route with its pydantic models) when `with
+    gr.Blocks()` ends, again in `queue()`, and once more in `launch()`, whose server is the one
+    served. Each build of this app takes about 0.5 s on 2 cores, a third of the start, so the
+    first two are skipped: nothing uses them before launch (tests/test_app.py counts builds)."""
+    build = gr_routes.App.create_app
+    gr_routes.App.create_app = staticmethod(lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        gr_routes.App.create_app = build
+
+
 def build_app(studio: Studio) -> gr.Blocks:
-    """The whole UI: the header, then one tab per workflow step, wired to `studio`."""
+    """The whole UI: the header, then one tab per workflow step, wired to `studio`; queued,
+    ready to launch."""
+    with _server_built_at_launch():
+        demo = _build_blocks(studio)
+        demo.queue(default_concurrency_limit=4, max_size=64)
+    return demo
+
+
+def _build_blocks(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="DiffuBias Studio", analytics_enabled=False) as demo:
         header_callbacks = header.HeaderCallbacks(
             projects=partial(project_choices, studio),
@@ -267,7 +291,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(studio.store.workspace.path_for("uploads", "gradio"))
     serve_workspace_statically(studio)
     demo = build_app(studio)
-    demo.queue(default_concurrency_limit=4, max_size=64)
     try:
         demo.launch(**launch_options(args, studio), prevent_thread_lock=True)
         studio.start_background_work(demo=not args.no_demo)

@@ -27,6 +27,7 @@ from tests.ui_support import (
     link_demo_dataset,
     make_dataset_zip,
 )
+from ui.events import markdown_text
 
 TOO_LONG_S = 120
 
@@ -109,7 +110,9 @@ def test_the_whole_workflow_through_the_api(served, tmp_path, builtin_cache):
     gallery = out[2]["value"]  # an update: the gallery's columns follow images per prompt
     assert out[0] == "✓ 40 images from 20 prompts." and len(gallery) == 24  # 12 prompts a page
     image = client.predict(project, 1, api_name="/generated_list")[0]
-    assert re.match(r"(⚑ [^·]+ · )?#\d+ ", image["caption"])  # ⚑: a check failed
+    assert re.match(r"(⚑ )?#\d+ \w+$", image["caption"])  # ⚑: a check failed
+    assert re.match(r"#\d+ \w+: .+", image["prompt"])  # the whole prompt, which the page lists
+    assert markdown_text(image["prompt"]) in out[3]
     assert client.predict(project, image["image_id"], False,
                           api_name="/review_image")["accepted"] is False
     # every image was checked; reject what the checks propose, in one click
@@ -167,7 +170,7 @@ def test_a_restarted_app_shows_the_same_state(served):
         tiles_after = after.predict(1, project, -1, 48, api_name="/candidates_page")[0]
         assert [t["caption"] for t in tiles_after] == [t["caption"] for t in tiles_before]
         listed = after.predict(project, 1, api_name="/generated_list")
-        assert listed and listed[0]["caption"].startswith("✗ rejected")
+        assert listed and listed[0]["caption"].startswith("✗ #")
     finally:
         demo.close()
         studio.store.close()
@@ -181,6 +184,35 @@ def test_launch_options():
     assert options["run_history"] is False and options["server_port"] == 9000
     with pytest.raises(SystemExit, match="user:password"):
         app.launch_options(app.parse_args(["--auth", "nopassword"]), studio)
+
+
+def test_the_web_server_is_built_once_at_launch(tmp_path, monkeypatch):
+    """Gradio would build its server three times (end of `with gr.Blocks()`, `queue()`,
+    `launch()`); build_app skips the first two, a third of the start, and the one served is
+    complete: queued, and answering the page and the API."""
+    from gradio import routes
+
+    from ui.studio import Studio
+
+    built = []
+    build = routes.App.create_app
+    monkeypatch.setattr(routes.App, "create_app", staticmethod(
+        lambda *args, **kwargs: built.append(1) or build(*args, **kwargs)))
+    counting = routes.App.create_app
+    studio = Studio.open(tmp_path / "workspace")
+    demo = app.build_app(studio)
+    try:
+        assert built == [] and routes.App.create_app is counting  # restored after the build
+        options = {**app.launch_options(app.parse_args([]), studio), "server_port": None,
+                   "prevent_thread_lock": True, "quiet": True}
+        _, url, _ = demo.launch(**options)
+        assert len(built) == 1 and demo._queue.max_size == 64
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert "/train_biased" in httpx.get(f"{url}gradio_api/info", timeout=30).json()[
+            "named_endpoints"]
+    finally:
+        demo.close()
+        studio.close()
 
 
 def test_the_jobs_settings_are_named_by_run_config_fields(tmp_path):

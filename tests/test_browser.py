@@ -77,6 +77,15 @@ def screenshots(tmp_path_factory):
             shutil.copy(shot, Path(SCREENSHOTS) / shot.name)
 
 
+def first_row_in_view(page, gallery: str) -> None:
+    """The gallery's first tile lies whole below its label chip, inside the scrolled area."""
+    tile = page.locator(f"#{gallery} button.thumbnail-item").first.bounding_box()
+    label = page.locator(f"#{gallery} [data-testid='block-label']").bounding_box()
+    area = page.locator(f"#{gallery} .grid-wrap").bounding_box()
+    assert tile["y"] >= label["y"] + label["height"], (tile, label)
+    assert tile["y"] >= area["y"] and tile["x"] >= area["x"], (tile, area)
+
+
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
@@ -111,11 +120,15 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     open_tab(page, "2 · Bias")
     fill(page, "bias-width", width)
     fill(page, "bias-epochs", biased_epochs)
-    page.click("#train-biased")
+    started = time.monotonic()
+    page.click("#train-biased")  # the app's first job: its dataset loads inside the job
+    page.wait_for_selector("#job-banner:has-text('Train biased model')")
+    assert time.monotonic() - started < 3, "the banner must show a new job at once"
     page.wait_for_selector("#bias-status:has-text('Trained and scored 10000')")
     assert "precision@K" in page.inner_text("#bias-metrics")
     page.wait_for_selector("#loss-histogram .js-plotly-plot")
     page.wait_for_selector("#job-banner .done:has-text('Train biased model')")
+    first_row_in_view(page, "candidate-gallery")
     page.locator("#candidate-gallery button.thumbnail-item").nth(1).click()
     page.wait_for_selector("#candidate-detail:has-text('loss')")
     page.wait_for_selector("#bias-metrics:has-text('0 excluded')")
@@ -144,6 +157,8 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     page.click("#reject-image")
     page.wait_for_selector("#generated-detail:has-text('rejected')")
     page.wait_for_selector("#generate-summary:has-text('1 rejected')")
+    first_row_in_view(page, "generated-gallery")
+    assert page.locator("#generated-prompts li").count() >= 1  # each prompt readable in full
     page.screenshot(path=screenshots / "4-generate.png", full_page=True)
 
     open_tab(page, "5 · Debias")
@@ -163,6 +178,7 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
     fill(page, "cam-count", cam_samples)
     page.click("#run-gradcam")
     page.wait_for_selector(f"#gradcam-status:has-text('Explained {cam_samples} images')")
+    first_row_in_view(page, "cam-gallery")
     page.click("#export-report")
     page.wait_for_selector("#gradcam-status:has-text('Report exported')")
     page.wait_for_selector("#report-file a[download='report.html']")

@@ -83,7 +83,6 @@ def served(tmp_path_factory):
     (workspace / "reports" / "linked").symlink_to(secret.parent, target_is_directory=True)
     app.serve_workspace_statically(studio)
     demo = app.build_app(studio)
-    demo.queue()
     options = {**app.launch_options(app.parse_args(["--workspace", str(workspace)]), studio),
                "server_port": None, "prevent_thread_lock": True, "quiet": True}
     _, url, _ = demo.launch(**options)

@@ -28,6 +28,7 @@ from ui import (
     generate_service,
     gradcam_service,
     report_service,
+    tab_bias,
 )
 from ui.datasets import DEMO_NAME
 from ui.studio import Studio, default_project, job_status, project_choices, revision, stop_job
@@ -84,6 +85,18 @@ def test_detection_stores_scores_candidates_and_the_model(workflow):
     # person reviews (test_the_review_does_not_see_the_ground_truth_unless_asked)
     assert view.histogram is not None and len(view.histogram.data) == 1
     assert [f for f, _ in views["progress"]] == sorted(f for f, _ in views["progress"])
+    # is it biased: its own train and validation accuracy per epoch, read by no bias label;
+    # the demo's shortcut is strong, so no warning
+    diagnostics = view.biased_model
+    assert view.params["ranker"] == diagnostics["ranker"] == "gce"
+    assert len(diagnostics["epochs"]) == TINY_BIAS["biased_epochs"]
+    assert diagnostics["train_accuracy"] > diagnostics["valid_accuracy"] + 0.3
+    assert diagnostics["warning"] is None
+    shown = tab_bias.metrics_markdown(view)
+    assert "ranker **gce**" in shown and "⚠" not in shown
+    unbiased = {**diagnostics, "warning": "The biased model may not be biased: try gce_q 1"}
+    assert "⚠ The biased model may not be biased: try gce\\_q 1" in "\n".join(
+        tab_bias.biased_model_lines(unbiased))
     with studio.store.sessions() as session:
         model = repo.latest_model(session, views["project_id"], "biased")
         assert studio.store.workspace.resolve(model.weights_path).is_file()
@@ -279,6 +292,7 @@ def test_export_writes_a_self_contained_report_and_downloads(workflow):
                     "5. Accuracy", "6. Where the models look", "Settings"):
         assert section in page
     assert "data:image/webp;base64," in page and "plotly" in page.lower()
+    assert "ranker gce" in page and "<th>validation accuracy</th>" in page  # per epoch
     assert "src=\"http" not in page  # nothing fetched from the network
     assert Path(exported.model).suffix == ".safetensors"
     with zipfile.ZipFile(exported.dataset) as archive:

@@ -29,7 +29,6 @@ def launch(workspace: Path):
     studio = Studio.open(workspace)
     app.serve_workspace_statically(studio)
     demo = app.build_app(studio)
-    demo.queue(default_concurrency_limit=4)
     args = app.parse_args(["--workspace", str(workspace)])
     options = {**app.launch_options(args, studio), "server_port": None,
                "prevent_thread_lock": True, "quiet": True}

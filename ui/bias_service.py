@@ -48,6 +48,9 @@ class DetectionView:
     # than the class: {class name: class size}
     whole_classes: dict[str, int] = field(default_factory=dict)
     split: str = "test"  # the split the biased model is scored on (diffubias.evaluation_split)
+    # its accuracies per epoch and a warning when it looks unbiased
+    # (diffubias.rankers.Diagnostics.to_dict()); {} for runs before it was recorded
+    biased_model: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,16 +95,16 @@ def train_biased(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
         settings = project.settings
     config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
-    params = {"arch": config.arch, "width": config.width, "biased_epochs": config.biased_epochs,
-              "gce_q": config.gce_q, "top_k": config.top_k, "seed": config.seed,
-              "batch_size": config.batch_size}
+    params = {"ranker": config.ranker, "arch": config.arch, "width": config.width,
+              "biased_epochs": config.biased_epochs, "gce_q": config.gce_q,
+              "biased_selection": config.biased_selection, "top_k": config.top_k,
+              "seed": config.seed, "batch_size": config.batch_size}
+    if config.ranker == "committee":
+        params["committee_size"] = config.committee_size
 
     def work(progress: JobProgress) -> JobOutcome:
         return _detect(studio, project_id, config, progress)
 
-    if ui is not None:
-        ui(0.0, "loading the dataset")
-    studio.datasets.get(project_id)  # before the job starts: a bad dataset fails fast
     studio.jobs.run(project_id, JobKind.BIASED_TRAIN, params, work, ui=ui)
     return detection_view(studio, project_id)
 
@@ -111,7 +114,7 @@ def _detect(studio: Studio, project_id: int, config, progress: JobProgress) -> J
     from diffubias.models import save_classifier
     from diffubias.stages.detect import detect_bias
 
-    data = studio.datasets.get(project_id)
+    data = studio.datasets.get(project_id, progress)
     start = time.perf_counter()
     detection = detect_bias(data, config, progress=progress.part(0.0, 0.97))
     trained = time.perf_counter()
@@ -136,7 +139,9 @@ def _detect(studio: Studio, project_id: int, config, progress: JobProgress) -> J
     result = {"detection": _finite(detection.metrics), "test": test,
               "threshold": detection.threshold, "n_scored": len(detection.positions),
               "n_candidates": len(detection.selected), "config": config.to_dict(),
-              "whole_classes": detection.whole_classes(config.top_k, data.ds.class_names)}
+              "whole_classes": detection.whole_classes(config.top_k, data.ds.class_names),
+              "biased_model": _finite(detection.diagnostics.to_dict())
+              if detection.diagnostics is not None else {}}
     return JobOutcome(result, {"train_and_score": trained - start,
                                "evaluate_and_store": time.perf_counter() - trained})
 
@@ -177,7 +182,8 @@ def detection_view(studio: Studio, project_id: int | None, *, label: int | None 
                          job.timings.get("total"), histogram,
                          dict(result.get("whole_classes", {})),
                          evaluated_on(project.settings.get("summary", {})
-                                      .get("split_sizes", {})))
+                                      .get("split_sizes", {})),
+                         dict(result.get("biased_model", {})))
 
 
 def loss_histogram_figure(session, job_id: int, class_names: list[str],

@@ -106,9 +106,6 @@ def run_captioner(studio: Studio, project_id: int, changes: Mapping[str, Any], *
     def work(progress: JobProgress) -> JobOutcome:
         return _caption(studio, project_id, config, detection.id, progress)
 
-    if ui is not None:
-        ui(0.0, "loading the dataset")
-    studio.datasets.get(project_id)
     job_id, _ = studio.jobs.run(project_id, JobKind.CAPTION, params, work, ui=ui)
     return apply_filter(studio, project_id, {"top_f": config.top_f,
                                              "extra_stop_words": config.extra_stop_words},
@@ -124,7 +121,7 @@ def _caption(studio: Studio, project_id: int, config, detection_id: int,
     from diffubias.backends import captioner_for
     from diffubias.stages.caption import ScoredSamples, caption_candidates
 
-    data = studio.datasets.get(project_id)
+    data = studio.datasets.get(project_id, progress)
     start = time.perf_counter()
     progress(0.0, f"loading captioner {config.captioner}")
     captioner = captioner_for(config, dataset_name=data.ds.name)

@@ -86,11 +86,16 @@ class DatasetCache:
         self._loaded: dict[int, PreparedDataset] = {}
         self._lock = threading.Lock()
 
-    def get(self, project_id: int) -> PreparedDataset:
+    def get(self, project_id: int, progress: ProgressFn | None = None) -> PreparedDataset:
+        """The project's dataset; `progress` hears "loading the dataset" when it is not loaded
+        yet (a job's first seconds after a restart)."""
         with self._lock:
             if project_id in self._loaded:
                 return self._loaded[project_id]
         from diffubias.prepared import PreparedDataset
+
+        if progress is not None:
+            progress(0.0, "loading the dataset")
 
         with self.store.sessions() as session:
             project = repo.get_project(session, project_id)

@@ -103,7 +103,6 @@ def train_debiased_models(studio: Studio, project_id: int, changes: Mapping[str,
                                                     labels[im.prompt_id]) for im in images],
                       bool(train_vanilla), reviewed, progress)
 
-    studio.datasets.get(project_id)
     studio.jobs.run(project_id, JobKind.DEBIAS, params, work, ui=ui)
     return debias_view(studio, project_id)
 
@@ -118,7 +117,7 @@ def _train(studio: Studio, project_id: int, config, generated: list, train_vanil
     from diffubias.models import save_classifier
     from diffubias.stages.debias import train_debiased
 
-    data = studio.datasets.get(project_id)
+    data = studio.datasets.get(project_id, progress)
     start = time.perf_counter()
     progress(0.0, f"loading {len(generated)} generated images")
     images = stack_images([path for path, _ in generated], size=data.image_size)

@@ -37,7 +37,7 @@ class GenerationView:
     n_images: int
     n_accepted: int
     n_rejected: int
-    tiles: list[tuple[str, str]]  # this page, prompt by prompt
+    tiles: list[tuple[str, str]]  # this page, prompt by prompt; captions are marks and "#id"
     image_ids: list[int]
     columns: int  # images per prompt: one gallery row per prompt
     page: int
@@ -52,6 +52,12 @@ class GenerationView:
     show: str = "all"  # which images the gallery shows: all, proposed or passed
     checks_note: str = ""  # why the last checks did not look at the class, if they did not
     stale: str = ""  # the jobs that changed the candidates since these images were generated
+    tile_prompts: list[str] = field(default_factory=list)  # per tile: "#id class: prompt"
+
+    @property
+    def prompt_lines(self) -> list[str]:
+        """The prompts of this page, in gallery order, each once."""
+        return list(dict.fromkeys(self.tile_prompts))
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ def _generate(studio: Studio, project_id: int, config, prompts, positions: dict[
     from diffubias.backends import generator_for
     from diffubias.stages.generate import generate_images
 
-    data = studio.datasets.get(project_id)
+    data = studio.datasets.get(project_id, progress)
     start = time.perf_counter()
     progress(0.0, f"loading generator {config.generator}")
     generator = generator_for(config, dataset_name=data.ds.name,
@@ -285,17 +291,21 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
     n_pages = max(1, math.ceil(len(shown) / prompts_per_page))
     page = min(max(1, int(page)), n_pages)
     columns = max((len(v) for v in by_prompt.values()), default=4)
-    tiles, ids = [], []
+    # a tile is too narrow for a prompt: tiles say only their mark and prompt number, and the
+    # page lists its prompts in full (`prompt_lines`); the checks' reasons are in the detail
+    tiles, ids, tile_prompts = [], [], []
     for prompt in shown[(page - 1) * prompts_per_page: page * prompts_per_page]:
+        name = project.class_names[prompt.label]
         for j, image in enumerate(sorted(by_prompt[prompt.id], key=lambda im: im.seed)):
-            mark = {True: "✓ ", False: "✗ rejected · ", None: ""}[image.accepted]
+            mark = {True: "✓ ", False: "✗ ", None: ""}[image.accepted]
             if image.accepted is None and proposal(image):
-                mark = f"⚑ {proposal(image)[0]} · "
+                mark = "⚑ "
             final = image.params.get("prompt", prompt.text)  # as the generator got it
-            text = f"#{prompt.id} {project.class_names[prompt.label]}: {final}"
             tiles.append((str(thumbnail(workspace, workspace.resolve(image.path), "generated",
-                                        image.id)), mark + (text if j == 0 else f"#{prompt.id}")))
+                                        image.id)),
+                          mark + (f"#{prompt.id} {name}" if j == 0 else f"#{prompt.id}")))
             ids.append(image.id)
+            tile_prompts.append(f"#{prompt.id} {name}: {final}")
     return GenerationView(
         job.id if job else None, job.result.get("backend", "") if job else "",
         job.result.get("model") if job else None, len(prompts), len(images),
@@ -306,7 +316,8 @@ def generation_view(studio: Studio, project_id: int | None, *, page: int = 1,
         sum("checks" in im.params for im in images), proposed,
         sum(im.accepted is None and bool(proposal(im)) for im in images),
         sum(used_for_training(im, image_checks) for im in images), image_checks, show,
-        (job.result.get("checks") or {}).get("class_check_skipped", "") if job else "", stale)
+        (job.result.get("checks") or {}).get("class_check_skipped", "") if job else "", stale,
+        tile_prompts)
 
 
 def image_detail(studio: Studio, project_id: int, image_id: int) -> ImageDetail:

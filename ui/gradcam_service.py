@@ -88,7 +88,6 @@ def run_gradcam(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
     def work(progress: JobProgress) -> JobOutcome:
         return _explain(studio, project_id, config, sample_set, candidates, weights, progress)
 
-    studio.datasets.get(project_id)
     studio.jobs.run(project_id, JobKind.GRADCAM, params, work, ui=ui)
     return gradcam_view(studio, project_id)
 
@@ -101,7 +100,7 @@ def _explain(studio: Studio, project_id: int, config, sample_set: str, candidate
     from diffubias.models import load_classifier
     from diffubias.stages.explain import cam_positions, explain_models
 
-    data = studio.datasets.get(project_id)
+    data = studio.datasets.get(project_id, progress)
     start = time.perf_counter()
     progress(0.05, "loading models")
     before, after = (load_classifier(path) for path in weights)

@@ -90,7 +90,6 @@ def rescore_round(studio: Studio, project_id: int, *, ui: UiProgress | None = No
         return _rescore(studio, project_id, config, weights, positions, captions, terms,
                         current.number, progress)
 
-    studio.datasets.get(project_id)
     studio.jobs.run(project_id, JobKind.RESCORE, params, work, ui=ui)
     return loop_view(studio, project_id)
 
@@ -104,7 +103,7 @@ def _rescore(studio: Studio, project_id: int, config, weights, positions: list[i
     from diffubias.scoring import ranks_in_class
     from diffubias.stages.rescore import rescore
 
-    data = studio.datasets.get(project_id)
+    data = studio.datasets.get(project_id, progress)
     start = time.perf_counter()
     model = load_classifier(weights)
     with studio.store.sessions() as session:

@@ -192,7 +192,8 @@ def report_content(studio: Studio, project_id: int) -> ReportContent:
         detection=None if detection.job_id is None else Detection(
             detection.n_scored, detection.n_candidates, detection.n_excluded,
             detection.metrics, detection.histogram, candidate_tiles,
-            settings=detection.params, review=review_record(project.settings)),
+            settings=detection.params, review=review_record(project.settings),
+            biased_model=detection.biased_model),
         captions=_captions(captions_view(studio, project_id), project.source),
         generation=None if not images else Generation(
             generator, len(images), len(images) - len(kept_images),

@@ -13,13 +13,14 @@ from typing import Any
 
 import gradio as gr
 
-from diffubias.config import ARCHITECTURES, FLOAT_RANGES, RunConfig
+from diffubias.config import ARCHITECTURES, BIASED_SELECTIONS, FLOAT_RANGES, RANKERS, RunConfig
 from storage.models import JobKind
 from ui.bias_service import CandidatePage, DetectionView, SampleDetail
 from ui.events import (
     GPU,
     Pager,
     TabRefresh,
+    markdown_text,
     open_project,
     page_info,
     percent,
@@ -55,6 +56,10 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
             gr.Markdown("### Biased model\nA classifier trained with Generalized Cross Entropy "
                         "learns the easy shortcut first; the samples it then gets wrong are "
                         "the **bias-conflicting** candidates.")
+            ranker = gr.Dropdown(list(RANKERS), value=DEFAULTS.ranker, label="ranker",
+                                 info="gce: the method's; erm-early: plain CE stopped early "
+                                 "(JTT); committee: bias-amplified (BiasEnsemble), slower",
+                                 elem_id="bias-ranker")
             arch = gr.Dropdown(list(ARCHITECTURES), value=DEFAULTS.arch, label="architecture",
                                info="auto: small CNN up to 64 px, ResNet-18 above")
             with gr.Row():
@@ -72,8 +77,17 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
                 seed = gr.Number(DEFAULTS.seed, precision=0, label="seed", min_width=80)
                 batch = gr.Number(DEFAULTS.batch_size, precision=0, label="batch size",
                                   min_width=80)
+            with gr.Row():
+                selection = gr.Dropdown(list(BIASED_SELECTIONS), value=DEFAULTS.biased_selection,
+                                        label="scoring epoch", min_width=120,
+                                        info="train-valid-gap: the epoch that generalises worst")
+                committee = gr.Number(DEFAULTS.committee_size, precision=0,
+                                      label="committee size", min_width=80,
+                                      info="committee ranker only")
+            # the API's order: the settings it always had, then the ones added later
             settings = {"arch": arch, "width": width, "biased_epochs": epochs, "gce_q": gce_q,
-                        "top_k": top_k, "seed": seed, "batch_size": batch}
+                        "top_k": top_k, "seed": seed, "batch_size": batch, "ranker": ranker,
+                        "biased_selection": selection, "committee_size": committee}
             with gr.Row():
                 train = gr.Button("Train biased model", variant="primary", elem_id="train-biased")
                 stop = gr.Button("Stop", variant="stop", scale=0, min_width=80,
@@ -283,7 +297,27 @@ def metrics_markdown(view: DetectionView) -> str:
                      + (f", aligned {percent(t.get('aligned'))}, conflicting "
                         f"{percent(t.get('conflicting'))}, unbiased {percent(t.get('unbiased'))}"
                         if t.get("unbiased") is not None else "") + ".")
+    lines += biased_model_lines(view.biased_model)
     return "\n\n".join(lines)
+
+
+def biased_model_lines(b: dict[str, Any]) -> list[str]:
+    """Is the biased model biased: its own train and validation accuracy per epoch (no bias
+    label), what the committee left out, and the warning when it looks unbiased."""
+    if not b.get("epochs"):
+        return []
+    per_epoch = " · ".join(f"{e['epoch']}: {percent(e.get('train_accuracy'))} / "
+                           f"{percent(e.get('valid_accuracy'))}" for e in b["epochs"])
+    lines = [f"Biased model (ranker **{b.get('ranker', 'gce')}**), train / validation accuracy "
+             f"per epoch: {per_epoch}; epoch {b.get('selected_epoch')} scores"
+             + (f" (chance {percent(b['chance'])})" if b.get("chance") is not None else "")
+             + "."]
+    if b.get("n_dropped") is not None:
+        lines.append(f"The committee left {b['n_dropped']} samples it did not fit out of the "
+                     "scoring model's training.")
+    if b.get("warning"):
+        lines.append(f"⚠ {markdown_text(b['warning'])}")
+    return lines
 
 
 def _num(value: float | None) -> str:

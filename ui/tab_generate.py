@@ -19,6 +19,7 @@ from ui.events import (
     GPU,
     Pager,
     TabRefresh,
+    markdown_text,
     open_project,
     page_info,
     progress_callback,
@@ -86,11 +87,11 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                                        elem_id="reject-proposed")
             pager = Pager.build("generated")
             page_ids = gr.State([])
-            gallery = gr.Gallery(label="grouped by prompt, its text under its first image "
-                                 "(✓ accepted, ✗ rejected, ⚑ proposed for rejection by the "
-                                 "checks)", columns=TILES_PER_ROW,
+            gallery = gr.Gallery(label="generated images, a row per prompt",
+                                 columns=TILES_PER_ROW,
                                  height=600, object_fit="contain", allow_preview=False,
                                  elem_id="generated-gallery", buttons=[])
+            prompt_list = gr.Markdown("", elem_id="generated-prompts")
         with gr.Column(scale=1, min_width=240):
             large = gr.Image(label="selected", interactive=False, height=240, buttons=[],
                              elem_id="generated-large")
@@ -138,7 +139,7 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
                     *show_page(page_number, project_id, shown))
         return handler
 
-    page_outputs = [summary, gallery, page_ids, pager.page, pager.info]
+    page_outputs = [summary, gallery, prompt_list, page_ids, pager.page, pager.info]
     detail_outputs_list = [large, detail, image_id, accept, reject, reject_prompt]
     # the API's parameter order: generator, model_id, then the settings
     run_event = run.click(on_run, [project], [status, *page_outputs],
@@ -177,8 +178,9 @@ def build(callbacks: GenerateCallbacks, project: gr.Number) -> TabRefresh:
         """One page of generated images as data: image id and caption; `shown`: all,
         proposed (for rejection by the checks) or passed."""
         view = callbacks.view(int(project_id), page=int(page), show=shown)
-        return [{"image_id": image, "caption": caption}
-                for image, (_, caption) in zip(view.image_ids, view.tiles, strict=True)]
+        return [{"image_id": image, "caption": caption, "prompt": prompt}
+                for image, (_, caption), prompt in zip(view.image_ids, view.tiles,
+                                                       view.tile_prompts, strict=True)]
 
     gr.api(generated_list, api_name="generated_list")
 
@@ -230,8 +232,17 @@ def view_outputs(view: GenerationView) -> tuple:
     info = page_info(view.page, view.n_pages, view.n_images, "images") if view.n_images else ""
     # whole prompts per row: 2 per prompt -> 3 prompts a row, 6 -> 1, 12 -> 1 (12 wide)
     columns = max(view.columns, view.columns * (TILES_PER_ROW // max(view.columns, 1)))
-    return (summary, gr.Gallery(value=view.tiles, columns=columns), view.image_ids,
-            view.page, info)
+    return (summary, gr.Gallery(value=view.tiles, columns=columns), prompt_list(view),
+            view.image_ids, view.page, info)
+
+
+def prompt_list(view: GenerationView) -> str:
+    """The page's prompts in full, since a tile has room only for its mark and number."""
+    if not view.tiles:
+        return ""
+    return ("**Prompts on this page** (✓ accepted · ✗ rejected · ⚑ proposed for rejection by "
+            "the checks; select an image for its checks)\n\n"
+            + "\n".join(f"- {markdown_text(line)}" for line in view.prompt_lines))
 
 
 def _buttons(enabled: bool) -> tuple:
