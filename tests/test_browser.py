@@ -273,4 +273,6 @@ def test_stop_ends_a_running_job_and_keeps_the_results(served, page):
     open_tab(page, "5 · Debias")
     fill(page, "debias-epochs", 1)
     page.click("#train-debiased")  # the one job slot is free again
+    # this job's end (the status line still shows the workflow's earlier run until then)
+    page.wait_for_selector("#job-banner .done:has-text('Train debiased model')")
     page.wait_for_selector("#debias-status:has-text('generated images')")
