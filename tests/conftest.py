@@ -17,17 +17,19 @@ COLOURS = np.array([[200, 60, 60], [60, 170, 60]], dtype=np.uint8)  # red, green
 
 
 def make_bar_images(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator,
-                    size: int = 12) -> torch.Tensor:
-    """A coloured background (the easy shortcut) with a faint short bar (the class: vertical for
-    class 0, horizontal for 1) at a random place, under pixel noise."""
+                    size: int = 12, *, bar: int = 4, strength: int = 40,
+                    noise: int = 25) -> torch.Tensor:
+    """A coloured background (the easy shortcut) with a short bar, `strength` brighter (the
+    class: vertical for class 0, horizontal for 1) at a random place, under pixel noise."""
     images = np.broadcast_to(COLOURS[colours][:, None, None, :], (len(labels), size, size, 3))
-    images = images.astype(np.int16) + rng.integers(-25, 26, size=(len(labels), size, size, 3))
+    images = images.astype(np.int16) + rng.integers(-noise, noise + 1,
+                                                    size=(len(labels), size, size, 3))
     for i, label in enumerate(labels):
-        r, c = rng.integers(1, size - 4, size=2)
+        r, c = rng.integers(1, size - bar, size=2)
         if label == 0:
-            images[i, r:r + 4, c] += 40
+            images[i, r:r + bar, c] += strength
         else:
-            images[i, r, c:c + 4] += 40
+            images[i, r, c:c + bar] += strength
     return torch.from_numpy(images.clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_bar_images
 from PIL import Image
 from planted_methods import planted_config, planted_folder  # noqa: F401 (a fixture)
 
@@ -35,18 +36,10 @@ def planted(planted_folder, tmp_path_factory):  # noqa: F811
 
 def _bar_scenes(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator,
                 size: int = 12) -> np.ndarray:
-    """uint8 (N, size, size, 3): a red or green background under noise, and a bright bar
-    (vertical for class 0, horizontal for 1) that any model learns in an epoch or two."""
-    palette = np.array([[200, 60, 60], [60, 170, 60]], dtype=np.int16)
-    images = palette[colours][:, None, None, :] + rng.integers(-20, 21, (len(labels), size,
-                                                                         size, 3))
-    for i, label in enumerate(labels):
-        r, c = rng.integers(1, size - 6, size=2)
-        if label == 0:
-            images[i, r:r + 6, c] += 90
-        else:
-            images[i, r, c:c + 6] += 90
-    return images.clip(0, 255).astype(np.uint8)
+    """uint8 (N, size, size, 3): conftest's bar images with a bright bar that any model learns
+    in an epoch or two."""
+    return make_bar_images(labels, colours, rng, size, bar=6, strength=90,
+                           noise=20).permute(0, 2, 3, 1).numpy()
 
 
 @pytest.fixture(scope="module")
