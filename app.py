@@ -1,18 +1,23 @@
 """DiffuBias Studio, the web app: `python app.py` serves the audit workflow at
 http://127.0.0.1:7860 with a ready demo project, offline and without a GPU.
 
-The composition root: it reads the command line, opens the workspace (database and files),
-builds the tabs with their callbacks bound to the workspace, and launches Gradio. `build_app`
-is what tests launch.
+The composition root: it opens the workspace (database and files), builds the tabs with their
+callbacks bound to the workspace, and launches Gradio. The entry, `ui.launch.main`, reads the
+command line and answers the port with a "starting" page while this module imports (Gradio
+takes seconds). `build_app` is what tests launch.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import logging
-import os
 import sys
+
+if __name__ == "__main__":  # the entry is ui.launch: it answers the port, then imports this module
+    from ui.launch import main
+
+    sys.exit(main(sys.argv[1:]))
+
+import argparse
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -43,6 +48,7 @@ from ui import (
     tab_loop,
 )
 from ui.events import open_tab_from_url, remember_tab_in_url
+from ui.launch import StartingPage
 from ui.studio import (
     Studio,
     class_names,
@@ -226,24 +232,6 @@ def database_files(database: Path) -> list[str]:
             for suffix in ("", "-wal", "-shm", "-journal")]
 
 
-def exposure_warning(args: argparse.Namespace) -> str | None:
-    """A warning when the app listens beyond this machine without a password; None otherwise."""
-    if args.auth or is_loopback(args.host):
-        return None
-    return (f"listening on {args.host}: anyone who can reach this machine can open the app, "
-            "read every project and run jobs; add --auth user:password (or set "
-            "DIFFUBIAS_AUTH), or keep the default --host 127.0.0.1")
-
-
-def is_loopback(host: str) -> bool:
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
-
-
 def serve_workspace_statically(studio: Studio) -> None:
     """Thumbnails and CAM overlays never change once written: serve them from disk as they are
     instead of copying each into Gradio's cache (a 200-tile gallery page stays fast)."""
@@ -251,38 +239,9 @@ def serve_workspace_statically(studio: Studio) -> None:
     gr.set_static_paths([str(root / "thumbnails"), str(root / "gradcam")])
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    installed = Path(sys.argv[0]).name == "diffubias-studio"
-    parser = argparse.ArgumentParser(prog="diffubias-studio" if installed else "python app.py",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (0.0.0.0 for every interface; then use "
-                             "--auth) (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
-    parser.add_argument("--auth", default=os.environ.get("DIFFUBIAS_AUTH"),
-                        help="user:password required to open the app (or $DIFFUBIAS_AUTH)")
-    parser.add_argument("--workspace", type=Path, default=Path("workspace"),
-                        help="folder of the database and every file the app writes "
-                             "(default: %(default)s)")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="a folder whose sub-folders (datasets) the Dataset tab may open")
-    parser.add_argument("--max-upload", default="2gb",
-                        help="largest .zip a browser may upload (default: %(default)s)")
-    parser.add_argument("--no-demo", action="store_true",
-                        help="do not create the demo project on an empty workspace")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python app.py` and the installed `diffubias-studio` command."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    warning = exposure_warning(args)
-    if warning:
-        logging.getLogger("diffubias.app").warning(warning)
+def serve(args: argparse.Namespace, starting: StartingPage) -> None:
+    """Open the workspace, build the app and serve it on the port `starting` holds until then
+    (ui.launch.main, the entry, parsed the command line and answers the port meanwhile)."""
     try:
         studio = Studio.open(args.workspace, data_root=args.data_root)
     except WorkspaceUnavailable as error:
@@ -292,12 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     serve_workspace_statically(studio)
     demo = build_app(studio)
     try:
+        starting.close()  # the port goes to Gradio; the starting page reloads into the app
         demo.launch(**launch_options(args, studio), prevent_thread_lock=True)
         studio.start_background_work(demo=not args.no_demo)
         demo.block_thread()
     finally:
         studio.close()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

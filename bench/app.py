@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
@@ -39,27 +40,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(workspace: Path, port: int, *args: str) -> tuple[subprocess.Popen, float, float]:
-    """`python app.py --workspace WORKSPACE --port PORT ARGS...`: (process, seconds until the
-    page is served, seconds until its API answers)."""
+@dataclass
+class Started:
+    process: subprocess.Popen
+    answer_s: float  # process start to the first HTTP answer (the 503 starting page)
+    page_s: float  # ... to HTTP 200 on / (the app's page)
+    api_s: float  # ... to its page config and API answering
+
+
+def start_app(workspace: Path, port: int, *args: str) -> Started:
+    """`python app.py --workspace WORKSPACE --port PORT ARGS...`, timed until it serves."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace),
                                 "--port", str(port), *args], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    page = None
+    answer = page = None
     while True:
         if process.poll() is not None:
             raise RuntimeError("the app exited during start-up")
         try:
-            if page is None and httpx.get(url, timeout=1).status_code == 200:
+            status = httpx.get(url, timeout=1).status_code
+            answer = answer or time.perf_counter() - start
+            if page is None and status == 200:
                 page = time.perf_counter() - start
             if page is not None and httpx.get(url + "config", timeout=1).status_code == 200:
-                return process, page, time.perf_counter() - start
+                return Started(process, answer, page, time.perf_counter() - start)
         except httpx.HTTPError:
             pass
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def timed(call, repeats: int = REPEATS) -> float:
@@ -78,16 +88,19 @@ def bench_startup_and_workflow(skip_workflow: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         starts = []
         for i in range(STARTS - 1):
-            process, page_s, api_s = start_app(Path(tmp) / f"start{i}", free_port())
-            process.terminate()
-            process.wait(timeout=30)
-            starts.append((page_s, api_s))
+            started = start_app(Path(tmp) / f"start{i}", free_port())
+            started.process.terminate()
+            started.process.wait(timeout=30)
+            starts.append(started)
         workspace = Path(tmp) / "workspace"
         port = free_port()
-        process, page_s, api_s = start_app(workspace, port)
-        starts.append((page_s, api_s))
-        out.update(page_s=median(s[0] for s in starts), api_s=median(s[1] for s in starts),
-                   page_min_s=min(s[0] for s in starts))
+        started = start_app(workspace, port)
+        process, page_s = started.process, started.page_s
+        starts.append(started)
+        out.update(answer_s=median(s.answer_s for s in starts),
+                   answer_max_s=max(s.answer_s for s in starts),
+                   page_s=median(s.page_s for s in starts), api_s=median(s.api_s for s in starts),
+                   page_min_s=min(s.page_s for s in starts))
         try:
             # the warm-up's native-library loads hold the GIL for seconds after a start
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False,
@@ -225,9 +238,11 @@ def render(startup: dict, scores: dict) -> str:
              f"{os.getloadavg()[0]:.1f} (other work shares the cores). Medians of {REPEATS} runs "
              "where repeated.", "",
              "| what | target | measured |", "|---|---|---|",
-             f"| `python app.py` → page served (process start to HTTP 200; median of {STARTS} "
-             f"fresh starts, fastest {startup['page_min_s']:.2f} s) | < 3 s | "
-             f"{startup['page_s']:.2f} s |",
+             f"| `python app.py` → first answer: the 503 starting page (process start to the "
+             f"first HTTP answer; median of {STARTS} fresh starts, slowest "
+             f"{startup['answer_max_s']:.2f} s) | < 3 s | {startup['answer_s']:.2f} s |",
+             f"| → the app's page served (process start to HTTP 200; fastest "
+             f"{startup['page_min_s']:.2f} s) | < 3 s | {startup['page_s']:.2f} s |",
              f"| → page config and API answering | | {startup['api_s']:.2f} s |",
              f"| → demo project ready on a fresh workspace (generated in the background) | | "
              f"{startup['demo_ready_s']:.1f} s |"]

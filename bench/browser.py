@@ -60,7 +60,7 @@ def run(repeats: int, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp) / "workspace"
         port = free_port()
-        process, _, _ = start_app(workspace, port)
+        process = start_app(workspace, port).process
         try:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False,
                             httpx_kwargs={"timeout": 60})

@@ -123,8 +123,8 @@ class App:
     def __init__(self, workspace: Path, data_root: Path) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
-        self.process, self.served_s, _ = start_app(workspace, port, "--data-root",
-                                                   str(data_root), "--no-demo")
+        started = start_app(workspace, port, "--data-root", str(data_root), "--no-demo")
+        self.process, self.served_s = started.process, started.page_s
 
     def client(self):
         from gradio_client import Client

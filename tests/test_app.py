@@ -28,6 +28,7 @@ from tests.ui_support import (
     make_dataset_zip,
 )
 from ui.events import markdown_text
+from ui.launch import parse_args
 
 TOO_LONG_S = 120
 
@@ -177,13 +178,13 @@ def test_a_restarted_app_shows_the_same_state(served):
 
 
 def test_launch_options():
-    args = app.parse_args(["--auth", "ann:pw", "--host", "0.0.0.0", "--port", "9000"])
+    args = parse_args(["--auth", "ann:pw", "--host", "0.0.0.0", "--port", "9000"])
     studio = SimpleNamespace(store=SimpleNamespace(workspace=Workspace(Path("ws"))))
     options = app.launch_options(args, studio)
     assert options["auth"] == [("ann", "pw")] and options["server_name"] == "0.0.0.0"
     assert options["run_history"] is False and options["server_port"] == 9000
     with pytest.raises(SystemExit, match="user:password"):
-        app.launch_options(app.parse_args(["--auth", "nopassword"]), studio)
+        app.launch_options(parse_args(["--auth", "nopassword"]), studio)
 
 
 def test_the_web_server_is_built_once_at_launch(tmp_path, monkeypatch):
@@ -203,7 +204,7 @@ def test_the_web_server_is_built_once_at_launch(tmp_path, monkeypatch):
     demo = app.build_app(studio)
     try:
         assert built == [] and routes.App.create_app is counting  # restored after the build
-        options = {**app.launch_options(app.parse_args([]), studio), "server_port": None,
+        options = {**app.launch_options(parse_args([]), studio), "server_port": None,
                    "prevent_thread_lock": True, "quiet": True}
         _, url, _ = demo.launch(**options)
         assert len(built) == 1 and demo._queue.max_size == 64

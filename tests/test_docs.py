@@ -148,10 +148,10 @@ def check_cli_args(args: list[str], capsys) -> None:
 
 
 def check_app_args(args: list[str], capsys) -> None:
-    import app
+    from ui import launch
 
     try:
-        app.parse_args(args)
+        launch.parse_args(args)
     except SystemExit as exit_info:
         assert exit_info.code == 0, f"does not parse: {capsys.readouterr().err.strip()}"
     capsys.readouterr()

@@ -16,6 +16,7 @@ import pytest
 
 import app
 from storage import Workspace
+from ui import launch
 from ui.studio import Studio
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,10 +30,10 @@ SECRET = "TOP-SECRET-CONTENT"
 
 
 def test_it_listens_on_loopback_by_default():
-    args = app.parse_args([])
+    args = launch.parse_args([])
     studio = SimpleNamespace(store=SimpleNamespace(workspace=Workspace(Path("ws"))))
     assert app.launch_options(args, studio)["server_name"] == "127.0.0.1"
-    assert app.exposure_warning(args) is None
+    assert launch.exposure_warning(args) is None
 
 
 @pytest.mark.parametrize("argv, warned", [
@@ -42,7 +43,7 @@ def test_it_listens_on_loopback_by_default():
     (["--host", "localhost"], False)])
 def test_a_warning_when_exposed_without_a_password(argv, warned, monkeypatch):
     monkeypatch.delenv("DIFFUBIAS_AUTH", raising=False)
-    warning = app.exposure_warning(app.parse_args(argv))
+    warning = launch.exposure_warning(launch.parse_args(argv))
     assert (warning is not None) == warned
     if warned:
         assert "--auth" in warning
@@ -58,7 +59,7 @@ def test_main_logs_the_warning_before_it_opens_anything(monkeypatch, caplog, tmp
     monkeypatch.delenv("DIFFUBIAS_AUTH", raising=False)
     monkeypatch.setattr(app, "Studio", SimpleNamespace(open=refuse))
     with caplog.at_level(logging.WARNING), pytest.raises(Stop):
-        app.main(["--host", "0.0.0.0", "--workspace", str(tmp_path / "ws")])
+        launch.main(["--host", "0.0.0.0", "--port", "0", "--workspace", str(tmp_path / "ws")])
     assert any("listening on 0.0.0.0" in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
 
@@ -83,7 +84,7 @@ def served(tmp_path_factory):
     (workspace / "reports" / "linked").symlink_to(secret.parent, target_is_directory=True)
     app.serve_workspace_statically(studio)
     demo = app.build_app(studio)
-    options = {**app.launch_options(app.parse_args(["--workspace", str(workspace)]), studio),
+    options = {**app.launch_options(launch.parse_args(["--workspace", str(workspace)]), studio),
                "server_port": None, "prevent_thread_lock": True, "quiet": True}
     _, url, _ = demo.launch(**options)
     yield SimpleNamespace(url=url, workspace=workspace, secret=secret, thumbnail=thumbnail)

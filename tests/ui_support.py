@@ -24,12 +24,13 @@ def launch(workspace: Path):
     """The app as `python app.py --workspace WORKSPACE` serves it, on a free port, without
     blocking: (studio, demo, url)."""
     import app
+    from ui.launch import parse_args
     from ui.studio import Studio
 
     studio = Studio.open(workspace)
     app.serve_workspace_statically(studio)
     demo = app.build_app(studio)
-    args = app.parse_args(["--workspace", str(workspace)])
+    args = parse_args(["--workspace", str(workspace)])
     options = {**app.launch_options(args, studio), "server_port": None,
                "prevent_thread_lock": True, "quiet": True}
     _, url, _ = demo.launch(**options)
