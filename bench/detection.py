@@ -49,6 +49,9 @@ VARIANTS = {
     # item 3 of issue 17: twice the epochs, keeping the one that fits train but generalises
     # worst to the validation split (no bias label)
     "gce-gap": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 6},
+    # ablations of gce-gap: its epochs without the selection, and the selection on fewer epochs
+    "gce-6ep": {"ranker": "gce", "biased_epochs": 6},
+    "gce-gap-4ep": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 4},
 }
 METRICS = ("average_precision", "auroc", "r_precision", "precision_at_k")
 METRIC_NAMES = {"average_precision": "AP", "auroc": "AUROC", "r_precision": "R-precision",
