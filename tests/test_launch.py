@@ -5,6 +5,7 @@ the app serves; a taken port is left to Gradio's own error."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app_process import free_port
+from tests.app_process import AppProcess, free_port, query, wait_for_project
+from tests.ui_support import TINY_BIAS, link_demo_dataset
 from ui.launch import StartingPage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +147,31 @@ def test_a_browser_on_the_starting_page_lands_in_the_app(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_sigterm_during_a_job_stops_the_job_and_exits_cleanly(tmp_path, builtin_cache):
+    """`docker stop` or `kill`: the running job is stopped and recorded, and the process exits
+    0 (it used to die mid-job; a Ctrl-C exiting under a torch thread could abort)."""
+    workspace = tmp_path / "ws"
+    link_demo_dataset(builtin_cache, workspace)
+    app = AppProcess(workspace, log_path=tmp_path / "app.log")
+    try:
+        client = app.client()
+        project = wait_for_project(client)
+        client.submit(project, *{**TINY_BIAS, "biased_epochs": 50}.values(),
+                      api_name="/train_biased")
+        deadline = time.monotonic() + 120
+        while not query(workspace, "SELECT id FROM jobs WHERE kind = 'biased_train' AND "
+                                   "status = 'running' AND progress > 0.01"):
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.05)
+        app.process.send_signal(signal.SIGTERM)
+        returncode = app.process.wait(timeout=60)
+    finally:
+        app.kill()
+    log = app.log()
+    assert returncode == 0, log[-3000:]
+    assert "terminate called" not in log
+    assert "stopped job(s)" in log
+    (job,) = query(workspace, "SELECT status, error FROM jobs WHERE kind = 'biased_train'")
+    assert job["status"] == "cancelled"

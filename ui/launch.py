@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -177,7 +178,17 @@ def main(argv: list[str] | None = None) -> None:
     warning = exposure_warning(args)
     if warning:
         log.warning(warning)
-    with StartingPage(args.host, args.port) as starting:
-        import app  # Gradio, the tabs and the store: seconds
+    # `docker stop` and `kill` send SIGTERM: close as on Ctrl-C (the running job stops and is
+    # recorded), instead of dying mid-job
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with StartingPage(args.host, args.port) as starting:
+            import app  # Gradio, the tabs and the store: seconds
 
-        app.serve(args, starting)
+            app.serve(args, starting)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

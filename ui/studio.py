@@ -112,8 +112,21 @@ class Studio:
         if self._demo_thread is not None:
             self._demo_thread.join(timeout)
 
-    def close(self) -> None:
+    def close(self, *, job_wait_s: float = 20.0) -> None:
+        """Stop every queued or running job and wait up to `job_wait_s` for the running one's
+        worker to stop (at its next progress update; an interpreter that exits while a worker
+        is inside torch aborts), then close the store. A job still running after that is
+        marked interrupted at the next start, as after a crash."""
         self.wait_for_demo(timeout=60)
+        stopped = []
+        with self.store.sessions.begin() as session:
+            while (job := repo.active_job(session)) is not None and repo.cancel_job(session,
+                                                                                   job.id):
+                stopped.append(job.id)
+        if stopped:
+            log.warning("the app is closing: stopped job(s) %s", stopped)
+            if not self.jobs.wait_until_idle(job_wait_s):
+                log.warning("a job did not stop within %.0f s", job_wait_s)
         self.store.close()
 
 
