@@ -54,6 +54,8 @@ VARIANTS = {
     # ablations of gce-gap: its epochs without the selection, and the selection on fewer epochs
     "gce-6ep": {"ranker": "gce", "biased_epochs": 6, "biased_selection": "last"},
     "gce-gap-4ep": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 4},
+    # the most epochs that keep the demo's detection within 1.5x of gce's (issue 17, item 5)
+    "gce-4ep": {"ranker": "gce", "biased_epochs": 4, "biased_selection": "last"},
 }
 METRICS = ("average_precision", "auroc", "r_precision", "precision_at_k")
 METRIC_NAMES = {"average_precision": "AP", "auroc": "AUROC", "r_precision": "R-precision",
@@ -154,6 +156,28 @@ def run_grid(datasets: Sequence[str], *, ratios: Sequence[float], seeds: Sequenc
     return out
 
 
+def add_rankers(results: dict, variants: Sequence[str], *, jobs: int, threads: int,
+                command: str) -> dict:
+    """`results` with the rows of `variants` added, run on its own grid and config (the
+    datasets, ratios and seeds it holds); meta["added"] records each such pass."""
+    meta = results["meta"]
+    new = [v for v in variants if v not in meta["variants"]]
+    if not new:
+        raise ValueError(f"the run already holds {list(variants)}")
+    labels = {dataset_label(d): d for d in meta["datasets"]}
+    datasets = [labels[d] for d in dict.fromkeys(r["dataset"] for r in results["rows"])]
+    added = run_grid(datasets, ratios=meta["ratios"], seeds=meta["seeds"],
+                     base=RunConfig.from_dict(meta["config"]), variants=new, jobs=jobs,
+                     threads=threads)
+    meta["variants"].update(added["meta"]["variants"])
+    meta.setdefault("added", []).append(
+        {"command": command, "variants": new, "wall_s": added["meta"]["wall_s"],
+         "load_average_before": added["meta"]["load_average_before"],
+         "load_average_after": added["meta"].get("load_average_after")})
+    results["rows"] = [*results["rows"], *added["rows"]]
+    return results
+
+
 # -- aggregation ----------------------------------------------------------------------------------
 
 def summary(rows: Sequence[dict]) -> dict[tuple, dict]:
@@ -204,7 +228,10 @@ def render(results: dict, *, command: str) -> str:
              f"Measured by `{command}` on {meta['machine']}; torch on {meta['torch_threads']} "
              f"thread(s), {meta['jobs']} job(s); load average "
              f"{', '.join(f'{x:.1f}' for x in meta['load_average_before'])} before (the machine "
-             f"is shared, so times are indicative). Wall time {meta['wall_s'] / 60:.1f} min.", "",
+             f"is shared, so times are indicative). Wall time {meta['wall_s'] / 60:.1f} min."
+             + "".join(f" Then `{a['command']}` added {', '.join(f'`{v}`' for v in a['variants'])}"
+                       f" on the same grid and config ({a['wall_s'] / 60:.1f} min)."
+                       for a in meta.get("added", [])), "",
              f"Settings: the product's defaults (`arch={cfg['arch']}`, width {cfg['width']}, "
              f"{cfg['biased_epochs']} epochs, GCE q {cfg['gce_q']}, batch {cfg['batch_size']}, "
              f"lr {cfg['lr']}, top_k {cfg['top_k']:g} per class, committee of "
@@ -346,12 +373,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="continue from the .partial.json checkpoint next to --json")
     parser.add_argument("--from-json", action="store_true",
                         help="redraw the section from --json without training")
+    parser.add_argument("--add", action="store_true",
+                        help="run --rankers on the grid of the finished run in --json (its "
+                             "datasets, ratios, seeds and config) and add their rows to it")
     parser.add_argument("--demo-time", action="store_true",
                         help="time --rankers on the demo project and add it to --json")
     parser.add_argument("--no-write", action="store_true",
                         help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.from_json or args.demo_time:
+    if args.add:
+        results = add_rankers(json.loads(args.json.read_text()),
+                              [v.strip() for v in args.rankers.split(",") if v.strip()],
+                              jobs=args.jobs, threads=args.threads,
+                              command=" ".join(["python bench/detection.py",
+                                                *(argv if argv is not None else sys.argv[1:])]))
+        write_json(results, args.json)
+    elif args.from_json or args.demo_time:
         results = json.loads(args.json.read_text())
         if args.demo_time:
             results["demo_time"] = demo_time(
