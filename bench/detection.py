@@ -273,7 +273,7 @@ def render(results: dict, *, command: str) -> str:
                 _interval(diffs[(d, ratio, v)], 100, 1) if (d, ratio, v) in diffs else "n/a"
                 for v in variants if v != "gce") + " |")
     lines += _target_lines(stats, diffs, variants)
-    lines += _demo_time_lines(results.get("demo_time"))
+    lines += _demo_time_lines(meta.get("demo_time"))
     lines += ["", "`epoch scored`: the mean epoch whose model scored (the last one unless the "
               "ranker selects). `warned`: runs where the biased model's diagnostics said it looks unbiased "
               "(its validation accuracy carries over at least 70 % of its train fit above "
@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.from_json or args.demo_time:
         results = json.loads(args.json.read_text())
         if args.demo_time:
-            results["demo_time"] = demo_time(
+            results["meta"]["demo_time"] = demo_time(
                 [v.strip() for v in args.rankers.split(",") if v.strip()], device=args.device)
             write_json(results, args.json)
     else:
