@@ -82,7 +82,7 @@ def test_the_wheel_holds_the_packages_the_migrations_and_the_entry_points(wheel)
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "diffubias = diffubias.cli:main" in text
-    assert "diffubias-studio = app:main" in text
+    assert "diffubias-studio = ui.launch:main" in text
     assert not any(n.startswith(("tests/", "bench/", "docs/")) for n in names)
 
 
