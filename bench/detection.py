@@ -232,10 +232,11 @@ def render(results: dict, *, command: str) -> str:
              + "".join(f" Then `{a['command']}` added {', '.join(f'`{v}`' for v in a['variants'])}"
                        f" on the same grid and config ({a['wall_s'] / 60:.1f} min)."
                        for a in meta.get("added", [])), "",
-             f"Settings: the product's defaults (`arch={cfg['arch']}`, width {cfg['width']}, "
+             f"Settings: the product's defaults at the run's commit (`arch={cfg['arch']}`, "
+             f"width {cfg['width']}, "
              f"{cfg['biased_epochs']} epochs, GCE q {cfg['gce_q']}, batch {cfg['batch_size']}, "
              f"lr {cfg['lr']}, top_k {cfg['top_k']:g} per class, committee of "
-             f"{cfg['committee_size']}) unless a ranker changes them: "
+             f"{cfg['committee_size']}) unless a ranker changes them (each names its epochs): "
              + "; ".join(f"`{v}` " + ", ".join(f"{k}={x}" for k, x in meta["variants"][v].items())
                          for v in variants) + ". "
              f"Seed(s) {', '.join(map(str, seeds))}: each cell is the mean over the seeds with its "
