@@ -27,9 +27,10 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """`python app.py --workspace WORKSPACE ARGS...` in its own process, logging to a file."""
+    """`python app.py --workspace WORKSPACE ARGS...` in its own process, logging to a file;
+    returns once the app's page is served (at once with `wait=False`)."""
 
-    def __init__(self, workspace: Path, *args: str, log_path: Path) -> None:
+    def __init__(self, workspace: Path, *args: str, log_path: Path, wait: bool = True) -> None:
         self.workspace = Path(workspace)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -41,7 +42,8 @@ class AppProcess:
                 [sys.executable, "app.py", "--workspace", str(self.workspace), "--port",
                  str(self.port), *args], cwd=REPO, env=env, stdout=log,
                 stderr=subprocess.STDOUT)
-        self._wait_until_served()
+        if wait:
+            self._wait_until_served()
 
     def _wait_until_served(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

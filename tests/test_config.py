@@ -62,13 +62,20 @@ def test_top_k_is_a_fraction_or_a_whole_count(bad):
     assert RunConfig(top_k=0.5).top_k == 0.5 and RunConfig(top_k=20.0).top_k == 20
 
 
-def test_arch_and_cam_method_must_be_known_names():
-    with pytest.raises(ValueError, match=r"^arch must be one of auto, small-cnn, resnet18; "
-                                         r"got 'vgg'"):
-        RunConfig(arch="vgg")
-    with pytest.raises(ValueError, match=r"^cam_method must be one of gradcam, gradcam\+\+, .*"
-                                         r"; got 'scorecam'"):
-        RunConfig(cam_method="scorecam")
+@pytest.mark.parametrize(("field", "bad", "message"), [
+    ("arch", "vgg", r"^arch must be one of auto, small-cnn, resnet18; got 'vgg'"),
+    ("cam_method", "scorecam",
+     r"^cam_method must be one of gradcam, gradcam\+\+, .*; got 'scorecam'"),
+    ("ranker", "oracle", r"^ranker must be one of gce, erm-early, committee; got 'oracle'"),
+    ("biased_selection", "best",
+     r"^biased_selection must be one of last, train-valid-gap; got 'best'"),
+])
+def test_named_settings_must_be_known_names(field, bad, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**{field: bad})
+
+
+def test_every_known_arch_and_cam_method_is_accepted():
     assert all(RunConfig(arch=a).arch == a for a in ARCHITECTURES)
     assert all(RunConfig(cam_method=m).cam_method == m for m in CAM_METHODS)
 

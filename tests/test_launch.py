@@ -1,14 +1,13 @@
 """The entry (ui/launch.py): the port answers with a 503 "starting" page a moment after the
 process starts, long before Gradio is imported, and the page turns into the app by itself once
-the app serves; a taken port is left to Gradio's own error."""
+the app serves; a taken port is left to Gradio's own error. (That the entry imports nothing
+heavy is a layering rule: tests/test_layering.py.)"""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,18 +18,8 @@ from tests.app_process import AppProcess, free_port, query, wait_for_project
 from tests.ui_support import TINY_BIAS, link_demo_dataset
 from ui.launch import StartingPage
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 FIRST_ANSWER_S = 3.0  # the issue's page target; the starting page needs about 0.2 s here
-
-
-def test_the_entry_imports_nothing_heavy():
-    code = ("import sys, ui.launch; print([m for m in ('gradio', 'torch', 'numpy', 'sqlalchemy', "
-            "'app') if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
 
 
 def test_the_starting_page_answers_503_until_closed_then_frees_the_port():
@@ -81,13 +70,6 @@ def test_an_ipv6_loopback_host_gets_the_page_too():
         assert httpx.get(f"http://[::1]:{port}/", timeout=5).status_code == 503
 
 
-def _start(tmp_path: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "app.py", "--workspace", str(tmp_path / "ws"),
-                             "--port", str(port), "--no-demo"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _first_answer(url: str, process: subprocess.Popen, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,11 +81,14 @@ def _first_answer(url: str, process: subprocess.Popen, timeout: float = 120):
     raise AssertionError(f"nothing answered {url} within {timeout} s")
 
 
+def _start(tmp_path: Path) -> AppProcess:
+    return AppProcess(tmp_path / "ws", "--no-demo", log_path=tmp_path / "app.log", wait=False)
+
+
 def test_python_app_py_answers_at_once_then_serves_the_app(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
-    process = _start(tmp_path, port)
+    app = _start(tmp_path)
+    url, process = app.url, app.process
     try:
         first = _first_answer(url, process)
         first_s = time.perf_counter() - start
@@ -118,8 +103,7 @@ def test_python_app_py_answers_at_once_then_serves_the_app(tmp_path):
         assert "gradio" in answer.text.lower()
         assert httpx.get(url + "config", timeout=30).status_code == 200
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        app.stop()
 
 
 def test_a_browser_on_the_starting_page_lands_in_the_app(tmp_path):
@@ -128,9 +112,8 @@ def test_a_browser_on_the_starting_page_lands_in_the_app(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     from tests.test_browser import CHROMIUM_ARGS
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    process = _start(tmp_path, port)
+    app = _start(tmp_path)
+    url, process = app.url, app.process
     try:
         assert _first_answer(url, process).status_code == 503
         with sync_api.sync_playwright() as playwright:
@@ -145,8 +128,7 @@ def test_a_browser_on_the_starting_page_lands_in_the_app(tmp_path):
             assert page.locator("text=DiffuBias Studio is starting").count() == 0
             browser.close()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        app.stop()
 
 
 def test_sigterm_during_a_job_stops_the_job_and_exits_cleanly(tmp_path, builtin_cache):

@@ -216,11 +216,20 @@ def test_no_module_is_over_max_lines():
     )
 
 
-def test_building_the_page_imports_no_torch():
-    """The page is served before the library loads (a warm-up imports it afterwards)."""
-    code = ("import sys, app; heavy = [m for m in ('torch', 'sklearn', 'diffusers', "
-            "'transformers') if m in sys.modules]; print(heavy)")
+def loaded_by(statement: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of `candidates` a fresh interpreter has imported after `statement`."""
+    code = f"import sys; {statement}; print([m for m in {candidates!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    return ast.literal_eval(done.stdout.strip())
+
+
+def test_building_the_page_imports_no_torch():
+    """The page is served before the library loads (a warm-up imports it afterwards)."""
+    assert loaded_by("import app", ("torch", "sklearn", "diffusers", "transformers")) == []
+
+
+def test_the_entry_imports_nothing_heavy():
+    """ui/launch.py answers the port before anything heavy loads (tests/test_launch.py)."""
+    assert loaded_by("import ui.launch", ("gradio", "torch", "numpy", "sqlalchemy", "app")) == []
