@@ -2,7 +2,7 @@
 http://127.0.0.1:7860 with a ready demo project, offline and without a GPU.
 
 The composition root: it opens the workspace (database and files), builds the tabs with their
-callbacks bound to the workspace, and launches Gradio. The entry, `ui.launch.main`, reads the
+callbacks bound to the workspace, and serves them (ui/server.py). The entry, `ui.launch.main`, reads the
 command line and answers the port with a "starting" page while this module imports (Gradio
 takes seconds). `build_app` is what tests launch.
 """
@@ -17,7 +17,9 @@ if __name__ == "__main__":  # the entry is ui.launch: it answers the port, then 
     sys.exit(main(sys.argv[1:]))
 
 import argparse
+import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -48,7 +50,8 @@ from ui import (
     tab_loop,
 )
 from ui.events import open_tab_from_url, remember_tab_in_url
-from ui.launch import StartingPage
+from ui.launch import StartingPage, listen
+from ui.server import AppServer
 from ui.studio import (
     Studio,
     class_names,
@@ -94,11 +97,13 @@ footer { display: none !important; }
 #generated-prompts ul { margin-top: 0; }
 """
 
+log = logging.getLogger("diffubias.app")
+
 
 @contextmanager
 def _server_built_at_launch() -> Iterator[None]:
     """Gradio builds its web server (every API route with its pydantic models) when `with
-    gr.Blocks()` ends, again in `queue()`, and once more in `launch()`, whose server is the one
+    gr.Blocks()` ends, again in `queue()`, and once more when served (ui/server.py), the one
     served. Each build of this app takes about 0.5 s on 2 cores, a third of the start, so the
     first two are skipped: nothing uses them before launch (tests/test_app.py counts builds)."""
     build = gr_routes.App.create_app
@@ -250,10 +255,25 @@ def serve(args: argparse.Namespace, starting: StartingPage) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(studio.store.workspace.path_for("uploads", "gradio"))
     serve_workspace_statically(studio)
     demo = build_app(studio)
+    server = None
     try:
-        starting.close()  # the port goes to Gradio; the starting page reloads into the app
-        demo.launch(**launch_options(args, studio), prevent_thread_lock=True)
+        # the starting page's socket, still listening: no browser is ever refused meanwhile
+        sock = starting.hand_over() or _listen(args.host, args.port)
+        server = AppServer(demo, launch_options(args, studio), sock)
+        log.info("DiffuBias Studio serves at %s", server.url)
         studio.start_background_work(demo=not args.no_demo)
-        demo.block_thread()
+        server.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (ui.launch): a clean stop, exit status 0
+        log.info("stopping (a running job is cancelled and recorded)")
     finally:
+        if server is not None:
+            server.close()
         studio.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        return listen(host, port)
+    except OSError as error:
+        raise SystemExit(f"error: cannot listen on {host}:{port} ({error.strerror or error}); "
+                         "is another app using the port? Pass --port to pick another") from None

@@ -37,9 +37,9 @@ TOO_LONG_S = 120
 def served(tmp_path_factory, builtin_cache):
     workspace = tmp_path_factory.mktemp("served") / "workspace"
     link_demo_dataset(builtin_cache, workspace)
-    studio, demo, url = launch(workspace)
+    studio, server, url = launch(workspace)
     yield workspace, url
-    demo.close()
+    server.close()
     studio.close()
 
 
@@ -164,7 +164,7 @@ def test_a_restarted_app_shows_the_same_state(served):
     before = Client(url, verbose=False, download_files=False)
     project, _ = wait_for_project(before)
     tiles_before = before.predict(1, project, -1, 48, api_name="/candidates_page")[0]
-    studio, demo, new_url = launch(workspace)
+    studio, server, new_url = launch(workspace)
     try:
         after = Client(new_url, verbose=False, download_files=False)
         assert wait_for_project(after)[0] == project
@@ -173,7 +173,7 @@ def test_a_restarted_app_shows_the_same_state(served):
         listed = after.predict(project, 1, api_name="/generated_list")
         assert listed and listed[0]["caption"].startswith("✗ #")
     finally:
-        demo.close()
+        server.close()
         studio.store.close()
 
 
@@ -187,12 +187,14 @@ def test_launch_options():
         app.launch_options(parse_args(["--auth", "nopassword"]), studio)
 
 
-def test_the_web_server_is_built_once_at_launch(tmp_path, monkeypatch):
-    """Gradio would build its server three times (end of `with gr.Blocks()`, `queue()`,
-    `launch()`); build_app skips the first two, a third of the start, and the one served is
+def test_the_web_server_is_built_once_when_served(tmp_path, monkeypatch):
+    """Gradio would build its server three times (end of `with gr.Blocks()`, `queue()`, and
+    when served); build_app skips the first two, a third of the start, and the one served is
     complete: queued, and answering the page and the API."""
     from gradio import routes
 
+    from ui.launch import listen
+    from ui.server import AppServer
     from ui.studio import Studio
 
     built = []
@@ -202,17 +204,18 @@ def test_the_web_server_is_built_once_at_launch(tmp_path, monkeypatch):
     counting = routes.App.create_app
     studio = Studio.open(tmp_path / "workspace")
     demo = app.build_app(studio)
+    server = None
     try:
         assert built == [] and routes.App.create_app is counting  # restored after the build
-        options = {**app.launch_options(parse_args([]), studio), "server_port": None,
-                   "prevent_thread_lock": True, "quiet": True}
-        _, url, _ = demo.launch(**options)
+        server = AppServer(demo, app.launch_options(parse_args([]), studio),
+                           listen("127.0.0.1", 0))
         assert len(built) == 1 and demo._queue.max_size == 64
-        assert httpx.get(url, timeout=30).status_code == 200
-        assert "/train_biased" in httpx.get(f"{url}gradio_api/info", timeout=30).json()[
+        assert httpx.get(server.url, timeout=30).status_code == 200
+        assert "/train_biased" in httpx.get(f"{server.url}gradio_api/info", timeout=30).json()[
             "named_endpoints"]
     finally:
-        demo.close()
+        if server is not None:
+            server.close()
         studio.close()
 
 

@@ -48,9 +48,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="`pip install playw
 def served(tmp_path_factory, builtin_cache):
     workspace = tmp_path_factory.mktemp("browser") / "workspace"
     link_demo_dataset(builtin_cache, workspace)
-    studio, demo, url = launch(workspace)
+    studio, server, url = launch(workspace)
     yield url
-    demo.close()
+    server.close()
     studio.close()
 
 

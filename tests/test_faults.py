@@ -225,13 +225,13 @@ def served(tmp_path_factory, builtin_cache):
     """The app in this process (so faults can be planted) with a scored and captioned demo."""
     workspace = tmp_path_factory.mktemp("faults") / "workspace"
     link_demo_dataset(builtin_cache, workspace)
-    studio, demo, url = launch(workspace)
+    studio, server, url = launch(workspace)
     client = Client(url, verbose=False, download_files=False)
     project = wait_for_project(client)
     client.predict(project, *TINY_BIAS.values(), api_name="/train_biased")
     client.predict(project, "metadata", "", 3, "", 0, "", 10, api_name="/run_captioner")
     yield studio, client, project
-    demo.close()
+    server.close()
     studio.close()
 
 

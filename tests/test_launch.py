@@ -1,7 +1,8 @@
 """The entry (ui/launch.py): the port answers with a 503 "starting" page a moment after the
 process starts, long before Gradio is imported, and the page turns into the app by itself once
-the app serves; a taken port is left to Gradio's own error. (That the entry imports nothing
-heavy is a layering rule: tests/test_layering.py.)"""
+the app serves. The listening socket passes from the page to the app (ui/server.py), so no
+connection is refused in between. (That the entry imports nothing heavy is a layering rule:
+tests/test_layering.py.)"""
 
 from __future__ import annotations
 
@@ -46,14 +47,51 @@ def test_the_starting_page_answers_503_until_closed_then_frees_the_port():
         probe.bind(("127.0.0.1", port))
 
 
+def test_the_handed_over_socket_keeps_the_connections_that_arrive_meanwhile():
+    """Between the page's last answer and the app's first, a connection waits in the socket's
+    backlog instead of being refused (it used to be, for 0.6-0.9 s of every start)."""
+    port = free_port()
+    starting = StartingPage("127.0.0.1", port)
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 503
+    sock = starting.hand_over()
+    assert starting.hand_over() is None and starting.server is None
+    try:
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        for client in waiting:
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        sock.settimeout(5)
+        for client in waiting:  # the app's first accepts: each one that waited
+            accepted, _ = sock.accept()
+            assert accepted.recv(64).startswith(b"GET / HTTP/1.0")
+            accepted.close()
+            client.close()
+    finally:
+        sock.close()
+
+
 def test_a_taken_port_gives_no_starting_page_and_no_error():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         starting = StartingPage("127.0.0.1", port)
-        assert starting.server is None
+        assert starting.server is None and starting.hand_over() is None
         starting.close()
+
+
+def test_the_app_on_a_taken_port_exits_and_says_what_to_do(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = AppProcess(tmp_path / "ws", "--no-demo", "--port", str(port),
+                         log_path=tmp_path / "app.log", wait=False)
+        try:
+            assert app.process.wait(timeout=120) != 0
+        finally:
+            app.stop()
+    log = (tmp_path / "app.log").read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in log and "--port" in log, log[-2000:]
 
 
 def test_an_ipv6_loopback_host_gets_the_page_too():
@@ -94,12 +132,13 @@ def test_python_app_py_answers_at_once_then_serves_the_app(tmp_path):
         first_s = time.perf_counter() - start
         assert first.status_code == 503 and "is starting" in first.text
         assert first_s < FIRST_ANSWER_S, f"the starting page took {first_s:.2f} s"
-        while True:  # the app takes over the port (a refused connection in between is fine)
-            answer = _first_answer(url, process)
+        while True:  # the app takes over the port: every request is answered, none refused
+            assert process.poll() is None, "the app exited during start-up"
+            answer = httpx.get(url, timeout=30)
             if answer.status_code == 200:
                 break
             assert answer.status_code == 503
-            time.sleep(0.05)
+            time.sleep(0.01)
         assert "gradio" in answer.text.lower()
         assert httpx.get(url + "config", timeout=30).status_code == 200
     finally:

@@ -16,6 +16,7 @@ import pytest
 
 import app
 from storage import Workspace
+from tests.ui_support import serve
 from ui import launch
 from ui.studio import Studio
 
@@ -82,13 +83,10 @@ def served(tmp_path_factory):
     (workspace / "thumbnails" / "escape.txt").symlink_to(secret)
     (workspace / "reports" / "linked").parent.mkdir(parents=True)
     (workspace / "reports" / "linked").symlink_to(secret.parent, target_is_directory=True)
-    app.serve_workspace_statically(studio)
-    demo = app.build_app(studio)
-    options = {**app.launch_options(launch.parse_args(["--workspace", str(workspace)]), studio),
-               "server_port": None, "prevent_thread_lock": True, "quiet": True}
-    _, url, _ = demo.launch(**options)
-    yield SimpleNamespace(url=url, workspace=workspace, secret=secret, thumbnail=thumbnail)
-    demo.close()
+    server = serve(studio, launch.parse_args(["--workspace", str(workspace)]))
+    yield SimpleNamespace(url=server.url, workspace=workspace, secret=secret,
+                          thumbnail=thumbnail)
+    server.close()
     studio.close()
 
 

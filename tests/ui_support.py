@@ -22,20 +22,25 @@ TINY_CAM_SAMPLES = 12
 
 def launch(workspace: Path):
     """The app as `python app.py --workspace WORKSPACE` serves it, on a free port, without
-    blocking: (studio, demo, url)."""
-    import app
+    blocking: (studio, server, url); `server.close()` stops it."""
     from ui.launch import parse_args
     from ui.studio import Studio
 
     studio = Studio.open(workspace)
-    app.serve_workspace_statically(studio)
-    demo = app.build_app(studio)
-    args = parse_args(["--workspace", str(workspace)])
-    options = {**app.launch_options(args, studio), "server_port": None,
-               "prevent_thread_lock": True, "quiet": True}
-    _, url, _ = demo.launch(**options)
+    server = serve(studio, parse_args(["--workspace", str(workspace)]))
     studio.start_background_work()
-    return studio, demo, url
+    return studio, server, server.url
+
+
+def serve(studio, args):
+    """`studio`'s app served as app.serve does, on a free port of 127.0.0.1: an AppServer."""
+    import app
+    from ui.launch import listen
+    from ui.server import AppServer
+
+    app.serve_workspace_statically(studio)
+    return AppServer(app.build_app(studio), app.launch_options(args, studio),
+                     listen("127.0.0.1", 0))
 
 
 def link_demo_dataset(builtin_cache: Path, workspace_root: Path) -> Path:

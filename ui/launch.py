@@ -1,6 +1,6 @@
 """The program's entry (`python app.py`, `diffubias-studio`): read the command line, answer the
 port at once with a "starting" page, then import the app (Gradio and the tabs take seconds to
-import) and hand the port over to it.
+import) and hand the listening socket over to it (ui/server.py), so the port is never refused.
 
 Only the standard library is imported here, so the starting page answers a fraction of a second
 after the process starts. It answers every request with 503 Service Unavailable (health checks
@@ -87,33 +87,54 @@ class _StartingHandler(BaseHTTPRequestHandler):
         pass  # the app's own log says when it serves
 
 
+BACKLOG = 128  # connections that may wait while the socket changes hands
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) and listening (port 0: a free one). OSError where the
+    port is taken or the host unknown."""
+    host = host.strip("[]")
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=BACKLOG)
+
+
 class StartingPage:
-    """The 503 "starting" page on (host, port) until `close()`, which frees the port for the
-    app. Where the port cannot be bound (taken, or an unknown host name) there is no page and
-    the app's own launch reports the problem as it always did."""
+    """The 503 "starting" page on (host, port) until `hand_over()` gives its listening socket to
+    the app (or `close()` frees the port). Where the port cannot be bound (taken, or an unknown
+    host name) there is no page; the app binds the port itself and reports the problem."""
 
     def __init__(self, host: str, port: int) -> None:
         self.server: ThreadingHTTPServer | None = None
-        host = host.strip("[]")
         try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            server_class = type("_Server", (ThreadingHTTPServer,), {"address_family": family})
-            self.server = server_class((host, port), _StartingHandler)
+            sock = listen(host, port)
         except OSError as error:
             log.info("no starting page on %s:%s (%s)", host, port, error)
             return
+        self.server = ThreadingHTTPServer(sock.getsockname()[:2], _StartingHandler,
+                                          bind_and_activate=False)
+        self.server.socket.close()
+        self.server.socket = sock
         self._thread = threading.Thread(target=self.server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name="starting-page", daemon=True)
         self._thread.start()
 
+    def hand_over(self) -> socket.socket | None:
+        """Stop answering and return the listening socket, still bound and listening: the
+        connections that arrive from now on wait in its backlog until the app accepts them
+        (requests in progress finish first). None where there is no page."""
+        if self.server is None:
+            return None
+        self.server.shutdown()
+        self._thread.join(timeout=5)
+        sock, self.server = self.server.socket, None
+        return sock
+
     def close(self) -> None:
         """Stop answering and free the port (idempotent)."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self._thread.join(timeout=5)
-            self.server = None
+        sock = self.hand_over()
+        if sock is not None:
+            sock.close()
 
     def __enter__(self) -> StartingPage:
         return self
