@@ -16,6 +16,10 @@ from torch import nn
 from diffubias.config import ARCHITECTURES
 
 SMALL_CNN_MAX_SIZE = 64  # above this a 3-stage CNN sees too little context; ResNet-18 takes over
+# Weights in channels-last memory format: oneDNN's convolutions then run without reordering
+# every activation, about 1.5x faster training and scoring on CPU (bench/detection.py
+# --demo-time measures it against False, the earlier format). Same model, same math.
+CHANNELS_LAST = True
 
 # ImageNet statistics: harmless for scratch training and required by pretrained ResNet weights.
 _MEAN = (0.485, 0.456, 0.406)
@@ -112,7 +116,8 @@ def build_classifier(*, num_classes: int, image_size: int, arch: str = "auto", w
             backbone, cam_layer = _small_cnn(num_classes, width, image_size)
         else:
             backbone, cam_layer = _resnet18(num_classes, init_weights)
-    return Classifier(backbone, cam_layer, spec)
+    model = Classifier(backbone, cam_layer, spec)
+    return model.to(memory_format=torch.channels_last) if CHANNELS_LAST else model
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

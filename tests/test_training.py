@@ -94,3 +94,30 @@ def test_architecture_choice():
     assert big.spec.arch == "resnet18" and big(torch.rand(1, 3, 96, 96)).shape == (1, 3)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_classifier(num_classes=3, image_size=32, arch="vit")
+
+
+@pytest.mark.parametrize("arch, size", [("small-cnn", 28), ("small-cnn", 64), ("resnet18", 96)])
+def test_classifiers_are_channels_last_and_compute_what_the_plain_layout_does(arch, size,
+                                                                              monkeypatch,
+                                                                              tmp_path):
+    """The memory format (diffubias.models.CHANNELS_LAST, for speed on CPU) changes the layout
+    only: the same weights give the same logits as in the plain layout, and the weights saved
+    and loaded are the same."""
+    from diffubias import models
+
+    fast = build_classifier(num_classes=3, image_size=size, arch=arch, seed=1)
+    monkeypatch.setattr(models, "CHANNELS_LAST", False)
+    plain = build_classifier(num_classes=3, image_size=size, arch=arch, seed=1)
+    monkeypatch.undo()
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not next(m for m in plain.modules()
+                    if isinstance(m, torch.nn.Conv2d)).weight.is_contiguous(
+                        memory_format=torch.channels_last)
+    images = torch.rand(4, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(fast.eval()(images), plain.eval()(images), atol=1e-4)
+    save_classifier(fast, tmp_path / "m.safetensors")
+    loaded = load_classifier(tmp_path / "m.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), fast(images), atol=1e-6)
