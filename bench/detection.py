@@ -23,7 +23,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,18 @@ def default_datasets(quick: bool) -> tuple[str, ...]:
                  for h in HARDEST)
 
 
+@contextmanager
+def _layout(variant: str) -> Iterator[None]:
+    """The classifier's memory layout `variant` runs in (CHANNELS_LAST_VARIANTS)."""
+    from diffubias import models
+
+    models.CHANNELS_LAST = variant in CHANNELS_LAST_VARIANTS
+    try:
+        yield
+    finally:
+        models.CHANNELS_LAST = True
+
+
 def run_setting(dataset: str, ratio: float, seed: int, *, base: RunConfig,
                 variants: Sequence[str], threads: int = 1) -> list[dict]:
     """Every ranker variant on one (dataset, ratio, seed): one row each."""
@@ -92,15 +105,12 @@ def run_setting(dataset: str, ratio: float, seed: int, *, base: RunConfig,
         torch.set_num_threads(threads)
     cfg = base.with_overrides(dataset=dataset, conflict_ratio=ratio, seed=seed)
     data = PreparedDataset.load(cfg)
-    from diffubias import models
-
     rows = []
     for name in variants:
-        models.CHANNELS_LAST = name in CHANNELS_LAST_VARIANTS
-        start = time.perf_counter()
-        detection = detect_bias(data, cfg.with_overrides(**VARIANTS[name]))
-        seconds = time.perf_counter() - start
-        models.CHANNELS_LAST = True
+        with _layout(name):
+            start = time.perf_counter()
+            detection = detect_bias(data, cfg.with_overrides(**VARIANTS[name]))
+            seconds = time.perf_counter() - start
         m, d = detection.metrics, detection.diagnostics
         rows.append({"dataset": dataset_label(dataset), "conflict_ratio": ratio, "seed": seed,
                      "ranker": name, "channels_last": name in CHANNELS_LAST_VARIANTS,
@@ -328,16 +338,11 @@ def _target_lines(stats: dict, diffs: dict, variants: Sequence[str]) -> list[str
 
 
 
-# `gce` as issue 17 found it, the time its "within 1.5x" target is set against: 3 epochs, and
-# the classifier's weights in the plain memory layout (diffubias.models.CHANNELS_LAST off)
-AS_FILED = "gce-as-filed"
-
-
 def demo_time(variants: Sequence[str], *, repeats: int = 3, device: str = "cpu") -> dict:
-    """Detection on the app's demo project with each ranker (or AS_FILED), as the app runs it
-    (torch's own thread count), `repeats` rounds alternating the rankers so that load drifts
-    hit all alike; the median seconds and each one's ratio to AS_FILED's (else `gce`'s)."""
-    from diffubias import models
+    """Detection on the app's demo project with each ranker, as the app runs it (torch's own
+    thread count), `repeats` rounds alternating the rankers so that load drifts hit all alike;
+    the median seconds and each one's ratio to `gce`'s (3 epochs in the plain layout: the
+    detection issue 17 found, which its 1.5x target is set against)."""
     from ui.datasets import DEMO_CONFLICT_RATIO, DEMO_SOURCE  # what the app's demo holds
 
     cfg = RunConfig(device=device).with_overrides(dataset=DEMO_SOURCE,
@@ -346,34 +351,27 @@ def demo_time(variants: Sequence[str], *, repeats: int = 3, device: str = "cpu")
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     for round_ in range(repeats):
         for name in variants:
-            models.CHANNELS_LAST = name != AS_FILED
-            start = time.perf_counter()
-            detect_bias(data, cfg.with_overrides(**VARIANTS["gce" if name == AS_FILED else name]))
-            seconds[name].append(time.perf_counter() - start)
-            models.CHANNELS_LAST = True
+            with _layout(name):
+                start = time.perf_counter()
+                detect_bias(data, cfg.with_overrides(**VARIANTS[name]))
+                seconds[name].append(time.perf_counter() - start)
             _log(f"  demo round {round_ + 1}: {name} {seconds[name][-1]:.1f} s")
     medians = {v: float(np.median(t)) for v, t in seconds.items()}
-    reference = AS_FILED if AS_FILED in medians else "gce"
     return {"repeats": repeats, "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(), "seconds": seconds, "median_s": medians,
-            "reference": reference,
-            "ratio_to_gce": {v: medians[v] / medians[reference] for v in medians}
-            if reference in medians else {}}
+            "ratio_to_gce": {v: medians[v] / medians["gce"] for v in medians}
+            if "gce" in medians else {}}
 
 
 def _demo_time_lines(demo: dict | None) -> list[str]:
     if not demo:
         return []
-    reference = demo.get("reference", "gce")
     lines = ["", f"Detection on the app's demo project (colored-digits, 1 %, seed 0; `python "
              f"bench/detection.py --demo-time`): median of {demo['repeats']} rounds alternating "
              f"the rankers, torch on {demo['torch_threads']} threads, load average "
-             f"{demo['load_average'][0]:.1f} after. Target: the default within 1.5x of "
-             f"`{reference}`'s"
-             + (" (`gce` as the issue found it: 3 epochs, the classifier's weights in the plain "
-                "memory layout; every other row has them channels-last, "
-                "`diffubias.models.CHANNELS_LAST`)." if reference == AS_FILED else "."),
-             "", f"| ranker | seconds | x `{reference}` |", "|---|---|---|"]
+             f"{demo['load_average'][0]:.1f} after, each ranker in its layout as above. Target: "
+             "the default within 1.5x of `gce`'s (3 epochs, plain layout: the detection issue 17 "
+             "found).", "", "| ranker | seconds | x `gce` |", "|---|---|---|"]
     for name, median in demo["median_s"].items():
         ratio = demo["ratio_to_gce"].get(name)
         lines.append(f"| {name} | {median:.1f} | {f'{ratio:.2f}x' if ratio else 'n/a'} |")
