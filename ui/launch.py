@@ -122,7 +122,8 @@ class StartingPage:
     def hand_over(self) -> socket.socket | None:
         """Stop answering and return the listening socket, still bound and listening: the
         connections that arrive from now on wait in its backlog until the app accepts them
-        (requests in progress finish first). None where there is no page."""
+        (a request already accepted still gets its 503 on its own thread). None where there is
+        no page."""
         if self.server is None:
             return None
         self.server.shutdown()
