@@ -91,11 +91,11 @@ def _layout(variant: str) -> Iterator[None]:
     """The classifier's memory layout `variant` runs in (CHANNELS_LAST_VARIANTS)."""
     from diffubias import models
 
-    models.CHANNELS_LAST = variant in CHANNELS_LAST_VARIANTS
+    before, models.CHANNELS_LAST = models.CHANNELS_LAST, variant in CHANNELS_LAST_VARIANTS
     try:
         yield
     finally:
-        models.CHANNELS_LAST = True
+        models.CHANNELS_LAST = before
 
 
 def run_setting(dataset: str, ratio: float, seed: int, *, base: RunConfig,

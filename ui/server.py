@@ -13,7 +13,6 @@ thread, as `Blocks.launch` does. Tests serve the app through this module too.
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
@@ -21,8 +20,6 @@ import time
 import fastapi
 import gradio as gr
 import uvicorn
-
-log = logging.getLogger("diffubias.app")
 
 
 class AppServer:
@@ -45,10 +42,6 @@ class AppServer:
                 self.close()
                 raise RuntimeError("the web server did not start; see the log above")
             time.sleep(0.005)
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C and SIGTERM raise KeyboardInterrupt here)."""
