@@ -17,6 +17,7 @@ from diffubias.builtin import (
     BUILTIN_TITLES,
     BUILTINS,
     LFF_COLOR_SIGMAS,
+    WEAK_COLOR_SIGMAS,
     builtin_family,
     class_words,
     colored_digits,
@@ -97,7 +98,8 @@ def test_every_builtin_has_a_family_a_title_and_the_names_say_their_parameters()
             sigma = BUILTINS[name].params["color_sigma"]
             assert name == f"colored-digits-sigma{sigma:g}" and f"{sigma:g}" in BUILTIN_TITLES[name]
             sigmas.add(sigma)
-    assert sorted(sigmas, reverse=True) == list(LFF_COLOR_SIGMAS)  # LfF's five severities
+    # LfF's five severities, and the two weaker shortcuts beyond them
+    assert sorted(sigmas, reverse=True) == [*WEAK_COLOR_SIGMAS, *LFF_COLOR_SIGMAS]
     assert 0 < BUILTINS["shape-scenes-subtle"].params["scene_strength"] < 1
     with pytest.raises(ValueError, match="unknown built-in dataset 'shape-scenes-hard'"):
         builtin_family("shape-scenes-hard")
@@ -138,27 +140,45 @@ def _stroke_colour(image: np.ndarray) -> np.ndarray:
     return pixels[pixels.sum(axis=1).argmax()]
 
 
-def _colour_spread(folder: Path, sigma: float) -> float:
-    """RMS deviation of the train digits' colours from LfF's mean colours, over the channels
-    that the clamp to [0, 1] leaves alone."""
+def _train_colours(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """float (N, 3) colour of each train digit, and the index of its attribute's mean colour."""
     train = _train(folder)
     colours = np.stack([_stroke_colour(_pixels(folder, p)) for p in train.path])
-    deviations = []
-    for index, name in enumerate(colored_digits.COLOR_NAMES):
-        mean = colored_digits.MEAN_COLORS[index]
-        unclamped = (mean > 3 * sigma + 0.01) & (mean < 1 - 3 * sigma - 0.01)
-        deviations.append((colours[(train.bias == name).to_numpy()] - mean)[:, unclamped].ravel())
-    return float(np.sqrt(np.mean(np.concatenate(deviations) ** 2)))
+    return colours, np.array([colored_digits.COLOR_NAMES.index(b) for b in train.bias])
+
+
+def _colour_spread(folder: Path, sigma: float) -> tuple[float, float]:
+    """RMS deviation of the train digits' colours from LfF's mean colours, and what noise of
+    `sigma` clamped to [0, 1] gives about those means (the weak severities clamp often)."""
+    colours, attributes = _train_colours(folder)
+    means = colored_digits.MEAN_COLORS[attributes]
+    draws = np.random.default_rng(0).normal(size=(200, *means.shape)) * sigma
+    expected = np.sqrt(np.mean((np.clip(means + draws, 0, 1) - means) ** 2))
+    return float(np.sqrt(np.mean((colours - means) ** 2))), float(expected)
 
 
 def test_the_colour_spread_of_the_train_digits_is_the_sigma_in_the_name(small_cache):
     names = [n for n in BUILTIN_NAMES if builtin_family(n) == "colored-digits"]
     sigmas = [BUILTINS[n].params.get("color_sigma", colored_digits.COLOR_SIGMA) for n in names]
     spreads = [_colour_spread(_folder(small_cache, n), s) for n, s in zip(names, sigmas)]
-    for name, sigma, spread in zip(names, sigmas, spreads):
+    for name, (spread, expected) in zip(names, spreads):
         # 8-bit pixels add about 0.001 of rounding to the smallest sigmas
-        assert abs(spread - sigma) <= 0.1 * sigma + 0.001, (name, spread)
-    assert np.argsort(spreads).tolist() == np.argsort(sigmas).tolist()
+        assert abs(spread - expected) <= 0.1 * expected + 0.001, (name, spread, expected)
+    assert np.argsort([s for s, _ in spreads]).tolist() == np.argsort(sigmas).tolist()
+
+
+def test_the_weak_severities_blur_the_colours_into_each_other(small_cache):
+    """Beyond LfF's severities the colour stops telling the attribute for some digits: a model
+    that reads only the colour fits less of train, so a biased model learns the digits too."""
+    told = {}
+    for sigma in (*WEAK_COLOR_SIGMAS, *LFF_COLOR_SIGMAS):
+        name = "colored-digits" if sigma == colored_digits.COLOR_SIGMA else \
+            f"colored-digits-sigma{sigma:g}"
+        colours, attributes = _train_colours(_folder(small_cache, name))
+        distances = np.linalg.norm(colours[:, None] - colored_digits.MEAN_COLORS[None], axis=2)
+        told[sigma] = float((distances.argmin(axis=1) == attributes).mean())
+    assert all(told[s] > 0.98 for s in LFF_COLOR_SIGMAS), told  # LfF's: the colour says it all
+    assert told[0.1] < 0.99 and told[0.2] < 0.8 and told[0.2] < told[0.1], told
 
 
 def _backgrounds(folder: Path) -> tuple[list[np.ndarray], np.ndarray]:
