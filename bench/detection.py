@@ -332,8 +332,8 @@ def render(results: dict, *, command: str) -> str:
     lines += _demo_time_lines(meta.get("demo_time"))
     lines += ["", "`epoch scored`: the mean epoch whose model scored (the last one unless the "
               "ranker selects). `warned`: runs where the biased model's diagnostics said it "
-              "looks unbiased (its validation accuracy carries over at least 70 % of its train fit above "
-              "chance, `diffubias.rankers.TRANSFER_WARNING`). Every row is in "
+              "looks unbiased (its validation accuracy carries over at least 70 % of its "
+              "train fit above chance, `diffubias.rankers.TRANSFER_WARNING`). Every row is in "
               "`docs/benchmarks-detection.json`."]
     return "\n".join(lines)
 
