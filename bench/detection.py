@@ -45,27 +45,35 @@ from diffubias.stages.detect import detect_bias  # noqa: E402
 
 JSON = ROOT / "docs" / "benchmarks-detection.json"
 # name: the RunConfig changes that make the variant (on top of the run's config); each names its
-# epochs and selection, so that a change of the product's defaults does not change the variant
-_LAST3 = {"biased_epochs": 3, "biased_selection": "last"}
+# epochs, selection and width, so that a change of the product's defaults does not change it.
+# Until `biased_width` existed the biased model had the classifier's width, 16.
+_W16 = {"biased_width": 16}
+_LAST3 = {"biased_epochs": 3, "biased_selection": "last", **_W16}
 VARIANTS = {
     "gce": {"ranker": "gce", **_LAST3},  # the method's biased model as the paper trains it
     "erm-early": {"ranker": "erm-early", **_LAST3},
     "committee": {"ranker": "committee", **_LAST3},
     # item 3 of issue 17: twice the epochs, keeping the one that fits train but generalises
     # worst to the validation split (no bias label)
-    "gce-gap": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 6},
+    "gce-gap": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 6,
+                **_W16},
     # ablations of gce-gap: its epochs without the selection, and the selection on fewer epochs
-    "gce-6ep": {"ranker": "gce", "biased_epochs": 6, "biased_selection": "last"},
-    "gce-gap-4ep": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 4},
+    "gce-6ep": {"ranker": "gce", "biased_epochs": 6, "biased_selection": "last", **_W16},
+    "gce-gap-4ep": {"ranker": "gce", "biased_selection": "train-valid-gap", "biased_epochs": 4,
+                    **_W16},
     # the most epochs that kept the demo's detection within 1.5x of gce's (issue 17, item 5)
-    "gce-4ep": {"ranker": "gce", "biased_epochs": 4, "biased_selection": "last"},
+    "gce-4ep": {"ranker": "gce", "biased_epochs": 4, "biased_selection": "last", **_W16},
     # gce-6ep with the classifier's weights channels-last (diffubias.models.CHANNELS_LAST): the
     # same model and math, 1.5x faster on CPU, which brings 6 epochs within issue 17's 1.5x
-    "gce-6ep-cl": {"ranker": "gce", "biased_epochs": 6, "biased_selection": "last"},
+    "gce-6ep-cl": {"ranker": "gce", "biased_epochs": 6, "biased_selection": "last", **_W16},
+    # gce-6ep-cl with a biased model a quarter as wide (4 channels at the first stage, not 16):
+    # too narrow to learn much of the classes, so its losses follow the shortcut
+    "gce-narrow": {"ranker": "gce", "biased_epochs": 6, "biased_selection": "last",
+                   "biased_width": 4},
 }
 # The variants run with channels-last weights; every other one in the plain layout, as all
 # rows were before (rows record it as "channels_last")
-CHANNELS_LAST_VARIANTS = ("gce-6ep-cl",)
+CHANNELS_LAST_VARIANTS = ("gce-6ep-cl", "gce-narrow")
 METRICS = ("average_precision", "auroc", "r_precision", "precision_at_k")
 METRIC_NAMES = {"average_precision": "AP", "auroc": "AUROC", "r_precision": "R-precision",
                 "precision_at_k": "precision@K"}
@@ -182,6 +190,14 @@ def run_grid(datasets: Sequence[str], *, ratios: Sequence[float], seeds: Sequenc
     return out
 
 
+def run_base(meta: dict) -> RunConfig:
+    """The config a stored run ran on. One from before `biased_width` existed trained its
+    biased models at the classifier's `width`."""
+    config = dict(meta["config"])
+    config.setdefault("biased_width", config["width"])
+    return RunConfig.from_dict(config)
+
+
 def add_rankers(results: dict, variants: Sequence[str], *, jobs: int, threads: int,
                 command: str) -> dict:
     """`results` with the rows of `variants` added, run on its own grid and config (the
@@ -192,9 +208,8 @@ def add_rankers(results: dict, variants: Sequence[str], *, jobs: int, threads: i
         raise ValueError(f"the run already holds {list(variants)}")
     labels = {dataset_label(d): d for d in meta["datasets"]}
     datasets = [labels[d] for d in dict.fromkeys(r["dataset"] for r in results["rows"])]
-    added = run_grid(datasets, ratios=meta["ratios"], seeds=meta["seeds"],
-                     base=RunConfig.from_dict(meta["config"]), variants=new, jobs=jobs,
-                     threads=threads)
+    added = run_grid(datasets, ratios=meta["ratios"], seeds=meta["seeds"], base=run_base(meta),
+                     variants=new, jobs=jobs, threads=threads)
     meta["variants"].update(added["meta"]["variants"])
     meta.setdefault("added", []).append(
         {"command": command, "variants": new, "wall_s": added["meta"]["wall_s"],
@@ -209,16 +224,17 @@ def add_datasets(results: dict, datasets: Sequence[str], *, jobs: int, threads: 
     """`results` with every one of its rankers run on `datasets` too, on its ratios, seeds and
     config, so that the new rows stand side by side with the old; meta["added"] records it."""
     meta = results["meta"]
-    changed = [v for v, overrides in meta["variants"].items() if VARIANTS.get(v) != overrides]
+    base = run_base(meta)
+    changed = [v for v, overrides in meta["variants"].items() if v not in VARIANTS
+               or base.with_overrides(**overrides) != base.with_overrides(**VARIANTS[v])]
     if changed:
         raise ValueError(f"rankers {changed} are defined otherwise now than in the run; rerun it")
     held = {dataset_label(d) for d in meta["datasets"]}
     new = [d for d in datasets if dataset_label(d) not in held]
     if not new:
         raise ValueError(f"the run already holds {list(datasets)}")
-    added = run_grid(new, ratios=meta["ratios"], seeds=meta["seeds"],
-                     base=RunConfig.from_dict(meta["config"]), variants=list(meta["variants"]),
-                     jobs=jobs, threads=threads)
+    added = run_grid(new, ratios=meta["ratios"], seeds=meta["seeds"], base=base,
+                     variants=list(meta["variants"]), jobs=jobs, threads=threads)
     meta["datasets"] = [*meta["datasets"], *new]
     meta.setdefault("added", []).append(
         {"command": command, "datasets": [dataset_label(d) for d in new],
@@ -227,6 +243,57 @@ def add_datasets(results: dict, datasets: Sequence[str], *, jobs: int, threads: 
          "load_average_after": added["meta"].get("load_average_after")})
     results["rows"] = [*results["rows"], *added["rows"]]
     return results
+
+
+def colour_ceiling(dataset: str, ratio: float, seed: int, *, config: RunConfig) -> dict:
+    """An ORACLE upper bound for a colored-digits built-in, never a ranker: ranks the train
+    digits by how much likelier each one's colour is under any other class's LfF mean colour
+    than under its own, with the generator's palette and sigma (which no ranker knows). The
+    colour is all an image holds of its bias attribute, so once noise pushes a bias-aligned
+    digit's colour towards another class's, no detector can tell it from a conflicting one."""
+    import pandas as pd
+    from PIL import Image
+
+    from diffubias.builtin import BUILTINS, colored_digits, ensure_builtin
+    from diffubias.scoring import detection_metrics
+
+    name = dataset.removeprefix("builtin:")
+    sigma = BUILTINS[name].params.get("color_sigma", colored_digits.COLOR_SIGMA)
+    folder = ensure_builtin(name, cache_dir=config.cache_path, conflict_ratio=ratio, seed=seed)
+    table = pd.read_csv(folder / "metadata.csv", dtype=str, keep_default_na=False)
+    train = table[table.split == "train"]
+    colours = []
+    for path in train.path:  # a digit's colour: its brightest pixel, where the stroke is full
+        pixels = np.asarray(Image.open(folder / path)).reshape(-1, 3).astype(np.float64) / 255
+        colours.append(pixels[pixels.sum(axis=1).argmax()])
+    labels = np.array([colored_digits.CLASS_NAMES.index(c) for c in train.label])
+    attributes = np.array([colored_digits.COLOR_NAMES.index(b) for b in train.bias])
+    # log-likelihood of each colour under each mean colour (isotropic Gaussian of sigma)
+    loglik = -((np.stack(colours)[:, None] - colored_digits.MEAN_COLORS[None]) ** 2).sum(axis=2)
+    loglik /= 2 * max(sigma, 1e-3) ** 2
+    own = loglik[np.arange(len(labels)), labels]
+    others = np.where(np.eye(loglik.shape[1], dtype=bool)[labels], -np.inf, loglik)
+    score = np.logaddexp.reduce(others, axis=1) - own
+    m = detection_metrics(score, labels, labels != attributes, k=config.top_k)
+    return {"dataset": dataset_label(dataset), "conflict_ratio": ratio, "seed": seed,
+            **{k: getattr(m, k) for k in METRICS}}
+
+
+def add_ceiling(results: dict) -> dict:
+    """`results` with `colour_ceiling` on every colored-digits dataset x ratio x seed it holds."""
+    meta = results["meta"]
+    config = run_base(meta)
+    meta["ceiling"] = [colour_ceiling(d, r, s, config=config)
+                       for d in meta["datasets"] if _family(d) == "colored-digits"
+                       for r in meta["ratios"] for s in meta["seeds"]]
+    return results
+
+
+def _family(dataset: str) -> str | None:
+    from diffubias.builtin import BUILTINS
+
+    name = dataset.removeprefix("builtin:")
+    return BUILTINS[name].family if dataset.startswith("builtin:") and name in BUILTINS else None
 
 
 # -- aggregation ----------------------------------------------------------------------------------
@@ -328,6 +395,7 @@ def render(results: dict, *, command: str) -> str:
             lines.append(f"| {d} | {100 * ratio:g} % | " + " | ".join(
                 _interval(diffs[(d, ratio, v)], 100, 1) if (d, ratio, v) in diffs else "n/a"
                 for v in variants if v != "gce") + " |")
+    lines += _ceiling_lines(meta.get("ceiling"), stats)
     lines += _target_lines(stats, diffs, variants)
     lines += _demo_time_lines(meta.get("demo_time"))
     lines += ["", "`epoch scored`: the mean epoch whose model scored (the last one unless the "
@@ -336,6 +404,36 @@ def render(results: dict, *, command: str) -> str:
               "train fit above chance, `diffubias.rankers.TRANSFER_WARNING`). Every row is in "
               "`docs/benchmarks-detection.json`."]
     return "\n".join(lines)
+
+
+def _ceiling_lines(ceiling: list[dict] | None, stats: dict) -> list[str]:
+    if not ceiling:
+        return []
+    lines = ["", "Upper bound on colored-digits, an oracle (`colour_ceiling`: ranks by how much "
+             "likelier each digit's colour is under another class's mean colour than its own, "
+             "reading the generator's palette and sigma, which no ranker can): the colour is all "
+             "an image holds of its bias attribute, so where noise carries an aligned digit's "
+             "colour to another class's, no detector can tell it from a conflicting one. Against "
+             "it, the best ranker's AP in each row:", "",
+             "| dataset | ratio | " + " | ".join(METRIC_NAMES[m] for m in METRICS)
+             + " | best ranker's AP |", "|---|---|" + "---|" * (len(METRICS) + 1)]
+    groups: dict[tuple, list[dict]] = {}
+    for row in ceiling:
+        groups.setdefault((row["dataset"], row["conflict_ratio"]), []).append(row)
+    for (d, ratio), rows in sorted(groups.items(), key=lambda kv: -_sigma(kv[0][0])):
+        ranked = {k[2]: v["average_precision"][0] for k, v in stats.items() if k[:2] == (d, ratio)}
+        best = max(ranked, key=ranked.get) if ranked else None
+        lines.append(f"| {d} | {100 * ratio:g} % | "
+                     + " | ".join(_interval(paired_interval([r[m] for r in rows]))
+                                  for m in METRICS)
+                     + (f" | {ranked[best]:.3f} (`{best}`) |" if best else " | n/a |"))
+    return lines
+
+
+def _sigma(label: str) -> float:
+    from diffubias.builtin import BUILTINS, colored_digits
+
+    return BUILTINS[label].params.get("color_sigma", colored_digits.COLOR_SIGMA)
 
 
 def _added_line(added: dict) -> str:
@@ -448,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--add-datasets", metavar="DATASETS",
                         help="comma-separated: run every ranker of the finished run in --json on "
                              "these too (its ratios, seeds and config) and add their rows to it")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="add the colour oracle's upper bound on every colored-digits "
+                             "dataset of the run in --json (seconds; an oracle, never a ranker)")
     parser.add_argument("--demo-time", action="store_true",
                         help="time --rankers on the demo project and add it to --json")
     parser.add_argument("--no-write", action="store_true",
@@ -466,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                jobs=args.jobs, threads=args.threads,
                                command=" ".join(["python bench/detection.py",
                                                  *(argv if argv is not None else sys.argv[1:])]))
+        write_json(results, args.json)
+    elif args.ceiling:
+        results = add_ceiling(json.loads(args.json.read_text()))
         write_json(results, args.json)
     elif args.from_json or args.demo_time:
         results = json.loads(args.json.read_text())

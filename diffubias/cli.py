@@ -149,6 +149,8 @@ _OPTIONS = (
                 "identification model; committee: BiasEnsemble's bias-amplified model, trained "
                 "without the samples a committee of GCE models does not fit)")),
     ("biased_epochs", "epochs of the biased model (of each committee member too)"),
+    ("biased_width", ("small CNN: channels of the biased model's first stage (narrow: room for "
+                      "the shortcut, little for the classes)")),
     ("gce_q", "GCE q in (0, 1]"),
     ("biased_selection", ("which epoch of the biased model scores: " + ", ".join(BIASED_SELECTIONS)
                           + " (train-valid-gap: the one that fits train but generalises worst "

@@ -88,7 +88,8 @@ def stage_detect(run: Run) -> dict:
     return run.update_report(
         dataset=data.summary(), detection=det.metrics, biased_model=diagnostics,
         models={"biased": {"test": det.test.to_dict(), "epochs": cfg.biased_epochs,
-                           "ranker": cfg.ranker, "arch": det.training.model.spec.arch}},
+                           "ranker": cfg.ranker, "arch": det.training.model.spec.arch,
+                           "width": det.training.model.spec.width}},
         timings_s={"biased_model_and_scoring": t1 - t0})
 
 

@@ -15,8 +15,10 @@ Side by side (`RunConfig.ranker`):
              scoring model trains with GCE on the rest, so nothing pulls it towards the classes,
              and scores every training sample
 
-Every ranker trains for `biased_epochs`, keeping the last epoch or, with `biased_selection`
-train-valid-gap, the epoch that fits train but generalises worst to the validation split.
+Every ranker trains a model of `biased_width` (a small CNN; narrower than the classifier, so
+that it has little room for the classes) for `biased_epochs`, keeping the last epoch or, with
+`biased_selection` train-valid-gap, the epoch that fits train but generalises worst to the
+validation split.
 Reads no bias label. Knows nothing of top-K, metrics or stores (`diffubias.stages.detect`).
 """
 
@@ -117,7 +119,7 @@ def _unbiased_warning(config: RunConfig, arch: str, train: float, valid: float,
     if config.ranker != "erm-early":
         tries.append(f"a larger gce_q (now {config.gce_q:g}, at most 1)")
     if arch == "small-cnn":  # a smaller model has room for the shortcut, less for the classes
-        tries.append(f"a smaller width (now {config.width})")
+        tries.append(f"a smaller biased_width (now {config.biased_width})")
     if config.ranker != "committee":
         tries.append("the committee ranker")
     if config.biased_selection != "train-valid-gap":
@@ -144,13 +146,14 @@ def train_and_score(data: PreparedDataset, config: RunConfig, *, loss: str, epoc
                     desc: str, selection: str = "last", train: ImageSource | None = None,
                     validate: bool = True,
                     progress: ProgressFn | None = None) -> tuple[TrainResult, np.ndarray]:
-    """Trains the run's seeded initialisation with `loss` ("ce" or "gce") on `train` (default:
-    the training split), measured each epoch on the validation split unless `validate` is
-    False, then scores every sample of the training split. JTT's identification model is this
-    with CE."""
+    """Trains the run's seeded initialisation, `biased_width` wide, with `loss` ("ce" or "gce")
+    on `train` (default: the training split), measured each epoch on the validation split
+    unless `validate` is False, then scores every sample of the training split. JTT's
+    identification model is this with CE."""
     _, train_split = data.split("train")
     _, valid = data.split("valid")
-    training = train_classifier(new_classifier(data, config),
+    model = new_classifier(data, replace(config, width=config.biased_width))
+    training = train_classifier(model,
                                 train if train is not None else train_split,
                                 valid=valid if validate else None,
                                 config=train_config(config, epochs=epochs, loss=loss,

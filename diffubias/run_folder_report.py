@@ -39,9 +39,9 @@ from diffubias.shipped_models import oracle_note, resolve
 
 REPORT_HTML = "report.html"
 # the config fields that each step's settings table shows
-DETECTION_SETTINGS = ("ranker", "arch", "width", "image_size", "init_weights", "biased_epochs",
-                      "gce_q", "biased_selection", "committee_size", "top_k", "batch_size", "lr",
-                      "seed")
+DETECTION_SETTINGS = ("ranker", "arch", "biased_width", "image_size", "init_weights",
+                      "biased_epochs", "gce_q", "biased_selection", "committee_size", "top_k",
+                      "batch_size", "lr", "seed")
 GENERATION_SETTINGS = ("generator", "images_per_prompt", "max_images", "gen_steps",
                        "guidance_scale", "negative_prompt", "gen_width", "gen_height",
                        "gen_batch_size", "model_dtype", "offload", "seed")

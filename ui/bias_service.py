@@ -85,8 +85,8 @@ def train_biased(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
                  ui: UiProgress | None = None) -> DetectionView:
     """Train the biased model, score the train split, store the top-K; returns the new view.
 
-    `changes`: {RunConfig field: value}, e.g. arch, width, biased_epochs, gce_q, top_k, seed,
-    batch_size; a setting left out or None keeps the project's last one (at first,
+    `changes`: {RunConfig field: value}, e.g. arch, width, biased_width, biased_epochs, gce_q,
+    top_k, seed, batch_size; a setting left out or None keeps the project's last one (at first,
     RunConfig's default)."""
     with studio.store.sessions() as session:
         project = repo.get_project(session, project_id)
@@ -96,8 +96,9 @@ def train_biased(studio: Studio, project_id: int, changes: Mapping[str, Any], *,
     config = project_config(studio.store.workspace, settings).with_changes(changes)
     save_project_config(studio.store, project_id, config)
     params = {"ranker": config.ranker, "arch": config.arch, "width": config.width,
-              "biased_epochs": config.biased_epochs, "gce_q": config.gce_q,
-              "biased_selection": config.biased_selection, "top_k": config.top_k,
+              "biased_width": config.biased_width, "biased_epochs": config.biased_epochs,
+              "gce_q": config.gce_q, "biased_selection": config.biased_selection,
+              "top_k": config.top_k,
               "seed": config.seed, "batch_size": config.batch_size}
     if config.ranker == "committee":
         params["committee_size"] = config.committee_size

@@ -64,7 +64,11 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
                                info="auto: small CNN up to 64 px, ResNet-18 above")
             with gr.Row():
                 width = gr.Number(DEFAULTS.width, precision=0, label="width", min_width=80,
-                                  elem_id="bias-width")
+                                  elem_id="bias-width", info="the debiased model's")
+                biased_width = gr.Number(DEFAULTS.biased_width, precision=0,
+                                         label="biased width", min_width=80,
+                                         elem_id="bias-biased-width",
+                                         info="narrow: little room for the classes")
                 epochs = gr.Number(DEFAULTS.biased_epochs, precision=0, label="epochs",
                                    min_width=80, elem_id="bias-epochs")
             # a slider needs ends: RunConfig's (it refuses q = 0, saying why)
@@ -87,7 +91,8 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
             # the API's order: the settings it always had, then the ones added later
             settings = {"arch": arch, "width": width, "biased_epochs": epochs, "gce_q": gce_q,
                         "top_k": top_k, "seed": seed, "batch_size": batch, "ranker": ranker,
-                        "biased_selection": selection, "committee_size": committee}
+                        "biased_selection": selection, "committee_size": committee,
+                        "biased_width": biased_width}
             with gr.Row():
                 train = gr.Button("Train biased model", variant="primary", elem_id="train-biased")
                 stop = gr.Button("Stop", variant="stop", scale=0, min_width=80,
