@@ -9,6 +9,8 @@ Usage:
   python bench/detection.py --jobs 2 --resume    # continue a stopped run from its checkpoint
   python bench/detection.py --add --rankers gce-6ep-cl     # a ranker more, on the run's grid
   python bench/detection.py --add-datasets builtin:colored-digits-sigma0.2  # every ranker on it
+  python bench/detection.py --confirm builtin:shape-scenes-subtle --seeds 5-14 \
+      --rankers gce,gce-narrow          # more seeds for a difference, kept out of the grid
   python bench/detection.py --datasets builtin:colored-digits-sigma0.05,builtin:shape-scenes \
       --seeds 0,1,2 --ratios 0.005,0.01 --rankers gce,committee --set width=8
 Writes docs/benchmarks-detection.json (every row) and the `detection` section of
@@ -245,6 +247,24 @@ def add_datasets(results: dict, datasets: Sequence[str], *, jobs: int, threads: 
     return results
 
 
+def confirm(results: dict, datasets: Sequence[str], seeds: Sequence[int],
+            variants: Sequence[str], *, jobs: int, threads: int, command: str) -> dict:
+    """More seeds for `variants` on `datasets`, with the run's ratios and config: their rows go
+    to meta["confirmation"], apart from the grid's, so that the grid's tables stay one grid;
+    the section pools them with the grid's own seeds for the paired differences."""
+    meta = results["meta"]
+    taken = set(meta["seeds"]) & set(seeds)
+    if taken:
+        raise ValueError(f"seeds {sorted(taken)} are the grid's own; pick others")
+    extra = run_grid(datasets, ratios=meta["ratios"], seeds=seeds, base=run_base(meta),
+                     variants=variants, jobs=jobs, threads=threads)
+    held = meta.setdefault("confirmation", {"rows": [], "passes": []})
+    held["rows"] = [*held["rows"], *extra["rows"]]
+    held["passes"].append({"command": command, "wall_s": extra["meta"]["wall_s"],
+                           "load_average_before": extra["meta"]["load_average_before"]})
+    return results
+
+
 def colour_ceiling(dataset: str, ratio: float, seed: int, *, config: RunConfig) -> dict:
     """An ORACLE upper bound for a colored-digits built-in, never a ranker: ranks the train
     digits by how much likelier each one's colour is under any other class's LfF mean colour
@@ -396,6 +416,7 @@ def render(results: dict, *, command: str) -> str:
                 _interval(diffs[(d, ratio, v)], 100, 1) if (d, ratio, v) in diffs else "n/a"
                 for v in variants if v != "gce") + " |")
     lines += _ceiling_lines(meta.get("ceiling"), stats)
+    lines += _confirmation_lines(meta.get("confirmation"), rows)
     lines += _target_lines(stats, diffs, variants)
     lines += _demo_time_lines(meta.get("demo_time"))
     lines += ["", "`epoch scored`: the mean epoch whose model scored (the last one unless the "
@@ -427,6 +448,39 @@ def _ceiling_lines(ceiling: list[dict] | None, stats: dict) -> list[str]:
                      + " | ".join(_interval(paired_interval([r[m] for r in rows]))
                                   for m in METRICS)
                      + (f" | {ranked[best]:.3f} (`{best}`) |" if best else " | n/a |"))
+    return lines
+
+
+def _confirmation_lines(confirmation: dict | None, rows: Sequence[dict]) -> list[str]:
+    """Each confirmed (dataset, ratio, ranker) against `gce` over the grid's seeds and the
+    confirmation's together, paired by seed."""
+    if not confirmation or not confirmation["rows"]:
+        return []
+    extra = confirmation["rows"]
+    cells = sorted({(r["dataset"], r["conflict_ratio"]) for r in extra})
+    rankers = list(dict.fromkeys(r["ranker"] for r in extra if r["ranker"] != "gce"))
+    lines = ["", "More seeds for the differences that matter (" + "; ".join(
+                 f"`{p['command']}`, {p['wall_s'] / 60:.1f} min" for p in confirmation["passes"])
+             + "): these rows are kept apart from the tables above and pooled here with the "
+             "grid's own seeds, paired by seed.", "",
+             "| dataset | ratio | ranker | seeds | AP | `gce`'s AP | AP minus `gce`'s, points "
+             "[95 %] | seeds where it beats `gce` |", "|---|---|---|---|---|---|---|---|"]
+    pooled = [r for r in rows if (r["dataset"], r["conflict_ratio"]) in cells] + list(extra)
+    for dataset, ratio in cells:
+        for ranker in rankers:
+            by_seed = {}
+            for r in pooled:
+                if r["dataset"] == dataset and r["conflict_ratio"] == ratio:
+                    by_seed.setdefault(r["seed"], {})[r["ranker"]] = r["average_precision"]
+            pairs = [(s[ranker], s["gce"]) for s in by_seed.values() if {ranker, "gce"} <= set(s)]
+            if not pairs:
+                continue
+            ours, theirs = (np.array(x) for x in zip(*pairs))
+            lines.append(f"| {dataset} | {100 * ratio:g} % | {ranker} | {len(pairs)} | "
+                         f"{_interval(paired_interval(ours))} | "
+                         f"{_interval(paired_interval(theirs))} | "
+                         f"{_interval(paired_interval(ours - theirs), 100, 1)} | "
+                         f"{int((ours > theirs).sum())} of {len(pairs)} |")
     return lines
 
 
@@ -525,7 +579,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         ",builtin:shape-scenes-subtle (default: every built-in; --quick: the "
                         "hardest of each)")
     parser.add_argument("--ratios", help="comma-separated conflict ratios (default 0.01)")
-    parser.add_argument("--seeds", help="comma-separated (default 0-4; --quick: 0)")
+    parser.add_argument("--seeds", help="comma-separated, ranges allowed: 0,1,2 or 5-14 "
+                        "(default 0-4; --quick: 0)")
     parser.add_argument("--rankers", default=",".join(VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -546,6 +601,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--add-datasets", metavar="DATASETS",
                         help="comma-separated: run every ranker of the finished run in --json on "
                              "these too (its ratios, seeds and config) and add their rows to it")
+    parser.add_argument("--confirm", metavar="DATASETS",
+                        help="comma-separated: run --rankers on these with --seeds (not the "
+                             "grid's) and keep the rows apart, for the differences")
     parser.add_argument("--ceiling", action="store_true",
                         help="add the colour oracle's upper bound on every colored-digits "
                              "dataset of the run in --json (seconds; an oracle, never a ranker)")
@@ -568,6 +626,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                command=" ".join(["python bench/detection.py",
                                                  *(argv if argv is not None else sys.argv[1:])]))
         write_json(results, args.json)
+    elif args.confirm:
+        results = confirm(json.loads(args.json.read_text()),
+                          [d.strip() for d in args.confirm.split(",") if d.strip()],
+                          _seeds(args.seeds), [v.strip() for v in args.rankers.split(",")
+                                               if v.strip()],
+                          jobs=args.jobs, threads=args.threads,
+                          command=" ".join(["python bench/detection.py",
+                                            *(argv if argv is not None else sys.argv[1:])]))
+        write_json(results, args.json)
     elif args.ceiling:
         results = add_ceiling(json.loads(args.json.read_text()))
         write_json(results, args.json)
@@ -587,8 +654,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             datasets, base=base,
             ratios=tuple(float(x) for x in args.ratios.split(",")) if args.ratios
             else profile["ratios"],
-            seeds=tuple(int(x) for x in args.seeds.split(",")) if args.seeds
-            else profile["seeds"],
+            seeds=_seeds(args.seeds) if args.seeds else profile["seeds"],
             variants=[v.strip() for v in args.rankers.split(",") if v.strip()],
             checkpoint=checkpoint, jobs=args.jobs, threads=args.threads,
             resume=json.loads(checkpoint.read_text()) if args.resume else None)
@@ -602,6 +668,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     write_section("detection", body)
     print(f"wrote {BENCHMARKS_MD} and {args.json}")
+
+
+def _seeds(text: str | None) -> tuple[int, ...]:
+    """ "0,1,2" or "5-14" (both ends included), or a mix: "0,5-9"."""
+    if not text:
+        raise SystemExit("--seeds is needed here, e.g. --seeds 5-14")
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        low, _, high = part.partition("-")
+        seeds += range(int(low), int(high or low) + 1)
+    return tuple(seeds)
 
 
 if __name__ == "__main__":

@@ -131,9 +131,9 @@ class _Parser(argparse.ArgumentParser):
 # (config field, help); the flag is the field name with dashes
 _OPTIONS = (
     ("dataset", ("builtin:colored-digits, builtin:shape-scenes, their variants (colour "
-                 "severities builtin:colored-digits-sigma0.05, -sigma0.02, -sigma0.005, "
-                 "-sigma0.002; builtin:shape-scenes-subtle; see dataset-format.md), a folder or "
-                 "a .zip")),
+                 "severities builtin:colored-digits-sigma0.2, -sigma0.1, -sigma0.05, -sigma0.02, "
+                 "-sigma0.005, -sigma0.002; builtin:shape-scenes-subtle; see "
+                 "dataset-format.md), a folder or a .zip")),
     ("conflict_ratio", "built-ins: share of bias-conflicting train samples (0.005/0.01/0.02/0.05)"),
     ("seed", "seed for data, initialisation, order and generation"),
     ("cache_dir", "cache for built-in datasets and extracted zips (default ~/.cache/diffubias)"),

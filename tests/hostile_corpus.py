@@ -510,6 +510,7 @@ PARAMETER_CASES = [
     ("negative-image-size", {"image_size": -1}, r"image_size"),
     ("absurd-image-size", {"image_size": 100_000}, r"image_size .* to 1,024"),
     ("zero-width", {"width": 0}, r"width"),
+    ("absurd-biased-width", {"biased_width": 10**6}, r"biased_width"),
     ("absurd-captions", {"captions_per_image": 1000}, r"captions_per_image"),
     ("absurd-cam-samples", {"cam_samples": 10**9}, r"cam_samples"),
     ("negative-max-images", {"max_images": -1}, r"max_images"),

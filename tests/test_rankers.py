@@ -16,7 +16,7 @@ from planted_methods import planted_config, planted_folder  # noqa: F401 (a fixt
 
 import diffubias.rankers as rankers
 from diffubias.cli import main
-from diffubias.config import RANKERS
+from diffubias.config import RANKERS, RunConfig
 from diffubias.prepared import PreparedDataset, new_classifier, train_config
 from diffubias.scoring import score_samples
 from diffubias.stages.detect import detect_bias
@@ -74,11 +74,13 @@ def test_every_ranker_puts_the_planted_conflicts_on_top(planted, ranker):
 
 
 def test_gce_is_todays_detection_bit_for_bit(planted):
-    """The recipe detect_bias had before rankers existed: GCE, last epoch, CE scores."""
+    """The recipe detect_bias had before rankers existed: GCE, last epoch, CE scores (on the
+    run's initialisation at the biased model's width)."""
     cfg, data, _ = planted
     _, train = data.split("train")
     _, valid = data.split("valid")
-    before = train_classifier(new_classifier(data, cfg), train, valid=valid,
+    model = new_classifier(data, cfg.with_overrides(width=cfg.biased_width))
+    before = train_classifier(model, train, valid=valid,
                               config=train_config(cfg, epochs=cfg.biased_epochs, loss="gce",
                                                   gce_q=cfg.gce_q, selection="last"))
     expected = score_samples(before.model, train, device="cpu")
@@ -86,6 +88,18 @@ def test_gce_is_todays_detection_bit_for_bit(planted):
     assert cfg.ranker == "gce" and ranking.dropped is None
     assert np.array_equal(ranking.losses, expected)
     assert ranking.training.history == before.history
+
+
+def test_the_biased_model_is_narrower_than_the_classifier(planted):
+    cfg, data, _ = planted
+    assert RunConfig().biased_width < RunConfig().width  # the defaults: 4 against 16
+    assert cfg.biased_width < cfg.width  # here 4 against 8
+    narrow = rankers.rank_samples(data, cfg)
+    assert narrow.training.model.spec.width == cfg.biased_width
+    assert new_classifier(data, cfg).spec.width == cfg.width  # what the other models start as
+    wide = rankers.rank_samples(data, cfg.with_overrides(biased_width=cfg.width))
+    assert wide.training.model.spec.width == cfg.width
+    assert not np.array_equal(narrow.losses, wide.losses)
 
 
 def test_the_committee_drops_what_it_finds_conflicting_and_trains_on_the_rest(planted,
@@ -165,10 +179,12 @@ def test_detect_command_takes_the_ranker_and_reports_the_biased_model(planted_fo
     out = tmp_path / "run"
     assert main(["detect", "--out", str(out), "--dataset", str(planted_folder), "--cache-dir",
                  str(tmp_path / "cache"), "--device", "cpu", "--width", "8", "--lr", "0.003",
-                 "--biased-epochs", "2", "--top-k", "9", "--ranker", "erm-early"]) == 0
+                 "--biased-epochs", "2", "--top-k", "9", "--ranker", "erm-early",
+                 "--biased-width", "6"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["ranker"] == "erm-early"
+    assert report["config"]["ranker"] == "erm-early" and report["config"]["biased_width"] == 6
     assert report["models"]["biased"]["ranker"] == "erm-early"
+    assert report["models"]["biased"]["width"] == 6
     model = report["biased_model"]
     assert model["ranker"] == "erm-early" and len(model["epochs"]) == 2
     assert {"train_accuracy", "valid_accuracy", "transfer", "warning"} <= set(model)
