@@ -29,10 +29,12 @@ from tests.ui_support import (
 CHROMIUM = Path("/usr/bin/chromium")
 LONG_MS = 300_000  # a step of the workflow on a busy 2-core machine
 SCREENSHOTS = os.environ.get("DIFFUBIAS_SCREENSHOTS")
-# (width, biased epochs, images per prompt, max images, debias epochs, Grad-CAM samples)
-SETTINGS = ((16, 3, 6, 0, 4, 24) if SCREENSHOTS else
-            (TINY_BIAS["width"], TINY_BIAS["biased_epochs"], TINY_GENERATE["images_per_prompt"],
-             TINY_GENERATE["max_images"], TINY_DEBIAS_EPOCHS, TINY_CAM_SAMPLES))
+# (width, biased width, biased epochs, images per prompt, max images, debias epochs, Grad-CAM
+# samples)
+SETTINGS = ((16, 4, 3, 6, 0, 4, 24) if SCREENSHOTS else
+            (TINY_BIAS["width"], TINY_BIAS["biased_width"], TINY_BIAS["biased_epochs"],
+             TINY_GENERATE["images_per_prompt"], TINY_GENERATE["max_images"],
+             TINY_DEBIAS_EPOCHS, TINY_CAM_SAMPLES))
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -111,7 +113,8 @@ def edit_prompt_cell(page, cell: str, text: str) -> None:
 
 
 def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots):
-    width, biased_epochs, per_prompt, max_images, debias_epochs, cam_samples = SETTINGS
+    width, biased_width, biased_epochs, per_prompt, max_images, debias_epochs, cam_samples = \
+        SETTINGS
     page.goto(served)
     page.wait_for_selector("#dataset-summary h2:has-text('Demo: colored digits')")
     page.wait_for_selector("#sample-grid img")
@@ -119,6 +122,7 @@ def test_a_new_user_clicks_through_the_whole_workflow(served, page, screenshots)
 
     open_tab(page, "2 · Bias")
     fill(page, "bias-width", width)
+    fill(page, "bias-biased-width", biased_width)
     fill(page, "bias-epochs", biased_epochs)
     started = time.monotonic()
     page.click("#train-biased")  # the app's first job: its dataset loads inside the job
