@@ -369,7 +369,9 @@ def render(results: dict, *, command: str) -> str:
              f"is shared, so times are indicative). Wall time {meta['wall_s'] / 60:.1f} min."
              + "".join(_added_line(a) for a in meta.get("added", [])), "",
              f"Settings: the product's defaults at the run's commit (`arch={cfg['arch']}`, "
-             f"width {cfg['width']}, "
+             f"width {cfg['width']}"
+             + (f", biased width {cfg['biased_width']}, " if "biased_width" in cfg else
+                " (then the biased model's too: `biased_width` did not exist yet), ") +
              f"{cfg['biased_epochs']} epochs, GCE q {cfg['gce_q']}, batch {cfg['batch_size']}, "
              f"lr {cfg['lr']}, top_k {cfg['top_k']:g} per class, committee of "
              f"{cfg['committee_size']}) unless a ranker changes them (each names its epochs): "
@@ -417,7 +419,7 @@ def render(results: dict, *, command: str) -> str:
                 for v in variants if v != "gce") + " |")
     lines += _ceiling_lines(meta.get("ceiling"), stats)
     lines += _confirmation_lines(meta.get("confirmation"), rows)
-    lines += _target_lines(stats, diffs, variants)
+    lines += _target_lines(stats, diffs, variants, meta.get("ceiling") or [])
     lines += _demo_time_lines(meta.get("demo_time"))
     lines += ["", "`epoch scored`: the mean epoch whose model scored (the last one unless the "
               "ranker selects). `warned`: runs where the biased model's diagnostics said it "
@@ -500,9 +502,11 @@ def _added_line(added: dict) -> str:
     return f" Then `{added['command']}` {what} ({added['wall_s'] / 60:.1f} min)."
 
 
-def _target_lines(stats: dict, diffs: dict, variants: Sequence[str]) -> list[str]:
+def _target_lines(stats: dict, diffs: dict, variants: Sequence[str],
+                  ceiling: Sequence[dict] = ()) -> list[str]:
     """Issue 17's targets on the hardest variant of each built-in: AUROC >= 0.9, R-precision
-    >= 0.7, AP at least 10 points above `gce` (means over seeds)."""
+    >= 0.7, AP at least 10 points above `gce` (means over seeds); and which of them lie above
+    the colour oracle's bound, where no ranker can meet them."""
     hardest = [dataset_label(h) for h in TARGET_DATASETS]
     cells = sorted(k for k in stats if k[0] in hardest)
     if not cells:
@@ -521,6 +525,22 @@ def _target_lines(stats: dict, diffs: dict, variants: Sequence[str]) -> list[str
         lines.append(f"| {key[0]} | {100 * key[1]:g} % | {key[2]} | "
                      + " | ".join(f"{v} ({'yes' if m else 'no'})" for v, m in zip(shown, met))
                      + f" | {'yes' if all(met) else 'no'} |")
+    beyond = []
+    for dataset, ratio in sorted({k[:2] for k in cells}):
+        bound = [r for r in ceiling if (r["dataset"], r["conflict_ratio"]) == (dataset, ratio)]
+        if not bound or (dataset, ratio, "gce") not in stats:
+            continue
+        ap, rp = (float(np.mean([r[m] for r in bound])) for m in ("average_precision",
+                                                                   "r_precision"))
+        gce_ap = stats[(dataset, ratio, "gce")]["average_precision"][0]
+        if rp < 0.7:
+            beyond.append(f"on {dataset} R-precision 0.7 lies above the oracle's {rp:.3f}")
+        if gce_ap + 0.10 > ap:
+            beyond.append(f"on {dataset} `gce`'s AP + 10 points ({gce_ap + 0.10:.3f}) lies "
+                          f"above the oracle's AP {ap:.3f}")
+    if beyond:
+        lines += ["", "Out of reach of any ranker (the colour oracle's bound above): "
+                  + "; ".join(beyond) + "."]
     return lines
 
 

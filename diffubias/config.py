@@ -152,14 +152,12 @@ class RunConfig:
     lr: float = 2e-3
     # stage 2: biased model; ranker: gce, erm-early or committee (diffubias.rankers).
     # biased_epochs: epochs of the model that scores, whichever ranker (and of each committee
-    # member); with biased_selection train-valid-gap, the most it may train. 6 epochs: of the
-    # rankers measured on every built-in severity (bench/detection.py, 5 seeds), GCE for 6
-    # epochs ranks best on average, and with channels-last weights (diffubias.models) the
-    # demo's detection stays within 1.5x of what 3 epochs took before them (issue 17)
+    # member); with biased_selection train-valid-gap, the most it may train.
     # biased_width: the small CNN's width for the model that scores (ResNet-18 has none): a
     # narrow model has room for the shortcut and little for the classes, as the weak learners
-    # of Sanh et al. (ICLR 2021) and Clark et al. (EMNLP 2020); at 4 it ranks the subtle
-    # shortcuts far better than at the classifier's 16 and as well elsewhere (issue 17)
+    # of Sanh et al. (ICLR 2021) and Clark et al. (EMNLP 2020). GCE at width 4 for 6 epochs
+    # ranks best on average over every built-in severity, and fastest (bench/detection.py,
+    # 5 seeds; docs/guide/metrics.md#is-the-biased-model-biased) (issue 17)
     ranker: str = "gce"
     biased_epochs: int = 6
     biased_width: int = 4
