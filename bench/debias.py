@@ -755,7 +755,10 @@ def _width_note(cfg: dict) -> str:
 def _settings_text(cfg: dict, options: dict) -> str:
     copies = options["oversample_copies"] or cfg["captions_per_image"] * cfg["images_per_prompt"]
     jtt_epochs = options["jtt_epochs"] or cfg["biased_epochs"]
-    return (f"Settings: biased (GCE) model {cfg['biased_epochs']} epochs, q {cfg['gce_q']}; "
+    # a run from before biased_width existed trained its biased model at the classifier's width
+    width = cfg.get("biased_width", cfg["width"])
+    return (f"Settings: biased (GCE) model {cfg['biased_epochs']} epochs, width {width}, "
+            f"q {cfg['gce_q']}; "
             f"top-K {cfg['top_k']} per class; JTT T = {jtt_epochs} epochs, "
             f"lambda {options['jtt_upweight']:g}; LfF EMA {options['lff_ema']}; "
             f"DiffuBias {_backend(cfg, 'captioner')} captions x {cfg['captions_per_image']}, "

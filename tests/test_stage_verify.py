@@ -23,9 +23,11 @@ from diffubias.stages.verify import channel_hashes, loss_thresholds, nearest_has
 
 @pytest.fixture(scope="module")
 def digits(builtin_cache, one_torch_thread):
+    # one epoch of 40 steps: the biased model as wide as the classifier (at the default width 4
+    # it would not yet fit the colour, and its losses would not tell aligned from conflicting)
     config = RunConfig(dataset="builtin:colored-digits", conflict_ratio=0.01, seed=0,
-                       cache_dir=str(builtin_cache), device="cpu", width=8, biased_epochs=1,
-                       batch_size=256)
+                       cache_dir=str(builtin_cache), device="cpu", width=8, biased_width=8,
+                       biased_epochs=1, batch_size=256)
     data = PreparedDataset.load(config)
     detection = detect_bias(data, config)
     thresholds = loss_thresholds(config, detection.losses, detection.labels,

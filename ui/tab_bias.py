@@ -68,7 +68,7 @@ def build(callbacks: BiasCallbacks, project: gr.Number) -> TabRefresh:
                 biased_width = gr.Number(DEFAULTS.biased_width, precision=0,
                                          label="biased width", min_width=80,
                                          elem_id="bias-biased-width",
-                                         info="narrow: little room for the classes")
+                                         info="small CNN; narrow: less room for the classes")
                 epochs = gr.Number(DEFAULTS.biased_epochs, precision=0, label="epochs",
                                    min_width=80, elem_id="bias-epochs")
             # a slider needs ends: RunConfig's (it refuses q = 0, saying why)
