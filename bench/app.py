@@ -268,7 +268,8 @@ def render(startup: dict, scores: dict) -> str:
         lines += [f"| whole demo workflow through the UI's API, default settings | < 6 min | "
                   f"{startup['workflow_s'] / 60:.1f} min |", "",
                   f"The workflow used the library's defaults: biased model {d.biased_epochs} "
-                  f"epochs (width {d.width}), {_backends(d)} with "
+                  f"epochs (width {d.biased_width}; the classifiers' {d.width}), "
+                  f"{_backends(d)} with "
                   f"{d.images_per_prompt} images per kept prompt, {d.debias_epochs} epochs for "
                   f"the vanilla and the debiased model, Grad-CAM on {d.cam_samples} "
                   f"bias-conflicting test images, then the report. Results as the app shows "
