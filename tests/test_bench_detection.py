@@ -76,7 +76,8 @@ def test_the_confirmation_pools_seeds_and_pairs_them(detection):
     grid = [row(0, "gce", 0.5), row(0, "gce-narrow", 0.9), row(0, "committee", 0.1)]
     extra = [row(5, "gce", 0.6), row(5, "gce-narrow", 0.5), row(6, "gce", 0.2),
              row(6, "gce-narrow", 0.8)]
-    lines = detection._confirmation_lines({"rows": extra, "passes": [
+    tables = importlib.import_module("detection_tables")
+    lines = tables._confirmation_lines({"rows": extra, "passes": [
         {"command": "python bench/detection.py --confirm d", "wall_s": 60.0}]}, grid)
     (table_row,) = [line for line in lines if line.startswith("| d |")]
     cells = [c.strip() for c in table_row.strip("|").split("|")]
