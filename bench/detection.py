@@ -266,10 +266,12 @@ def confirm(results: dict, datasets: Sequence[str], seeds: Sequence[int],
 
 def colour_ceiling(dataset: str, ratio: float, seed: int, *, config: RunConfig) -> dict:
     """An ORACLE upper bound for a colored-digits built-in, never a ranker: ranks the train
-    digits by how much likelier each one's colour is under any other class's LfF mean colour
-    than under its own, with the generator's palette and sigma (which no ranker knows). The
-    colour is all an image holds of its bias attribute, so once noise pushes a bias-aligned
-    digit's colour towards another class's, no detector can tell it from a conflicting one."""
+    digits by how much likelier each one's colour is under the other classes' LfF mean colours
+    (the conflicting share spread evenly over them, as generated) than under its own, with the
+    generator's palette, sigma and clamping (which no ranker knows): the Bayes ranking given
+    the colour. The colour is all an image holds of its bias attribute, so once noise pushes a
+    bias-aligned digit's colour towards another class's, no detector can tell it from a
+    conflicting one."""
     import pandas as pd
     from PIL import Image
 
@@ -287,15 +289,26 @@ def colour_ceiling(dataset: str, ratio: float, seed: int, *, config: RunConfig) 
         colours.append(pixels[pixels.sum(axis=1).argmax()])
     labels = np.array([colored_digits.CLASS_NAMES.index(c) for c in train.label])
     attributes = np.array([colored_digits.COLOR_NAMES.index(b) for b in train.bias])
-    # log-likelihood of each colour under each mean colour (isotropic Gaussian of sigma)
-    loglik = -((np.stack(colours)[:, None] - colored_digits.MEAN_COLORS[None]) ** 2).sum(axis=2)
-    loglik /= 2 * max(sigma, 1e-3) ** 2
+    loglik = _colour_loglik(np.stack(colours), colored_digits.MEAN_COLORS, max(sigma, 1e-3))
     own = loglik[np.arange(len(labels)), labels]
     others = np.where(np.eye(loglik.shape[1], dtype=bool)[labels], -np.inf, loglik)
     score = np.logaddexp.reduce(others, axis=1) - own
     m = detection_metrics(score, labels, labels != attributes, k=config.top_k)
     return {"dataset": dataset_label(dataset), "conflict_ratio": ratio, "seed": seed,
             **{k: getattr(m, k) for k in METRICS}}
+
+
+def _colour_loglik(colours: np.ndarray, means: np.ndarray, sigma: float) -> np.ndarray:
+    """float (N, M): log-likelihood of each observed colour (N, 3) under each mean colour
+    (M, 3), as the generator draws it: Gaussian noise of `sigma` per channel, clamped to
+    [0, 1]. A channel at 0 or 1 (to 8 bits) was clamped: its likelihood is the tail's mass."""
+    from scipy.stats import norm
+
+    x, mu = colours[:, None, :], means[None, :, :]  # (N, 1, 3), (1, M, 3)
+    inside = norm.logpdf(x, loc=mu, scale=sigma)
+    low, high = norm.logcdf(0.0, loc=mu, scale=sigma), norm.logsf(1.0, loc=mu, scale=sigma)
+    per_channel = np.where(x <= 0.5 / 255, low, np.where(x >= 254.5 / 255, high, inside))
+    return per_channel.sum(axis=2)  # channels drawn independently
 
 
 def add_ceiling(results: dict) -> dict:
