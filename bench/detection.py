@@ -212,12 +212,7 @@ def add_rankers(results: dict, variants: Sequence[str], *, jobs: int, threads: i
     added = run_grid(datasets, ratios=meta["ratios"], seeds=meta["seeds"], base=run_base(meta),
                      variants=new, jobs=jobs, threads=threads)
     meta["variants"].update(added["meta"]["variants"])
-    meta.setdefault("added", []).append(
-        {"command": command, "variants": new, "wall_s": added["meta"]["wall_s"],
-         "load_average_before": added["meta"]["load_average_before"],
-         "load_average_after": added["meta"].get("load_average_after")})
-    results["rows"] = [*results["rows"], *added["rows"]]
-    return results
+    return _merge(results, added, {"command": command, "variants": new})
 
 
 def add_datasets(results: dict, datasets: Sequence[str], *, jobs: int, threads: int,
@@ -237,9 +232,16 @@ def add_datasets(results: dict, datasets: Sequence[str], *, jobs: int, threads: 
     added = run_grid(new, ratios=meta["ratios"], seeds=meta["seeds"], base=base,
                      variants=list(meta["variants"]), jobs=jobs, threads=threads)
     meta["datasets"] = [*meta["datasets"], *new]
-    meta.setdefault("added", []).append(
-        {"command": command, "datasets": [dataset_label(d) for d in new],
-         "variants": list(meta["variants"]), "wall_s": added["meta"]["wall_s"],
+    return _merge(results, added, {"command": command,
+                                   "datasets": [dataset_label(d) for d in new],
+                                   "variants": list(meta["variants"])})
+
+
+def _merge(results: dict, added: dict, what: dict) -> dict:
+    """`results` with the rows of `added` (a run_grid result) appended, and the pass recorded
+    in meta["added"]: `what` it ran, its wall time and load."""
+    results["meta"].setdefault("added", []).append(
+        {**what, "wall_s": added["meta"]["wall_s"],
          "load_average_before": added["meta"]["load_average_before"],
          "load_average_after": added["meta"].get("load_average_after")})
     results["rows"] = [*results["rows"], *added["rows"]]
@@ -401,54 +403,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.add:
-        results = add_rankers(json.loads(args.json.read_text()),
-                              [v.strip() for v in args.rankers.split(",") if v.strip()],
-                              jobs=args.jobs, threads=args.threads,
-                              command=" ".join(["python bench/detection.py",
-                                                *(argv if argv is not None else sys.argv[1:])]))
-        write_json(results, args.json)
-    elif args.add_datasets:
-        results = add_datasets(json.loads(args.json.read_text()),
-                               [d.strip() for d in args.add_datasets.split(",") if d.strip()],
-                               jobs=args.jobs, threads=args.threads,
-                               command=" ".join(["python bench/detection.py",
-                                                 *(argv if argv is not None else sys.argv[1:])]))
-        write_json(results, args.json)
-    elif args.confirm:
-        results = confirm(json.loads(args.json.read_text()),
-                          [d.strip() for d in args.confirm.split(",") if d.strip()],
-                          _seeds(args.seeds), [v.strip() for v in args.rankers.split(",")
-                                               if v.strip()],
-                          jobs=args.jobs, threads=args.threads,
-                          command=" ".join(["python bench/detection.py",
-                                            *(argv if argv is not None else sys.argv[1:])]))
-        write_json(results, args.json)
-    elif args.ceiling:
-        results = add_ceiling(json.loads(args.json.read_text()))
+    command = " ".join(["python bench/detection.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    passes = {"add": lambda r: add_rankers(r, _names(args.rankers), jobs=args.jobs,
+                                           threads=args.threads, command=command),
+              "add_datasets": lambda r: add_datasets(r, _names(args.add_datasets),
+                                                     jobs=args.jobs, threads=args.threads,
+                                                     command=command),
+              "confirm": lambda r: confirm(r, _names(args.confirm), _seeds(args.seeds),
+                                           _names(args.rankers), jobs=args.jobs,
+                                           threads=args.threads, command=command),
+              "ceiling": add_ceiling}
+    chosen = [name for name in passes if getattr(args, name)]
+    if chosen:  # a pass over the stored run that adds to it
+        results = passes[chosen[0]](json.loads(args.json.read_text()))
         write_json(results, args.json)
     elif args.from_json or args.demo_time:
         results = json.loads(args.json.read_text())
         if args.demo_time:
-            results["meta"]["demo_time"] = demo_time(
-                [v.strip() for v in args.rankers.split(",") if v.strip()], device=args.device)
+            results["meta"]["demo_time"] = demo_time(_names(args.rankers), device=args.device)
             write_json(results, args.json)
     else:
         profile = PROFILES["quick" if args.quick else "full"]
         base = RunConfig(device=args.device).with_overrides(**_parse_set(args.set))
         checkpoint = args.json.with_name(args.json.stem + ".partial.json")
-        datasets = (tuple(d.strip() for d in args.datasets.split(",") if d.strip())
-                    if args.datasets else default_datasets(args.quick))
+        datasets = (tuple(_names(args.datasets)) if args.datasets
+                    else default_datasets(args.quick))
         results = run_grid(
             datasets, base=base,
             ratios=tuple(float(x) for x in args.ratios.split(",")) if args.ratios
             else profile["ratios"],
             seeds=_seeds(args.seeds) if args.seeds else profile["seeds"],
-            variants=[v.strip() for v in args.rankers.split(",") if v.strip()],
+            variants=_names(args.rankers),
             checkpoint=checkpoint, jobs=args.jobs, threads=args.threads,
             resume=json.loads(checkpoint.read_text()) if args.resume else None)
-        results["meta"]["command"] = " ".join(
-            ["python bench/detection.py", *(argv if argv is not None else sys.argv[1:])])
+        results["meta"]["command"] = command
         write_json(results, args.json)
         checkpoint.unlink(missing_ok=True)  # the whole run is in --json now
     body = render(results, command=results["meta"].get("command", "python bench/detection.py"),
@@ -459,6 +448,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     write_section("detection", body)
     print(f"wrote {BENCHMARKS_MD} and {args.json}")
+
+
+def _names(text: str) -> list[str]:
+    """ "a, b,,c" -> ["a", "b", "c"]: a comma-separated option."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _seeds(text: str | None) -> tuple[int, ...]:
